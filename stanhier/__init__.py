@@ -1,0 +1,1 @@
+"""stanhier: hierarchical regression with brms/lme4 formulas on Stan."""

@@ -1,0 +1,229 @@
+"""The pystan backend: Stan's compiler and C++ from PyPI wheels (httpstan).
+
+Compiled extension modules live in stanhier's cache (httpstan is pointed there);
+a build runs under the cache entry's lock and is marked complete when done.
+NUTS runs through ``stan.build(...).sample``; the log density and its gradient
+call httpstan's compiled module directly (no HTTP, no JSON per call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import cache
+from ..errors import SamplingError, StanCompileError
+from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
+                   reshape_flat)
+
+__all__ = ["PystanBackend"]
+
+
+def _point_httpstan_at(entry_root: Path) -> None:
+    """Make httpstan keep its models under stanhier's cache (children are forked)."""
+    import httpstan.cache
+
+    def cache_directory() -> Path:
+        return entry_root
+
+    httpstan.cache.cache_directory = cache_directory
+
+
+@contextlib.contextmanager
+def _quiet(progress: bool):
+    """Silence pystan's console output unless progress is wanted."""
+    if progress:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), \
+            contextlib.redirect_stderr(devnull):
+        yield
+
+
+def _compile_error(message: str, code: str) -> StanCompileError:
+    lines = code.splitlines()
+    match = re.search(r"line (\d+), column (\d+)", message)
+    where = ""
+    if match:
+        n = int(match.group(1))
+        if 1 <= n <= len(lines):
+            where = f"\nGenerated code, line {n}: {lines[n - 1].strip()}"
+    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{where}")
+
+
+class _PystanDensity(LogDensity):
+    def __init__(self, module, data: dict) -> None:
+        self._module = module
+        self._data = data
+        self.param_names = tuple(module.get_param_names(data))
+        self.dims = tuple(tuple(d) for d in module.get_dims(data))
+        self.n_params = self._count_unconstrained()
+
+    def _count_unconstrained(self) -> int:
+        """httpstan does not expose the size; it is at most the number of constrained values."""
+        upper = len(self._module.constrained_param_names(self._data, False, False))
+        for n in range(upper + 1):
+            try:
+                self._module.log_prob(self._data, [0.0] * n, False)
+                return n
+            except RuntimeError as exc:
+                if "number of parameters does not match" not in str(exc):
+                    return n
+        raise SamplingError("Could not determine the number of unconstrained parameters.")
+
+    def log_prob(self, theta, jacobian=False):
+        return float(self._module.log_prob(self._data, list(map(float, theta)), bool(jacobian)))
+
+    def log_prob_grad(self, theta, jacobian=False):
+        theta = list(map(float, theta))
+        lp = self._module.log_prob(self._data, theta, bool(jacobian))
+        grad = self._module.log_prob_grad(self._data, theta, bool(jacobian))
+        return float(lp), np.asarray(grad, float)
+
+    def constrain(self, theta):
+        flat = np.asarray(self._module.write_array(self._data, list(map(float, theta)), True, True))
+        out, pos = {}, 0
+        for name, dims in zip(self.param_names, self.dims):
+            size = int(np.prod(dims)) if dims else 1
+            out[name] = reshape_flat(flat[pos:pos + size][None, None, :], tuple(dims))[0, 0]
+            pos += size
+        return out
+
+
+class _PystanModel(CompiledModel):
+    def __init__(self, code: str, model_name: str, cache_hit: bool, seconds: float) -> None:
+        self.code = code
+        self.backend = "pystan"
+        self.model_name = model_name
+        self.cache_hit = cache_hit
+        self.compile_seconds = seconds
+        self._module = None
+
+    def _services(self):
+        if self._module is None:
+            import httpstan.models
+
+            self._module = httpstan.models.import_services_extension_module(self.model_name)
+        return self._module
+
+    def log_density(self, data: dict) -> LogDensity:
+        return _PystanDensity(self._services(), _plain(data))
+
+    def sample(self, data: dict, settings: SampleSettings) -> RawSample:
+        import stan
+
+        data = _plain(data)
+        kwargs = dict(num_chains=settings.chains, num_samples=settings.iter - settings.warmup,
+                      num_warmup=settings.warmup, num_thin=settings.thin,
+                      delta=float(settings.adapt_delta), max_depth=int(settings.max_treedepth))
+        inits = settings.inits_for_chains()
+        if inits is not None:
+            kwargs["init"] = inits
+        else:
+            kwargs["init_radius"] = settings.init_radius
+        start = time.perf_counter()
+        seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        try:
+            with _quiet(settings.progress):
+                posterior = stan.build(self.code, data=data, random_seed=int(seed))
+                fit = posterior.sample(**kwargs)
+        except RuntimeError as exc:
+            raise SamplingError(f"Stan failed while sampling: {exc}") from None
+        finally:
+            self._drop_cached_fits()
+        seconds = time.perf_counter() - start
+        draws_all = np.asarray(fit._draws)  # (rows, draw, chain)
+        flat = np.transpose(draws_all, (2, 1, 0))  # (chain, draw, rows)
+        n_stats = len(fit.sample_and_sampler_param_names)
+        stats = {name: flat[:, :, i] for i, name in enumerate(fit.sample_and_sampler_param_names)}
+        draws, pos = {}, n_stats
+        for name, dims in zip(fit.param_names, fit.dims):
+            size = int(np.prod(dims)) if dims else 1
+            draws[name] = reshape_flat(flat[:, :, pos:pos + size], tuple(dims))
+            pos += size
+        stats = {k: stats[k] for k in SAMPLER_STATS if k in stats}
+        return RawSample(draws=draws, stats=stats, settings=settings, seconds=seconds)
+
+    def _drop_cached_fits(self) -> None:
+        """httpstan stores every seeded fit on disk; stanhier keeps draws itself."""
+        import httpstan.cache
+
+        folder = httpstan.cache.model_directory(self.model_name)
+        for path in folder.glob("*.jsonlines.gz"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _plain(data: dict) -> dict:
+    """numpy -> lists/ints/floats, as httpstan's JSON layer expects."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, np.ndarray):
+            out[key] = value.tolist()
+        elif isinstance(value, (np.integer,)):
+            out[key] = int(value)
+        elif isinstance(value, (np.floating,)):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+class PystanBackend(Backend):
+    """Compile with httpstan's stanc + C++ toolchain; sample with pystan."""
+
+    name = "pystan"
+
+    def __init__(self) -> None:
+        import httpstan  # noqa: F401  - fail here if not installed
+
+        self._root = cache.cache_dir() / "pystan"
+        self._root.mkdir(parents=True, exist_ok=True)
+        _point_httpstan_at(self._root)
+
+    @property
+    def stan_version(self) -> str:
+        import httpstan
+
+        return f"httpstan-{httpstan.__version__}"
+
+    def compile(self, code: str, *, progress: bool = True) -> CompiledModel:
+        import httpstan.models
+
+        model_name = httpstan.models.calculate_model_name(code)
+        model_id = model_name.split("/")[1]
+        entry = self._root / "models" / model_id
+        if cache.is_complete(entry):
+            return _PystanModel(code, model_name, True, 0.0)
+        start = time.perf_counter()
+        key_root = self._root / "models"
+        key_root.mkdir(parents=True, exist_ok=True)
+        with cache.locked_entry("pystan/models", model_id) as entry:
+            if cache.is_complete(entry):  # another process built it while we waited
+                return _PystanModel(code, model_name, True, 0.0)
+            if progress:
+                print("Compiling the Stan program (once per model structure)...", flush=True)
+            try:
+                httpstan.compile.compile(code, f"model_{model_id}")  # stanc first: clear errors
+            except ValueError as exc:
+                raise _compile_error(str(exc), code) from None
+            buffer = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(buffer):
+                    output = asyncio.run(httpstan.models.build_services_extension_module(code))
+            except Exception as exc:
+                raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}") from None
+            (entry / "model.stan").write_text(code)
+            (entry / "compiler.log").write_text(str(output))
+            cache.mark_complete(entry)
+        seconds = time.perf_counter() - start
+        if progress:
+            print(f"Compiled in {seconds:.1f} s.", flush=True)
+        return _PystanModel(code, model_name, False, seconds)

@@ -1,0 +1,354 @@
+"""Stage 2 of the pipeline: turn a parsed formula and a data frame into numbers.
+
+:func:`make_design` returns a :class:`Design`: the response, the fixed-effects
+matrix ``X`` (formulaic, treatment coding), and one :class:`GroupTerm` per random
+term with its ``Z`` block, 0-based group index ``J`` and level names. The formulaic
+model specs are kept so that new data is encoded exactly as the fit's data
+(:meth:`Design.new_data`).
+
+Example
+-------
+>>> import pandas as pd
+>>> from stanhier.formula import parse_formula
+>>> from stanhier.design import make_design
+>>> df = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.0], "x": [0.0, 1.0, 0.0, 1.0], "g": list("aabb")})
+>>> d = make_design(parse_formula("y ~ x + (x | g)"), df)
+>>> d.X.shape, d.terms[0].Z.shape, d.terms[0].level_labels()
+((4, 2), (4, 2), ('a', 'b'))
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, FormulaError, StanhierWarning
+from .formula import ParsedFormula, RandomTerm
+
+__all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name"]
+
+
+# --------------------------------------------------------------------------- names
+_LEVEL = re.compile(r"\[(?:T\.)?([^\]]*)\]")
+_CALL_C = re.compile(r"\bC\(\s*([^,()]+?)\s*(?:,[^()]*)?\)")
+
+
+def r_name(formulaic_name: str) -> str:
+    """R's column name for a formulaic column (``weather[T.sunny]`` -> ``weathersunny``).
+
+    >>> r_name("Intercept"), r_name("C(g)[T.b]:x")
+    ('(Intercept)', 'gb:x')
+    """
+    if formulaic_name == "Intercept":
+        return "(Intercept)"
+    name = _CALL_C.sub(r"\1", formulaic_name)
+    name = _LEVEL.sub(r"\1", name)
+    return name.replace("`", "")
+
+
+_BRMS_CHARS = {" ": "", "(": "", ")": "", "[": "", "]": "", ",": "", '"': "", "'": "",
+               "?": "", "+": "P", "-": "M", "*": "MU", "/": "D", "^": "E", "=": "EQ",
+               "!": "", "<": "", ">": "", "&": "", "|": "", "$": "", "~": "", "{": "", "}": ""}
+
+
+def brms_name(formulaic_name: str) -> str:
+    """brms's coefficient name (``(Intercept)`` -> ``Intercept``, ``log(x)`` -> ``logx``).
+
+    >>> brms_name("np.log(x)"), brms_name("Intercept")
+    ('np.logx', 'Intercept')
+    """
+    if formulaic_name == "Intercept":
+        return "Intercept"
+    return "".join(_BRMS_CHARS.get(ch, ch) for ch in r_name(formulaic_name))
+
+
+# --------------------------------------------------------------------------- data
+def as_dataframe(data: Any) -> pd.DataFrame:
+    """Accept a pandas DataFrame, a dict of columns, or anything pandas can wrap."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if data is None:
+        raise DataError("No data given: pass a pandas DataFrame (or a dict of columns) as data=.")
+    if hasattr(data, "to_pandas"):  # polars, pyarrow
+        try:
+            return data.to_pandas()
+        except Exception as exc:  # pragma: no cover - depends on optional libraries
+            raise DataError(f"Could not convert {type(data).__name__} to pandas: {exc}") from None
+    if isinstance(data, Mapping):
+        try:
+            return pd.DataFrame(dict(data))
+        except ValueError as exc:
+            raise DataError(f"Could not build a data frame from the dict given as data: {exc}") from None
+    raise DataError(
+        f"data must be a pandas DataFrame or a dict of columns, not {type(data).__name__}."
+    )
+
+
+def _check_columns(names: list[str], df: pd.DataFrame, where: str) -> None:
+    for name in names:
+        if name not in df.columns:
+            close = difflib.get_close_matches(name, [str(c) for c in df.columns], n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise FormulaError(
+                f"Column {name!r} used in {where} is not in the data.{hint} "
+                f"Available columns: {', '.join(map(str, df.columns[:20]))}."
+            )
+
+
+def _formula_variables(expr: str) -> list[str]:
+    from formulaic import Formula
+
+    try:
+        variables = Formula(expr).required_variables
+    except Exception as exc:
+        raise FormulaError(f"Cannot parse {expr!r}: {exc}") from None
+    return sorted(str(v) for v in variables if "value" in {r.value for r in v.roles})
+
+
+def _model_matrix(expr: str, df: pd.DataFrame, where: str):
+    from formulaic import model_matrix
+
+    try:
+        return model_matrix(expr, df, na_action="ignore", ensure_full_rank=True)
+    except Exception as exc:
+        raise FormulaError(f"Cannot build the design matrix for {where} {expr!r}: {exc}") from None
+
+
+def _level_sort_key(values: pd.Series) -> list:
+    """Levels in R's order: categorical order, else sorted (numbers numerically)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        present = set(values.unique())
+        return [c for c in values.cat.categories if c in present]
+    uniq = pd.unique(values)
+    try:
+        return sorted(uniq)
+    except TypeError:
+        return sorted(uniq, key=str)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# --------------------------------------------------------------------------- dataclasses
+@dataclass(frozen=True, eq=False)
+class GroupTerm:
+    """The numbers of one random term ``(expr | group)``."""
+
+    term: RandomTerm
+    coef_formulaic: tuple[str, ...]  #: formulaic column names of Z
+    levels: tuple[tuple[str, ...], ...]  #: one tuple of group-column values per level
+    Z: np.ndarray  #: (N, M) design of the term's coefficients
+    J: np.ndarray  #: (N,) 0-based level index of every observation
+    spec: Any = field(repr=False)  #: formulaic ModelSpec of Z
+
+    @property
+    def M(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def correlated(self) -> bool:
+        """Whether the term has a correlation matrix (``|`` with two or more coefficients)."""
+        return self.term.correlated and self.M > 1
+
+    @property
+    def coef_names(self) -> tuple[str, ...]:
+        """brms names (``Intercept``, ``temperature``)."""
+        return tuple(brms_name(c) for c in self.coef_formulaic)
+
+    @property
+    def coef_names_r(self) -> tuple[str, ...]:
+        """lme4 names (``(Intercept)``, ``temperature``)."""
+        return tuple(r_name(c) for c in self.coef_formulaic)
+
+    def level_labels(self, sep: str = "_") -> tuple[str, ...]:
+        """Level names; interaction groups joined with ``sep`` (brms ``_``, lme4 ``:``)."""
+        return tuple(sep.join(parts) for parts in self.levels)
+
+
+@dataclass(frozen=True, eq=False)
+class NewDesign:
+    """New data encoded with a fit's formula state (see :meth:`Design.new_data`)."""
+
+    X: np.ndarray
+    Z: tuple[np.ndarray, ...]
+    J: tuple[np.ndarray, ...]  #: level index per term; -1 marks a level not seen in the fit
+    new_levels: tuple[tuple[str, ...], ...]  #: per term, the labels of unseen levels (joined by ':')
+    J_new: tuple[np.ndarray, ...]  #: per term, index into new_levels (-1 for old levels)
+    trials: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class Design:
+    """Everything numeric the later stages need; built once per fit."""
+
+    formula: ParsedFormula
+    data: pd.DataFrame  #: the rows used (after dropping missing values)
+    y: np.ndarray
+    trials: np.ndarray | None
+    X: np.ndarray  #: (N, K) including the intercept column if any
+    fixed_formulaic: tuple[str, ...]
+    has_intercept: bool
+    fixed_spec: Any = field(repr=False)
+    terms: tuple[GroupTerm, ...] = ()
+    n_dropped: int = 0
+
+    @property
+    def N(self) -> int:
+        return len(self.y)
+
+    @property
+    def fixed_names(self) -> tuple[str, ...]:
+        """brms names of the columns of X (``Intercept``, ``temperature``)."""
+        return tuple(brms_name(c) for c in self.fixed_formulaic)
+
+    @property
+    def fixed_names_r(self) -> tuple[str, ...]:
+        """lme4 names of the columns of X (``(Intercept)``, ``temperature``)."""
+        return tuple(r_name(c) for c in self.fixed_formulaic)
+
+    def new_data(self, newdata: Any, *, re_terms: tuple[int, ...] | None = None,
+                 allow_new_levels: bool = False, need_response: bool = False) -> NewDesign:
+        """Encode ``newdata`` with the fit's formulaic specs and level tables.
+
+        ``re_terms``: indices of the random terms to encode (default all).
+        A level not seen in the fit raises :class:`DataError` unless ``allow_new_levels``.
+        """
+        df = as_dataframe(newdata)
+        if re_terms is None:
+            re_terms = tuple(range(len(self.terms)))
+        needed = _formula_variables(self.formula.fixed)
+        for k in re_terms:
+            needed += _formula_variables(self.terms[k].term.expr) + list(self.terms[k].term.group)
+        _check_columns(sorted(set(needed)), df, "the formula (newdata)")
+        try:
+            X = np.asarray(self.fixed_spec.get_model_matrix(df, na_action="ignore"), dtype=float)
+        except Exception as exc:
+            raise DataError(f"Could not encode newdata for {self.formula.fixed!r}: {exc}") from None
+        Zs, Js, news, Jn = [], [], [], []
+        for k, gt in enumerate(self.terms):
+            if k not in re_terms:
+                Zs.append(np.zeros((len(df), gt.M)))
+                Js.append(np.full(len(df), -1))
+                news.append(())
+                Jn.append(np.full(len(df), -1))
+                continue
+            Z = np.asarray(gt.spec.get_model_matrix(df, na_action="ignore"), dtype=float)
+            index = {parts: i for i, parts in enumerate(gt.levels)}
+            keys = list(zip(*[df[c].map(_label) for c in gt.term.group]))
+            J = np.array([index.get(key, -1) for key in keys], dtype=int)
+            unseen = list(dict.fromkeys(key for key, j in zip(keys, J) if j < 0))
+            if unseen and not allow_new_levels:
+                shown = ", ".join(":".join(u) for u in unseen[:5])
+                raise DataError(
+                    f"newdata has levels of grouping factor {gt.term.group_name!r} not in the fit "
+                    f"({shown}{', ...' if len(unseen) > 5 else ''}); pass allow_new_levels=True "
+                    "to predict for new groups."
+                )
+            new_index = {key: i for i, key in enumerate(unseen)}
+            Zs.append(Z)
+            Js.append(J)
+            news.append(tuple(":".join(u) for u in unseen))
+            Jn.append(np.array([new_index.get(key, -1) for key in keys], dtype=int))
+        trials = None
+        if self.formula.response.kind != "plain" and self.formula.response.column2 in df.columns:
+            trials = _trials(self.formula, df)
+        return NewDesign(X=X, Z=tuple(Zs), J=tuple(Js), new_levels=tuple(news), J_new=tuple(Jn),
+                         trials=trials)
+
+
+def _trials(formula: ParsedFormula, df: pd.DataFrame) -> np.ndarray:
+    resp = formula.response
+    if resp.kind == "cbind":
+        return (df[resp.column].to_numpy(float) + df[resp.column2].to_numpy(float))
+    return df[resp.column2].to_numpy(float)
+
+
+def _numeric(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
+    values = df[col]
+    if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)):
+        raise DataError(f"The {role} column {col!r} must be numeric, but has dtype {values.dtype}.")
+    out = values.to_numpy(dtype=float)
+    if not np.all(np.isfinite(out)):
+        bad = int(np.sum(~np.isfinite(out)))
+        raise DataError(f"The {role} column {col!r} has {bad} infinite value(s): remove or replace them.")
+    return out
+
+
+def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop") -> Design:
+    """Build the :class:`Design` of ``formula`` on ``data``.
+
+    ``na_action="drop"`` drops rows with missing values in any used column (with a
+    warning stating how many, as brms does); ``"raise"`` raises :class:`DataError`.
+    """
+    df = as_dataframe(data)
+    if len(df) == 0:
+        raise DataError("The data has zero rows: nothing to fit.")
+    resp = formula.response
+    fixed_vars = _formula_variables(formula.fixed)
+    _check_columns(list(resp.columns), df, f"the response of {formula.text!r}")
+    _check_columns(fixed_vars, df, f"the population-level part {formula.fixed!r}")
+    used = list(resp.columns) + fixed_vars
+    for term in formula.random:
+        _check_columns(_formula_variables(term.expr) + list(term.group), df, f"term {term.text!r}")
+        used += _formula_variables(term.expr) + list(term.group)
+    used = list(dict.fromkeys(used))
+    missing = df[used].isna().any(axis=1).to_numpy()
+    n_dropped = int(missing.sum())
+    if n_dropped:
+        if na_action == "raise":
+            cols = [c for c in used if df[c].isna().any()]
+            raise DataError(f"{n_dropped} row(s) have missing values in column(s) {cols}.")
+        if n_dropped == len(df):
+            raise DataError(f"Every row has a missing value in one of the columns {used}.")
+        warnings.warn(
+            f"Rows containing NAs were excluded from the model: {n_dropped} of {len(df)} rows dropped.",
+            StanhierWarning, stacklevel=3,
+        )
+        df = df.loc[~missing]
+    df = df.reset_index(drop=True)
+
+    y = _numeric(df, resp.column, "response")
+    trials = None
+    if resp.kind != "plain":
+        _numeric(df, resp.column2, "trials" if resp.kind == "trials" else "failures")
+        trials = _trials(formula, df)
+
+    mm = _model_matrix(formula.fixed, df, "the population-level part")
+    X = np.asarray(mm, dtype=float)
+    if not np.all(np.isfinite(X)):
+        raise DataError(f"The population-level design {formula.fixed!r} has infinite values.")
+    names = tuple(mm.model_spec.column_names)
+
+    terms = []
+    for term in formula.random:
+        zm = _model_matrix(term.expr, df, f"term {term.text!r}")
+        Z = np.asarray(zm, dtype=float)
+        if Z.shape[1] == 0:
+            raise FormulaError(f"Term {term.text!r} has no coefficients: write '(1 | g)' for an intercept.")
+        codes = [df[c] for c in term.group]
+        per_col = [{v: i for i, v in enumerate(_level_sort_key(c))} for c in codes]
+        keys = list(zip(*[c.map(m).to_numpy() for c, m in zip(codes, per_col)]))
+        uniq = sorted(set(keys))
+        pos = {k: i for i, k in enumerate(uniq)}
+        inv = [dict((i, v) for v, i in m.items()) for m in per_col]
+        levels = tuple(tuple(_label(inv[j][k[j]]) for j in range(len(k))) for k in uniq)
+        J = np.fromiter((pos[k] for k in keys), dtype=int, count=len(keys))
+        terms.append(GroupTerm(term=term, coef_formulaic=tuple(zm.model_spec.column_names),
+                               levels=levels, Z=Z, J=J, spec=zm.model_spec))
+
+    return Design(formula=formula, data=df, y=y, trials=trials, X=X, fixed_formulaic=names,
+                  has_intercept="Intercept" in names, fixed_spec=mm.model_spec,
+                  terms=tuple(terms), n_dropped=n_dropped)
