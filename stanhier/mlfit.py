@@ -1,0 +1,626 @@
+"""Results of ``lmer``/``glmer``: :class:`MerFit`, with lme4's accessor names and print layout.
+
+Example
+-------
+>>> m = sh.lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False)   # doctest: +SKIP
+>>> m.fixef()["Days"], m.VarCorr(), m.logLik(), m.AIC()                   # doctest: +SKIP
+>>> print(m)                                                               # doctest: +SKIP
+Linear mixed model fit by maximum likelihood  ['lmerMod']
+...
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from .backends.base import CompiledModel, LogDensity
+from .design import Design
+from .errors import ArgumentError
+from .family import Family
+from .formula import parse_formula
+
+__all__ = ["MerFit"]
+
+
+@dataclass(frozen=True, eq=False)
+class _Modes:
+    """Conditional modes and covariances of the random effects, per block."""
+
+    b: np.ndarray  #: (G, q)
+    cov: np.ndarray  #: (G, q, q)
+
+
+class MerFit:
+    """A fitted ``lmer``/``glmer`` model (lme4's ``merMod``).
+
+    Accessors follow lme4: :meth:`fixef`, :meth:`ranef`, :meth:`coef`, :meth:`VarCorr`,
+    :meth:`sigma`, :meth:`logLik`, :meth:`AIC`, :meth:`BIC`, :meth:`deviance`,
+    :meth:`nobs`, :meth:`ngrps`, :meth:`vcov`, :meth:`confint`, :meth:`fitted`,
+    :meth:`residuals`, :meth:`predict`, :meth:`is_singular`, :meth:`stancode`,
+    :meth:`standata`; ``print(fit)`` shows lme4's ``summary()``.
+
+    >>> g = sh.glmer("fish_num ~ temperature + (1 | weather)", fish, family="poisson")  # doctest: +SKIP
+    >>> g.fixef(), g.is_singular()                                                    # doctest: +SKIP
+    """
+
+    def __init__(self, *, kind: str, formula: str, design: Design, layout: Any, family: Family,
+                 REML: bool, nAGQ: int, problem: Any, model: CompiledModel, density: LogDensity,
+                 optimum: Any, data_name: str = "data") -> None:
+        self.kind = kind
+        self.formula = formula
+        self.design = design
+        self.layout = layout
+        self.family = family
+        self.REML = REML
+        self.nAGQ = nAGQ
+        self.problem = problem
+        self.model = model
+        self.density = density
+        self.optimum = optimum
+        self.data_name = data_name
+        self.cache_hit: bool = bool(model.cache_hit)
+        self.compile_seconds: float = float(model.compile_seconds)
+        self.converged: bool = bool(optimum.converged)
+        K, T = problem.K, problem.n_theta
+        x = optimum.theta
+        self._beta = x[:K].copy()
+        self._theta = self._canonical_theta(x[K:K + T])
+        self._aux = x[K + T:].copy()
+        self.vcov_method = ""
+
+    # ------------------------------------------------------------------ parameters
+    def _canonical_theta(self, theta: np.ndarray) -> np.ndarray:
+        """Flip column signs so every diagonal element of Lambda is >= 0 (lme4's convention)."""
+        theta = np.array(theta, float)
+        for slot in self.layout.slots:
+            lam = self.layout.term_lambda(slot, theta)
+            signs = np.where(np.diag(lam) < 0, -1.0, 1.0)
+            lam = lam * signs[None, :]
+            for (i, j), k in zip(slot.pairs, slot.theta_index):
+                theta[k] = lam[i, j]
+        return theta
+
+    @property
+    def theta(self) -> np.ndarray:
+        """lme4's theta: free elements of the relative covariance factor, term by term."""
+        return self._theta.copy()
+
+    @property
+    def shape(self) -> float | None:
+        """Negative binomial shape (lme4's ``getME(fit, "glmer.nb.theta")``)."""
+        return float(np.exp(self._aux[0])) if self.family.name == "negbinomial" else None
+
+    def sigma(self) -> float:
+        """Residual standard deviation (1 for GLMMs, as lme4)."""
+        if self.kind == "lmm":
+            return float(np.exp(self._aux[0]))
+        return 1.0
+
+    def _scale2(self) -> float:
+        return self.sigma() ** 2 if self.kind == "lmm" else 1.0
+
+    def _ordered_slots(self):
+        """Terms in lme4's order (decreasing number of levels; stable)."""
+        return sorted(self.layout.slots, key=lambda s: -s.L)
+
+    # ------------------------------------------------------------------ basics
+    def nobs(self) -> int:
+        return int(self.design.N)
+
+    def ngrps(self) -> pd.Series:
+        """Number of levels per grouping factor."""
+        out: dict[str, int] = {}
+        for slot in self._ordered_slots():
+            out.setdefault(slot.group, slot.L)
+        return pd.Series(out, name="ngrps", dtype=int)
+
+    def df(self) -> int:
+        """Number of estimated parameters (fixed effects, theta, sigma or shape)."""
+        return int(self.problem.K + self.problem.n_theta + self.problem.n_aux)
+
+    def logLik(self) -> float:
+        """Log-likelihood at the optimum with all constants (the REML log-likelihood for REML fits).
+
+        For ``nAGQ > 1`` this is the full marginal log-likelihood; lme4 1.1-31 reports it
+        minus the saturated model's log-likelihood there.
+        """
+        return float(self.optimum.lp)
+
+    def AIC(self) -> float:
+        return -2 * self.logLik() + 2 * self.df()
+
+    def BIC(self) -> float:
+        return -2 * self.logLik() + math.log(self.nobs()) * self.df()
+
+    def REMLcrit(self) -> float:
+        """-2 x REML log-likelihood (REML fits)."""
+        if not self.REML:
+            raise ArgumentError("REMLcrit() needs a fit with REML=True; use deviance() for ML fits.")
+        return -2 * self.logLik()
+
+    def deviance(self) -> float:
+        """lme4's ``deviance()``: -2 logLik for LMMs fitted by ML; for GLMMs the sum of
+        squared deviance residuals (conditional on the modes), as lme4. For REML fits
+        use :meth:`REMLcrit`."""
+        if self.kind == "lmm":
+            if self.REML:
+                raise ArgumentError("deviance() is not defined for a REML fit (as lme4): use REMLcrit(), "
+                                    "or refit with REML=False.")
+            return -2 * self.logLik()
+        return float(np.sum(self.residuals(type="deviance") ** 2))
+
+    def df_residual(self) -> int:
+        return self.nobs() - self.df()
+
+    # ------------------------------------------------------------------ fixed effects
+    def fixef(self) -> pd.Series:
+        """Fixed-effects estimates, named as lme4."""
+        return pd.Series(self._beta, index=list(self.design.fixed_names_r), name="Estimate")
+
+    @cached_property
+    def _vcov(self) -> np.ndarray:
+        K = self.problem.K
+        if self.kind == "lmm":
+            # lme4's formula, conditional on theta: sigma^2 (X' V*^-1 X)^-1
+            self.vcov_method = "sigma^2 (X' V^-1 X)^-1 at the optimum (lme4's RX formula)"
+            return self._scale2() * np.linalg.inv(self._XtVX())
+        # GLMM: finite-difference Hessian of the marginal log-likelihood over (beta, theta, ...)
+        x = np.concatenate([self._beta, self._theta, self._aux])
+        H = self.density.hessian(x, step=1e-4)
+        try:
+            np.linalg.cholesky(-H)
+            cov = np.linalg.inv(-H)[:K, :K]
+            self.vcov_method = "inverse Hessian of the marginal log-likelihood over (beta, theta)"
+        except np.linalg.LinAlgError:
+            cov = np.linalg.inv(-H[:K, :K])
+            self.vcov_method = ("inverse Hessian over beta only (conditional on theta): the full "
+                                "Hessian is not negative definite (singular fit)")
+        return (cov + cov.T) / 2
+
+    def _XtVX(self) -> np.ndarray:
+        d = self.problem.data
+        lam = self.layout.Lambda(self._theta)
+        XtVX = np.array(d["XtX"], float)
+        for g in range(self.layout.G):
+            A = np.eye(self.layout.q) + lam.T @ d["ZtZ"][g] @ lam
+            C = np.linalg.solve(np.linalg.cholesky(A), lam.T @ d["ZtX"][g])
+            XtVX -= C.T @ C
+        return XtVX
+
+    def vcov(self) -> pd.DataFrame:
+        """Covariance matrix of the fixed effects (see ``vcov_method``)."""
+        names = list(self.design.fixed_names_r)
+        return pd.DataFrame(self._vcov, index=names, columns=names)
+
+    def _se(self) -> np.ndarray:
+        return np.sqrt(np.diag(self._vcov))
+
+    def coef_table(self) -> pd.DataFrame:
+        """lme4's fixed-effects table (Estimate, Std. Error, t/z value[, Pr(>|z|)])."""
+        est, se = self._beta, self._se()
+        tab = pd.DataFrame({"Estimate": est, "Std. Error": se}, index=list(self.design.fixed_names_r))
+        if self.kind == "lmm":
+            tab["t value"] = est / se
+        else:
+            tab["z value"] = est / se
+            tab["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(est / se))
+        return tab
+
+    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
+        """Wald confidence intervals of the fixed effects (``confint(fit, method="Wald")``).
+
+        lme4 also lists NA rows for the variance parameters with ``method="Wald"``; they are
+        omitted here. Profile and bootstrap intervals are not implemented.
+        """
+        if method != "Wald":
+            raise ArgumentError(f"confint(method={method!r}) is not implemented; use method='Wald'.")
+        if not 0 < level < 1:
+            raise ArgumentError(f"level must be between 0 and 1, got {level!r}.")
+        z = stats.norm.ppf(0.5 + level / 2)
+        lo, hi = f"{100 * (1 - level) / 2:.3g} %", f"{100 * (1 + level) / 2:.3g} %"
+        se = self._se()
+        return pd.DataFrame({lo: self._beta - z * se, hi: self._beta + z * se},
+                            index=list(self.design.fixed_names_r))
+
+    # ------------------------------------------------------------------ random effects
+    @cached_property
+    def _modes(self) -> _Modes:
+        lay, d = self.layout, self.problem.data
+        lam = lay.Lambda(self._theta)
+        G, q = lay.G, lay.q
+        b = np.zeros((G, q))
+        cov = np.zeros((G, q, q))
+        if self.kind == "lmm":
+            s2 = self._scale2()
+            for g in range(G):
+                A = np.eye(q) + lam.T @ d["ZtZ"][g] @ lam
+                Ainv = np.linalg.inv(A)
+                u = Ainv @ (lam.T @ (d["Zty"][g] - d["ZtX"][g] @ self._beta))
+                b[g] = lam @ u
+                cov[g] = s2 * lam @ Ainv @ lam.T
+            return _Modes(b=b, cov=cov)
+        eta0 = d["X"] @ self._beta
+        ZL = d["Zb"] @ lam
+        for g in range(G):
+            s = d["block_start"][g] - 1
+            e = s + d["block_size"][g]
+            u, H = _glmm_mode(self.family, d["y"][s:e], d["trials"][s:e], eta0[s:e], ZL[s:e],
+                              self.shape or 1.0)
+            Hinv = np.linalg.inv(H)
+            b[g] = lam @ u
+            cov[g] = lam @ Hinv @ lam.T
+        return _Modes(b=b, cov=cov)
+
+    def ranef(self, condVar: bool = True, as_frame: bool = False) -> dict[str, pd.DataFrame] | pd.DataFrame:
+        """Conditional modes of the random effects (lme4's ``ranef``), one DataFrame per
+        grouping factor (rows: levels, columns: coefficients). With ``condVar`` each frame's
+        ``attrs["postVar"]`` holds the (levels, M, M) conditional covariance matrices.
+        ``as_frame=True`` returns lme4's ``as.data.frame(ranef(fit))`` layout
+        (grpvar, term, grp, condval, condsd).
+        """
+        out: dict[str, pd.DataFrame] = {}
+        rows = []
+        for slot in self._ordered_slots():
+            gt = self.design.terms[slot.index]
+            vals = self.layout.term_values(slot, self._modes.b)
+            covs = self.layout.term_cov(slot, self._modes.cov)
+            levels = list(gt.level_labels(":"))
+            frame = pd.DataFrame(vals, index=pd.Index(levels, name=slot.group),
+                                 columns=list(gt.coef_names_r))
+            if slot.group in out:
+                prev = out[slot.group]
+                post = prev.attrs.get("postVar")
+                frame = pd.concat([prev, frame], axis=1)
+                frame.attrs["postVar"] = None if post is None else post
+            elif condVar:
+                frame.attrs["postVar"] = covs
+            out[slot.group] = frame
+            for m, name in enumerate(gt.coef_names_r):
+                for lev, label in enumerate(levels):
+                    rows.append((slot.group, name, label, vals[lev, m], math.sqrt(max(covs[lev, m, m], 0.0))))
+        if as_frame:
+            return pd.DataFrame(rows, columns=["grpvar", "term", "grp", "condval", "condsd"])
+        return out
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Fixed plus random effects per level (lme4's ``coef``)."""
+        fe = self.fixef()
+        out = {}
+        for group, frame in self.ranef(condVar=False).items():
+            full = pd.DataFrame(np.tile(fe.to_numpy(), (len(frame), 1)), index=frame.index,
+                                columns=fe.index)
+            for col in frame.columns:
+                if col in full.columns:
+                    full[col] = full[col] + frame[col]
+                else:
+                    full[col] = frame[col]
+            out[group] = full
+        return out
+
+    def _term_covariances(self):
+        """(group label, coefficient names, covariance matrix, correlated) per printed group."""
+        out = []
+        s2 = self._scale2()
+        used: dict[str, int] = {}
+        for slot in self._ordered_slots():
+            gt = self.design.terms[slot.index]
+            lam = self.layout.term_lambda(slot, self._theta)
+            cov = s2 * lam @ lam.T
+            names = list(gt.coef_names_r)
+            if slot.correlated or slot.M == 1:
+                parts = [(names, cov, slot.correlated)]
+            else:  # `||`: lme4 splits the term into one group per coefficient
+                parts = [([n], cov[m:m + 1, m:m + 1], False) for m, n in enumerate(names)]
+            for pnames, pcov, corr in parts:
+                k = used.get(slot.group, 0)
+                label = slot.group if k == 0 else f"{slot.group}.{k}"
+                used[slot.group] = k + 1
+                out.append((label, pnames, pcov, corr))
+        return out
+
+    def VarCorr(self) -> pd.DataFrame:
+        """Variance components as lme4's ``as.data.frame(VarCorr(fit), order="lower.tri")``:
+        columns grp, var1, var2, vcov (variance/covariance), sdcor (SD/correlation)."""
+        rows = []
+        for label, names, cov, corr in self._term_covariances():
+            sd = np.sqrt(np.maximum(np.diag(cov), 0))
+            for j in range(len(names)):
+                for i in range(j, len(names)):
+                    if i == j:
+                        rows.append((label, names[i], None, cov[i, i], sd[i]))
+                    elif corr:
+                        r = cov[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else float("nan")
+                        rows.append((label, names[j], names[i], cov[i, j], r))
+        if self.kind == "lmm":
+            rows.append(("Residual", None, None, self.sigma() ** 2, self.sigma()))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    def is_singular(self, tol: float = 1e-4) -> bool:
+        """lme4's ``isSingular``: a diagonal element of the relative covariance factor below ``tol``."""
+        for slot in self.layout.slots:
+            lam = self.layout.term_lambda(slot, self._theta)
+            if np.any(np.abs(np.diag(lam)) < tol):
+                return True
+        return False
+
+    # ------------------------------------------------------------------ predictions
+    def _eta(self, X: np.ndarray, Zs, Js) -> np.ndarray:
+        eta = X @ self._beta
+        for slot in self.layout.slots:
+            vals = self.layout.term_values(slot, self._modes.b)
+            Z, J = Zs[slot.index], Js[slot.index]
+            ok = J >= 0
+            contrib = np.zeros(len(eta))
+            contrib[ok] = np.sum(Z[ok] * vals[J[ok]], axis=1)
+            eta = eta + contrib
+        return eta
+
+    def fitted(self) -> np.ndarray:
+        """Fitted values on the response scale (conditional on the random-effect modes).
+        Binomial: probabilities, as lme4."""
+        d = self.design
+        eta = self._eta(d.X, [gt.Z for gt in d.terms], [gt.J for gt in d.terms])
+        return self.family.inverse_link(eta)
+
+    def residuals(self, type: str | None = None, scaled: bool = False) -> np.ndarray:
+        """Residuals: ``"response"`` (lmer's default), ``"pearson"``, ``"deviance"`` (glmer's default)."""
+        type = type or ("response" if self.kind == "lmm" else "deviance")
+        y, mu = self.design.y, self.fitted()
+        fam = self.family.name
+        n = self.design.trials if fam == "binomial" else None
+        if fam == "binomial":
+            y = y / n
+        if type == "response":
+            r = y - mu
+        elif type == "pearson":
+            r = (y - mu) / np.sqrt(self._variance(mu, n))
+        elif type == "deviance":
+            r = np.sign(y - mu) * np.sqrt(np.maximum(self._unit_deviance(y, mu, n), 0))
+        else:
+            raise ArgumentError(f"Unknown residual type {type!r}: use 'response', 'pearson' or 'deviance'.")
+        if scaled:
+            r = r / self.sigma()
+        return r
+
+    def _variance(self, mu: np.ndarray, n: np.ndarray | None) -> np.ndarray:
+        fam = self.family.name
+        if fam == "gaussian":
+            return np.ones_like(mu)
+        if fam == "poisson":
+            return mu
+        if fam in ("binomial", "bernoulli"):
+            w = n if n is not None else 1.0
+            return mu * (1 - mu) / w
+        return mu + mu ** 2 / self.shape  # negbinomial
+
+    def _unit_deviance(self, y: np.ndarray, mu: np.ndarray, n: np.ndarray | None) -> np.ndarray:
+        fam = self.family.name
+        if fam == "gaussian":
+            return (y - mu) ** 2
+        if fam == "poisson":
+            return 2 * (special.xlogy(y, y / mu) - (y - mu))
+        if fam in ("binomial", "bernoulli"):
+            w = n if n is not None else 1.0
+            return 2 * w * (special.xlogy(y, y / mu) + special.xlogy(1 - y, (1 - y) / (1 - mu)))
+        k = self.shape
+        return 2 * (special.xlogy(y, y / mu) - (y + k) * np.log((y + k) / (mu + k)))
+
+    def predict(self, newdata: Any = None, re_formula: str | None = None, type: str = "link",
+                allow_new_levels: bool = False) -> np.ndarray:
+        """Predictions (lme4's ``predict.merMod``): ``type="link"`` (default) or ``"response"``.
+
+        ``re_formula=None`` uses every random term; ``"~0"``/``"NA"`` none (population level);
+        a formula such as ``"~(1 | g)"`` only the terms whose grouping factor it names. New
+        levels get zero random effects when ``allow_new_levels=True``.
+        """
+        if type not in ("link", "response"):
+            raise ArgumentError(f"type must be 'link' or 'response', not {type!r}.")
+        keep = self._re_terms(re_formula)
+        if newdata is None:
+            d = self.design
+            Zs = [gt.Z for gt in d.terms]
+            Js = [gt.J if k in keep else np.full(d.N, -1) for k, gt in enumerate(d.terms)]
+            eta = self._eta(d.X, Zs, Js)
+        else:
+            nd = self.design.new_data(newdata, re_terms=tuple(keep), allow_new_levels=allow_new_levels)
+            Js = [J if k in keep else np.full(len(J), -1) for k, J in enumerate(nd.J)]
+            eta = self._eta(nd.X, list(nd.Z), Js)
+        return eta if type == "link" else self.family.inverse_link(eta)
+
+    def _re_terms(self, re_formula: str | None) -> list[int]:
+        if re_formula is None:
+            return list(range(len(self.design.terms)))
+        text = str(re_formula).strip()
+        if text in ("NA", "~0", "~ 0", "0", "~NA", ""):
+            return []
+        if not text.startswith("~"):
+            text = "~" + text
+        parsed = parse_formula("y " + text)
+        wanted = {t.group for t in parsed.random}
+        keep = [k for k, gt in enumerate(self.design.terms) if gt.term.group in wanted]
+        unknown = wanted - {gt.term.group for gt in self.design.terms}
+        if unknown:
+            raise ArgumentError(f"re_formula {re_formula!r} names grouping factor(s) not in the model: "
+                                f"{', '.join(':'.join(u) for u in unknown)}.")
+        return keep
+
+    # ------------------------------------------------------------------ Stan
+    def stancode(self) -> str:
+        """The Stan program that was optimized."""
+        return self.model.code
+
+    def standata(self) -> dict:
+        """The data passed to Stan."""
+        return dict(self.problem.data)
+
+    # ------------------------------------------------------------------ printing
+    def _title(self) -> str:
+        if self.kind == "lmm":
+            return ("Linear mixed model fit by REML ['lmerMod']" if self.REML
+                    else "Linear mixed model fit by maximum likelihood  ['lmerMod']")
+        approx = ("Laplace Approximation" if self.nAGQ == 1
+                  else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nAGQ}")
+        return f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']"
+
+    def summary(self) -> str:
+        """lme4's ``summary()`` printout."""
+        lines = [self._title()]
+        if self.kind == "glmm":
+            fam = {"negbinomial": f"Negative Binomial({self.shape:.4g})", "bernoulli": "binomial"}.get(
+                self.family.name, self.family.name)
+            lines.append(f" Family: {fam}  ( {self.family.link} )")
+        lines += [f"Formula: {self.formula}", f"   Data: {self.data_name}", ""]
+        if self.REML:
+            lines += [f"REML criterion at convergence: {self.REMLcrit():.1f}", ""]
+        else:
+            lines += _table([["AIC", "BIC", "logLik", "deviance", "df.resid"],
+                             [f"{self.AIC():.1f}", f"{self.BIC():.1f}", f"{self.logLik():.1f}",
+                              f"{-2 * self.logLik():.1f}", f"{self.df_residual()}"]], right=True)
+            lines.append("")
+        res = self.residuals(type="pearson", scaled=True)
+        q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1])
+        lines.append("Scaled residuals: ")
+        lines += _table([["Min", "1Q", "Median", "3Q", "Max"], [_sig(v, 4) for v in q]], right=True)
+        lines += ["", "Random effects:"]
+        lines += self._varcorr_lines()
+        grp = self.ngrps()
+        lines.append(f"Number of obs: {self.nobs()}, groups:  "
+                     + "; ".join(f"{k}, {v}" for k, v in grp.items()))
+        lines += ["", "Fixed effects:"]
+        lines += self._coef_lines()
+        if not self.converged:
+            lines += ["", f"optimizer: {self.optimum.message}"]
+        if self.is_singular():
+            lines += ["optimizer (L-BFGS + Newton) convergence code: 0 (OK)",
+                      "boundary (singular) fit: see help('isSingular')"]
+        return "\n".join(lines) + "\n"
+
+    def _varcorr_lines(self) -> list[str]:
+        rows = [["Groups", "Name", "Variance", "Std.Dev.", "Corr"]]
+        any_corr = False
+        for label, names, cov, corr in self._term_covariances():
+            sd = np.sqrt(np.maximum(np.diag(cov), 0))
+            for i, name in enumerate(names):
+                cors = []
+                if corr and i > 0:
+                    any_corr = True
+                    cors = [f"{cov[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else " NaN"
+                            for j in range(i)]
+                rows.append([label if i == 0 else "", name, _sig(cov[i, i], 4), _sig(sd[i], 4), " ".join(cors)])
+        if self.kind == "lmm":
+            s = self.sigma()
+            rows.append(["Residual", "", _sig(s * s, 4), _sig(s, 4), ""])
+        if not any_corr:
+            rows = [r[:4] for r in rows]
+        return _table(rows, right=False, indent=" ")
+
+    def _coef_lines(self) -> list[str]:
+        tab = self.coef_table()
+        header = [""] + list(tab.columns)
+        rows = [header]
+        for name, row in tab.iterrows():
+            cells = [name]
+            for col in tab.columns:
+                v = row[col]
+                if col == "Pr(>|z|)":
+                    cells.append(_pval(v) + " " + _stars(v))
+                else:
+                    cells.append(_sig(v, 4 if col != "Estimate" else 5))
+            rows.append(cells)
+        out = _table(rows, right=True, first_left=True)
+        if self.kind == "glmm":
+            out += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+        return out
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+# --------------------------------------------------------------------------- helpers
+def _glmm_mode(family: Family, y, trials, eta0, ZL, phi, tol: float = 1e-10, max_iter: int = 100):
+    """Mode of the spherical random effects of one block and the curvature H there."""
+    q = ZL.shape[1]
+    u = np.zeros(q)
+    y = np.asarray(y, float)
+    n = np.asarray(trials, float)
+
+    def derivs(eta):
+        if family.name == "poisson":
+            mu = np.exp(eta)
+            return y - mu, mu
+        if family.name in ("binomial", "bernoulli"):
+            p = special.expit(eta)
+            m = n if family.name == "binomial" else 1.0
+            return y - m * p, m * p * (1 - p)
+        mu = np.exp(eta)
+        return y - (y + phi) * mu / (phi + mu), (y + phi) * mu * phi / (phi + mu) ** 2
+
+    def h(u):
+        eta = eta0 + ZL @ u
+        return float(np.sum(family.loglik(y if family.name != "binomial" else y, eta,
+                                          {"shape": phi}, n))) - 0.5 * u @ u
+
+    hu = h(u)
+    for _ in range(max_iter):
+        dl, w = derivs(eta0 + ZL @ u)
+        H = np.eye(q) + (ZL * w[:, None]).T @ ZL
+        step = np.linalg.solve(H, ZL.T @ dl - u)
+        t = 1.0
+        while t > 1e-8:
+            new = u + t * step
+            hn = h(new)
+            if hn >= hu - 1e-12 * abs(hu):
+                break
+            t /= 2
+        u, hu = new, hn
+        if np.max(np.abs(t * step)) < tol:
+            break
+    dl, w = derivs(eta0 + ZL @ u)
+    return u, np.eye(q) + (ZL * w[:, None]).T @ ZL
+
+
+def _sig(v: float, digits: int) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "NaN"
+    if v == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(v)))
+    dec = max(digits - 1 - mag, 0)
+    if abs(v) < 1e-4:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{dec}f}"
+
+
+def _pval(p: float) -> str:
+    if p < 2e-16:
+        return "< 2e-16"
+    if p < 1e-4:
+        return f"{p:.2e}"
+    return f"{p:.3g}" if p < 0.001 else f"{p:.3f}".rstrip("0").rstrip(".") if False else f"{p:.3g}"
+
+
+def _stars(p: float) -> str:
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else ""
+
+
+def _table(rows: list[list[str]], right: bool = True, first_left: bool = False, indent: str = "") -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            c = str(c)
+            left = (not right) or (first_left and i == 0)
+            cells.append(c.ljust(widths[i]) if left else c.rjust(widths[i]))
+        out.append((indent + " ".join(cells)).rstrip())
+    return out
