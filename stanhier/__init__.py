@@ -1,1 +1,30 @@
-"""stanhier: hierarchical regression with brms/lme4 formulas on Stan."""
+"""stanhier: hierarchical regression with brms/lme4 formulas on Stan.
+
+One formula, two ways to estimate: ``brm`` (Bayesian, NUTS, brms's defaults and
+names) and ``lmer``/``glmer`` (maximum likelihood on the marginalized model, lme4's
+output).
+
+Example
+-------
+>>> import pandas as pd, stanhier as sh
+>>> sleep = pd.read_csv("tests/data/sleepstudy.csv")
+>>> sh.get_prior("Reaction ~ Days + (Days | Subject)", data=sleep).iloc[4]["prior"]
+'student_t(3, 288.7, 59.3)'
+"""
+
+from __future__ import annotations
+
+from . import families
+from .api import brm, get_prior, make_standata, make_stancode
+from .errors import (ArgumentError, BackendError, DataError, FamilyError, FormulaError, PriorError,
+                     SamplingError, StanCompileError, StanhierError, StanhierWarning)
+from .fit import BrmsFit
+from .priors import Prior, prior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "brm", "make_stancode", "make_standata", "get_prior", "prior", "Prior", "families", "BrmsFit",
+    "StanhierError", "FormulaError", "DataError", "FamilyError", "PriorError", "ArgumentError",
+    "BackendError", "StanCompileError", "SamplingError", "StanhierWarning", "__version__",
+]

@@ -29,37 +29,56 @@ def _jsonable(data: dict) -> dict:
 
 
 class _CmdStanDensity(LogDensity):
-    """Log density through ``CmdStanModel.log_prob`` (one CmdStan call per evaluation)."""
+    """Log density and gradient through ``CmdStanModel.log_prob`` (one CmdStan call each).
+
+    cmdstanpy's ``log_prob`` takes values on the *constrained* scale (a dict of
+    parameter variables) and returns ``lp__`` and the gradient with respect to the
+    unconstrained parameters. This class is meant for programs whose parameters are
+    all unconstrained (stanhier's ML programs), where both scales coincide: the flat
+    vector ``theta`` is split into the parameter variables in declaration order
+    (column-major within each variable, as Stan's unconstrained vector).
+    Slow (a process per call): used for the few evaluations after CmdStan's own
+    optimizer (Newton polishing, Hessian), not inside an optimizer loop.
+    """
 
     def __init__(self, model, data: dict) -> None:
         self._model = model
-        self._data = _jsonable(data)
         self._tmp = Path(tempfile.mkdtemp(prefix="stanhier-"))
         self._data_file = self._tmp / "data.json"
-        self._data_file.write_text(json.dumps(self._data))
-        self.n_params = self._count()
+        self._data_file.write_text(json.dumps(_jsonable(data)))
+        self.shapes = self._parameter_shapes()
+        self.n_params = int(sum(int(np.prod(s)) for s in self.shapes.values()))
 
-    def _count(self) -> int:
+    def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names (declaration order) and shapes of the ``parameters`` block's variables."""
+        info = self._model.src_info()
+        names = list(info.get("parameters", {}))
         fit = self._model.optimize(data=str(self._data_file), jacobian=False, iter=1,
                                    algorithm="lbfgs", show_console=False, require_converged=False)
-        names = [c for c in fit.column_names if c != "lp__"]
-        # unconstrained size from the Jacobian-free gradient call
-        row = self._model.log_prob(params=self._constrained_dict(fit), data=str(self._data_file),
-                                   jacobian=False)
-        return len([c for c in row.columns if c.startswith("g_")]) or len(names)
+        values = fit.stan_variables()
+        return {name: tuple(np.shape(values[name])) for name in names}
 
-    @staticmethod
-    def _constrained_dict(fit) -> dict:
-        return {k: np.asarray(v).tolist() for k, v in fit.stan_variables().items()}
+    def to_dict(self, theta: np.ndarray) -> dict:
+        """Split a flat vector into the parameter variables (Stan's column-major order)."""
+        out, pos = {}, 0
+        theta = np.asarray(theta, float)
+        for name, shape in self.shapes.items():
+            size = int(np.prod(shape)) if shape else 1
+            chunk = theta[pos:pos + size]
+            out[name] = float(chunk[0]) if not shape else chunk.reshape(shape, order="F").tolist()
+            pos += size
+        return out
 
-    def _unconstrained_to_dict(self, theta: np.ndarray) -> dict:
-        # CmdStan's log_prob method takes unconstrained values through a JSON file
-        return {"params_r": list(map(float, theta))}
+    def flatten(self, params: dict) -> np.ndarray:
+        """The inverse of :meth:`to_dict` (constrained values -> flat vector)."""
+        parts = [np.ravel(np.asarray(params[name], float), order="F") for name in self.shapes]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def log_prob_grad(self, theta, jacobian=False):
-        path = self._tmp / "upars.json"
-        path.write_text(json.dumps({"params_r": list(map(float, theta))}))
-        out = self._model.log_prob(params=str(path), data=str(self._data_file), jacobian=bool(jacobian))
+        path = self._tmp / "params.json"
+        path.write_text(json.dumps(self.to_dict(theta)))
+        out = self._model.log_prob(params=str(path), data=str(self._data_file),
+                                   jacobian=bool(jacobian), sig_figs=18)
         values = out.iloc[0].to_numpy(float)
         return float(values[0]), values[1:]
 
@@ -67,7 +86,7 @@ class _CmdStanDensity(LogDensity):
         return self.log_prob_grad(theta, jacobian)[0]
 
     def constrain(self, theta):
-        raise NotImplementedError("constrain() is done by optimize() on the cmdstanpy backend")
+        return {k: np.asarray(v) for k, v in self.to_dict(theta).items()}
 
 
 class _CmdStanModel(CompiledModel):
@@ -107,11 +126,13 @@ class _CmdStanModel(CompiledModel):
         return RawSample(draws=draws, stats=stats, settings=settings, seconds=seconds)
 
     def optimize(self, data: dict, theta0=None, *, seed: int = 1) -> OptimizeResult:
+        """CmdStan's L-BFGS with the Jacobian off; ``theta0``: a dict of (constrained) initial values."""
         inits = None if theta0 is None else theta0  # a dict of constrained values
         try:
             fit = self._model.optimize(data=_jsonable(data), jacobian=False, algorithm="lbfgs",
                                        seed=seed, inits=inits, iter=10000, show_console=False,
-                                       require_converged=False)
+                                       require_converged=False, sig_figs=18, tol_rel_grad=1e3,
+                                       tol_rel_obj=1e2)
         except RuntimeError as exc:
             raise SamplingError(f"CmdStan's optimizer failed: {exc}") from None
         params = {k: np.asarray(v) for k, v in fit.stan_variables().items()}

@@ -68,7 +68,7 @@ class _PystanDensity(LogDensity):
 
     def _count_unconstrained(self) -> int:
         """httpstan does not expose the size; it is at most the number of constrained values."""
-        upper = len(self._module.constrained_param_names(self._data, False, False))
+        upper = len(self._module.constrained_param_names(self._data))
         for n in range(upper + 1):
             try:
                 self._module.log_prob(self._data, [0.0] * n, False)
@@ -195,6 +195,8 @@ class PystanBackend(Backend):
         return f"httpstan-{httpstan.__version__}"
 
     def compile(self, code: str, *, progress: bool = True) -> CompiledModel:
+        import httpstan.cache
+        import httpstan.compile
         import httpstan.models
 
         model_name = httpstan.models.calculate_model_name(code)
@@ -210,8 +212,8 @@ class PystanBackend(Backend):
                 return _PystanModel(code, model_name, True, 0.0)
             if progress:
                 print("Compiling the Stan program (once per model structure)...", flush=True)
-            try:
-                httpstan.compile.compile(code, f"model_{model_id}")  # stanc first: clear errors
+            try:  # stanc first: its errors are the clearest
+                _, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
             except ValueError as exc:
                 raise _compile_error(str(exc), code) from None
             buffer = io.StringIO()
@@ -221,7 +223,9 @@ class PystanBackend(Backend):
             except Exception as exc:
                 raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}") from None
             (entry / "model.stan").write_text(code)
-            (entry / "compiler.log").write_text(str(output))
+            # what httpstan's own cache lookup (used by stan.build) expects to find
+            httpstan.cache.dump_stanc_warnings(stanc_warnings, model_name)
+            httpstan.cache.dump_services_extension_module_compiler_output(str(output), model_name)
             cache.mark_complete(entry)
         seconds = time.perf_counter() - start
         if progress:

@@ -1,0 +1,145 @@
+"""Stage 4: the Stan program of a Bayesian fit, from the model's *structure* only.
+
+:class:`ModelStructure` holds what decides the program text — family and link,
+whether there is an intercept, each random term's correlated flag and
+parameterization, and the prior families — and nothing else: sizes, design
+matrices and prior hyperparameters are data (:func:`make_standata`). Two models
+of the same structure share one program and one compiled binary.
+
+Stan names are positional (``N_1``, ``M_1``, ``J_1``, ``Z_1``, ``sd_1``, ``L_1``,
+``z_1``, ``r_1``); :class:`~stanhier.fit.BrmsFit` maps them to brms's names.
+
+Example
+-------
+>>> import pandas as pd
+>>> from stanhier.codegen import build_model
+>>> df = pd.DataFrame({"y": [1.0, 2.0, 4.0, 3.0], "x": [0, 1, 0, 1], "g": list("aabb")})
+>>> spec = build_model("y ~ x + (x | g)", df, "gaussian")
+>>> "normal_id_glm_lpdf" in spec.code and "L_1" in spec.code
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .design import Design, make_design
+from .errors import ArgumentError
+from .family import Family, get_family
+from .formula import parse_formula
+from .priors import Prior, PriorSet, PriorStatement, resolve_priors
+from .templating import render
+
+__all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata",
+           "structure_of", "GLM_FAMILIES"]
+
+#: families whose likelihood uses one of Stan's GLM functions
+GLM_FAMILIES = {
+    "gaussian": "normal_id_glm_lpdf",
+    "poisson": "poisson_log_glm_lpmf",
+    "bernoulli": "bernoulli_logit_glm_lpmf",
+    "negbinomial": "neg_binomial_2_log_glm_lpmf",
+    "binomial": "binomial_logit_glm_lpmf",
+}
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """Everything that decides the Stan program's text."""
+
+    family: str
+    link: str
+    discrete: bool
+    has_intercept: bool
+    terms: tuple[tuple[bool, bool], ...]  #: per term: (correlated, centered)
+    priors: tuple[tuple, ...]  #: PriorStatement.structure() of each statement
+    family_aux: tuple[str, ...] = ()
+
+    @property
+    def glm(self) -> str | None:
+        return GLM_FAMILIES.get(self.family)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """A fully specified Bayesian model: design, family, priors, program and data."""
+
+    design: Design
+    family: Family
+    priors: PriorSet
+    structure: ModelStructure
+    parameterization: str
+    code: str
+
+    def standata(self) -> dict[str, Any]:
+        return make_standata(self)
+
+
+def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str) -> ModelStructure:
+    centered = parameterization == "centered"
+    return ModelStructure(
+        family=family.name, link=family.link, discrete=family.is_discrete,
+        has_intercept=design.has_intercept,
+        terms=tuple((gt.correlated, centered) for gt in design.terms),
+        priors=tuple(st.structure() for st in priors.statements),
+        family_aux=family.aux,
+    )
+
+
+def _render(structure: ModelStructure, statements: Sequence[PriorStatement]) -> str:
+    terms = [{"k": k, "correlated": c, "centered": cen}
+             for k, (c, cen) in enumerate(structure.terms, start=1)]
+    return render("brm.stan", s=structure, terms=terms, priors=list(statements))
+
+
+def build_model(formula: str, data: Any, family: str | Family = "gaussian",
+                prior: Sequence[Prior] | Prior | None = None, parameterization: str = "noncentered",
+                na_action: str = "drop") -> ModelSpec:
+    """Parse, build the design, resolve priors and render the program (no compiling)."""
+    if parameterization not in ("noncentered", "centered"):
+        raise ArgumentError(
+            f"parameterization must be 'noncentered' (brms's default) or 'centered', got {parameterization!r}."
+        )
+    fam = get_family(family)
+    parsed = parse_formula(formula)
+    design = make_design(parsed, data, na_action=na_action)
+    if fam.uses_trials and design.trials is None:
+        fam.check_response(design.y, parsed.response.column)  # raises: needs trials
+    if not fam.uses_trials and design.trials is not None:
+        from .errors import FamilyError
+
+        raise FamilyError(
+            f"The response {parsed.response.kind}(...) gives trials, which only family 'binomial' uses; "
+            f"got family {fam.name!r}."
+        )
+    fam.check_response(design.y, parsed.response.column, design.trials, parsed.response.column2)
+    priors = resolve_priors(design, fam, [] if prior is None else prior)
+    structure = structure_of(design, fam, priors, parameterization)
+    code = _render(structure, priors.statements)
+    return ModelSpec(design=design, family=fam, priors=priors, structure=structure,
+                     parameterization=parameterization, code=code)
+
+
+def make_standata(spec: ModelSpec) -> dict[str, Any]:
+    """The data dict the program of ``spec`` reads (sizes, matrices, prior hyperparameters)."""
+    d = spec.design
+    data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "X": d.X}
+    if spec.family.is_discrete:
+        data["Y"] = np.round(d.y).astype(int)
+    else:
+        data["Y"] = d.y
+    if spec.family.uses_trials:
+        data["trials"] = np.round(d.trials).astype(int)
+    for k, gt in enumerate(d.terms, start=1):
+        data[f"N_{k}"] = gt.n_levels
+        data[f"M_{k}"] = gt.M
+        data[f"J_{k}"] = gt.J + 1
+        data[f"Z_{k}"] = gt.Z
+        if gt.correlated:
+            data[f"NC_{k}"] = gt.M * (gt.M - 1) // 2
+    data.update(spec.priors.standata())
+    data["prior_only"] = 0
+    return data
