@@ -24,6 +24,7 @@ import pandas as pd
 from .backends.base import RawSample
 from .codegen import ModelSpec
 from .errors import StanhierWarning
+from .postestimation import BayesPostestimation
 
 __all__ = ["NameEntry", "NameTable", "BrmsFit", "make_names"]
 
@@ -102,7 +103,7 @@ def _summary_stats(values: np.ndarray) -> dict[str, float]:
     return out
 
 
-class BrmsFit:
+class BrmsFit(BayesPostestimation):
     """A Bayesian fit (``brm``): draws, names, summaries and post-estimation.
 
     Attributes: ``idata`` (ArviZ InferenceData), ``spec`` (the model), ``cache_hit``
