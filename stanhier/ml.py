@@ -374,13 +374,16 @@ def _fd_hessian(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.nda
 
 
 def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *,
-             tol: float = 1e-8) -> OptimumInfo:
+             tol: float = 1e-8,
+             native: Callable[[np.ndarray], np.ndarray] | None = None) -> OptimumInfo:
     """Maximize ``density`` from several starts: scipy L-BFGS on scaled coordinates, then
     Newton steps on a finite-difference Hessian of the Stan gradient.
 
     Convergence is judged by the Newton decrement ``g' (-H)^-1 g / 2 < tol`` (scale free),
-    falling back to a max-abs scaled gradient below 1e-4 where -H is not positive definite
-    (singular fits). A failed start is retried from the next one.
+    falling back to a max-abs scaled gradient below 1e-3 where -H is not positive definite
+    (singular fits). A failed start is retried from the next one. ``native``: the
+    backend's own optimizer (CmdStan's ``optimize(jacobian=False)``) replaces scipy's
+    L-BFGS for the first stage.
     """
     t0 = time.perf_counter()
     count = {"n": 0}
@@ -406,9 +409,15 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
         lp0, _ = value_grad(x0)
         if not np.isfinite(lp0):
             continue
-        res = sopt.minimize(neg, np.zeros_like(x0), args=(x0,), jac=True, method="L-BFGS-B",
-                            options={"maxiter": 5000, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 30})
-        x = x0 + scale * res.x
+        if native is not None:
+            try:
+                x = native(x0)
+            except SamplingError:
+                continue
+        else:
+            res = sopt.minimize(neg, np.zeros_like(x0), args=(x0,), jac=True, method="L-BFGS-B",
+                                options={"maxiter": 5000, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 30})
+            x = x0 + scale * res.x
         x, lp, H, ok = _newton_polish(value_grad, x, tol)
         if best is None or lp > best[0] + 1e-9:
             best = (lp, x, H, ok)
@@ -521,8 +530,12 @@ def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ
     starts = _starts(problem, design, lay, family)
     if start is not None:
         starts.insert(0, _user_start(start, problem, starts[0]))
+    native = None
+    if model.backend == "cmdstanpy":  # CmdStan's L-BFGS, Jacobian off, from our start
+        def native(x0: np.ndarray) -> np.ndarray:
+            return density.flatten(model.optimize(problem.data, density.to_dict(x0)).params)
     info = maximize(density, starts, _scale(problem, design),
-                    tol=float((control or {}).get("tol", 1e-8)))
+                    tol=float((control or {}).get("tol", 1e-8)), native=native)
     fit = MerFit(kind=kind, formula=formula, design=design, layout=lay, family=family, REML=REML,
                  nAGQ=nAGQ, problem=problem, model=model, density=density, optimum=info,
                  data_name=_data_name(data))

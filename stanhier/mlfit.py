@@ -473,8 +473,9 @@ class MerFit:
         """lme4's ``summary()`` printout."""
         lines = [self._title()]
         if self.kind == "glmm":
-            fam = {"negbinomial": f"Negative Binomial({self.shape:.4g})", "bernoulli": "binomial"}.get(
-                self.family.name, self.family.name)
+            fam = {"bernoulli": "binomial"}.get(self.family.name, self.family.name)
+            if self.family.name == "negbinomial":
+                fam = f"Negative Binomial({self.shape:.4g})"
             lines.append(f" Family: {fam}  ( {self.family.link} )")
         lines += [f"Formula: {self.formula}", f"   Data: {self.data_name}", ""]
         if self.REML:
