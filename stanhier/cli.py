@@ -1,0 +1,428 @@
+"""The ``stanhier`` command line: fit, stancode, summary, predict, example.
+
+Every fit made here writes a run record (:mod:`stanhier.record`) with the exact
+command, so a result can be audited and re-run::
+
+    stanhier fit "fish_num ~ 1 + temperature + (temperature | weather)" \\
+        --data fish.csv --family poisson --seed 1 --out runs/fish
+    stanhier summary runs/fish
+    stanhier predict runs/fish --newdata new.csv --out predictions.csv
+    stanhier stancode "Reaction ~ Days + (Days | Subject)" --data sleep.csv --out model.stan
+    stanhier example fish
+
+Exit codes: 0 success, 2 usage error (bad options), 1 a user or data error
+(:class:`~stanhier.errors.StanhierError`, unreadable files), printed as one
+``error: ...`` line and a ``hint: ...`` line; ``--debug`` shows the traceback.
+
+Example
+-------
+>>> from stanhier.cli import parse_prior
+>>> parse_prior("normal(0, 1):b:temperature")
+Prior(dist='normal', args=(0.0, 1.0), class_='b', coef='temperature', group='')
+>>> main(["--version"])                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+import pandas as pd
+
+from .errors import ArgumentError, DataError, StanhierError
+
+__all__ = ["main", "build_parser", "parse_prior", "read_data", "example_data_path"]
+
+_HINTS: dict[str, str] = {
+    "FormulaError": "check the formula: lme4/brms syntax, e.g. \"y ~ x + (x | g)\", with column names of the data",
+    "DataError": "check the data file: column names, missing values and the response's values",
+    "FamilyError": "check --family (gaussian, poisson, binomial, bernoulli, negbinomial, ...) against the response",
+    "PriorError": "write priors as DIST(ARGS):CLASS[:COEF[:GROUP]], e.g. \"normal(0,1):b:temperature\"",
+    "ArgumentError": "check the numeric options (--chains, --iter, --warmup, --seed, ...)",
+    "BackendError": "use --backend pystan, or install CmdStan: python -m cmdstanpy.install_cmdstan",
+    "StanCompileError": "the generated Stan program did not compile; see Stan's message above",
+    "SamplingError": "Stan failed while sampling; try --init 0 or stronger priors",
+}
+
+
+# ------------------------------------------------------------------ helpers
+def parse_prior(text: str):
+    """Read a command-line prior ``DIST(ARGS):CLASS[:COEF[:GROUP]]``.
+
+    The class defaults to ``b``; an empty field skips it (``"student_t(3,0,5):sd::weather"``).
+
+    >>> parse_prior("student_t(3, 0, 5):sd::weather").group
+    'weather'
+    >>> parse_prior("lkj(2):cor").class_
+    'cor'
+    """
+    from .priors import prior
+
+    text = text.strip()
+    close = text.rfind(")")
+    if close >= 0:
+        dist, rest = text[:close + 1], text[close + 1:]
+    else:
+        dist, _, rest = text.partition(":")
+        rest = ":" + rest if rest else ""
+    if rest and not rest.startswith(":"):
+        raise ArgumentError(f"Cannot read prior {text!r}: write DIST(ARGS):CLASS[:COEF[:GROUP]].")
+    fields = rest[1:].split(":") if rest else []
+    if len(fields) > 3:
+        raise ArgumentError(f"Cannot read prior {text!r}: at most CLASS:COEF:GROUP after the distribution.")
+    fields += [""] * (3 - len(fields))
+    class_, coef, group = (f.strip() for f in fields)
+    return prior(dist, class_=class_ or "b", coef=coef, group=group)
+
+
+def example_data_path(name: str = "fish") -> Path:
+    """Path of an example data set shipped inside the package (``fish``).
+
+    >>> example_data_path("fish").name
+    'fish.csv'
+    """
+    from importlib import resources
+
+    path = resources.files("stanhier.data") / f"{name}.csv"
+    if not path.is_file():
+        raise DataError(f"No example data set {name!r}; available: fish.")
+    return Path(str(path))
+
+
+def read_data(path: str | Path) -> pd.DataFrame:
+    """Read a CSV data file, with user errors as :class:`~stanhier.errors.DataError`.
+
+    >>> read_data(example_data_path("fish")).shape
+    (100, 4)
+    """
+    path = Path(path)
+    if not path.is_file():
+        err = DataError(f"Data file {str(path)!r} does not exist.")
+        err.hint = "give the path of a CSV file with a header row"  # type: ignore[attr-defined]
+        raise err
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise DataError(f"Cannot read {str(path)!r} as CSV: {err}") from None
+    df.attrs["name"] = path.stem
+    return df
+
+
+def _fish_data() -> pd.DataFrame:
+    """The seed's fish data, with ``weather`` coded as in the seed (sunny = 1, cloudy = 0)."""
+    df = read_data(example_data_path("fish"))
+    df["weather"] = (df["weather"] == "sunny").astype(int)
+    df.attrs["name"] = "fish"
+    return df
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    return "stanhier " + " ".join(shlex.quote(a) for a in argv)
+
+
+class _Warnings:
+    """Print StanhierWarnings as ``warning: ...`` lines on stderr (once each)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._ctx = warnings.catch_warnings(record=True)
+        self._caught: list = []
+
+    def __enter__(self) -> "_Warnings":
+        self._caught = self._ctx.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+        seen = set()
+        from .errors import StanhierWarning
+
+        for w in self._caught:
+            if issubclass(w.category, StanhierWarning) and str(w.message) not in seen:
+                seen.add(str(w.message))
+                print(f"warning: {w.message}", file=self.stream)
+
+
+# ------------------------------------------------------------------ commands
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("formula", help='lme4/brms formula, e.g. "y ~ x + (x | g)"')
+    p.add_argument("--data", required=True, help="CSV file with the data")
+    p.add_argument("--family", default="gaussian", help="response family (default gaussian)")
+    p.add_argument("--prior", action="append", default=[], metavar="DIST:CLASS[:COEF[:GROUP]]",
+                   help='a prior, e.g. "normal(0,1):b:temperature" (repeatable)')
+
+
+def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> int:
+    data = _fish_data() if args.command == "example" else read_data(args.data)
+    priors = [parse_prior(p) for p in getattr(args, "prior", [])]
+    command = _command_line(argv)
+    method = args.method
+    if method == "ml":
+        return _fit_ml(args, data, priors, command, out)
+    import stanhier as sh
+    from .record import save
+
+    control = {"adapt_delta": args.adapt_delta, "max_treedepth": args.max_treedepth}
+    fit = sh.brm(args.formula, data=data, family=args.family, prior=priors or None,
+                 chains=args.chains, iter=args.iter, warmup=args.warmup, thin=args.thin, seed=args.seed,
+                 cores=args.cores, init=args.init, control=control, backend=args.backend,
+                 progress=args.progress, data_name=data.attrs.get("name", "data"))
+    print(fit.summary(), file=out)
+    if args.out:
+        save(fit, args.out, include_data=not args.no_data, command=command,
+             input_file=None if args.command == "example" else args.data)
+        print(f"\nRun record written to {args.out}", file=out)
+    return 0
+
+
+def _ml_fit(formula: str, data: pd.DataFrame, family: str, reml: bool, nagq: int, backend: str):
+    from .family import get_family
+
+    import stanhier as sh
+
+    lmer = getattr(sh, "lmer", None)
+    glmer = getattr(sh, "glmer", None)
+    if lmer is None or glmer is None:
+        from .ml import glmer, lmer  # not exported yet
+    if get_family(family).name == "gaussian":
+        return lmer(formula, data, REML=reml, backend=backend)
+    return glmer(formula, data, family=family, nAGQ=nagq, backend=backend)
+
+
+def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, priors: list, command: str, out: TextIO) -> int:
+    from .record import data_sha256, package_versions, to_jsonable, write_stan_data
+
+    if priors:
+        raise ArgumentError("--prior applies to --method bayes only; ML fits (lmer/glmer) have no priors.")
+    fit = _ml_fit(args.formula, data, args.family, not args.ml, args.nagq, args.backend)
+    text = str(fit)
+    print(text, file=out)
+    if args.out:
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.txt").write_text(text + "\n")
+        (folder / "command.txt").write_text(command + "\n")
+        (folder / "model.stan").write_text(fit.stancode())
+        write_stan_data(fit.standata(), folder / "model.data.json")
+        if not args.no_data:
+            data.to_csv(folder / "data.csv", index=False)
+        fixef = fit.fixef()
+        pd.DataFrame({"Estimate": np.asarray(fixef, float)}, index=list(getattr(fixef, "index", []))
+                     or None).to_csv(folder / "fixef.csv")
+        record = {"format": 1, "kind": "lmer" if args.family in ("gaussian",) else "glmer",
+                  "command": command, "formula": args.formula, "family": args.family,
+                  "REML": not args.ml, "nAGQ": args.nagq, "backend": args.backend,
+                  "versions": package_versions(),
+                  "data": {"rows": int(len(data)), "sha256": data_sha256(data),
+                           "included": not args.no_data},
+                  "input_file": None if args.command == "example" else
+                  {"path": args.data, "sha256": data_sha256(Path(args.data))}}
+        (folder / "record.json").write_text(json.dumps(to_jsonable(record), indent=1))
+        print(f"\nRun record written to {args.out}", file=out)
+    return 0
+
+
+def _stancode(args: argparse.Namespace, out: TextIO) -> int:
+    from .api import make_stancode, make_standata
+    from .record import write_stan_data
+
+    data = read_data(args.data)
+    priors = [parse_prior(p) for p in args.prior] or None
+    code = make_stancode(args.formula, data, args.family, priors)
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(code)
+        data_path = path.with_name(path.name[:-5] + ".data.json" if path.name.endswith(".stan")
+                                   else path.name + ".data.json")
+        write_stan_data(make_standata(args.formula, data, args.family, priors), data_path)
+        print(f"Wrote {path} and {data_path}", file=out)
+    else:
+        print(code, file=out)
+    return 0
+
+
+def _load_record(folder: str):
+    from .record import _read_record, load
+
+    record = _read_record(Path(folder))
+    if record.get("kind", "brm") != "brm":
+        return record, None
+    return record, load(folder)
+
+
+def _summary(args: argparse.Namespace, out: TextIO) -> int:
+    record, fit = _load_record(args.run)
+    if fit is None:  # ML record: its printed summary
+        print((Path(args.run) / "summary.txt").read_text().rstrip("\n"), file=out)
+    else:
+        print(fit.summary(), file=out)
+    return 0
+
+
+def _predict(args: argparse.Namespace, out: TextIO) -> int:
+    record, fit = _load_record(args.run)
+    newdata = read_data(args.newdata)
+    if fit is None:
+        raise DataError(f"{args.run!r} holds an ML ({record.get('kind')}) run record; 'stanhier predict' "
+                        "works from Bayesian run records (stanhier fit --method bayes).")
+    method = getattr(fit, "fitted" if args.type == "fitted" else "predict", None)
+    if method is None:
+        raise DataError(f"This stanhier has no {args.type}() on Bayesian fits yet.")
+    kwargs: dict[str, Any] = {"newdata": newdata}
+    if args.allow_new_levels:
+        kwargs["allow_new_levels"] = True
+    if args.re_formula is not None:
+        kwargs["re_formula"] = None if args.re_formula.upper() in ("NA", "NONE", "~0") else args.re_formula
+    if args.type == "predict" and args.seed is not None:
+        kwargs["seed"] = args.seed
+    result = method(**kwargs)
+    table = _as_table(result, len(newdata))
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"Wrote {len(table)} rows to {args.out}", file=out)
+    else:
+        table.to_csv(out, index=False)
+    return 0
+
+
+def _as_table(result: Any, n: int) -> pd.DataFrame:
+    """brms's summary columns (Estimate, Est.Error, Q2.5, Q97.5) from what fitted/predict returned."""
+    if isinstance(result, pd.DataFrame):
+        return result.reset_index(drop=True)
+    arr = np.asarray(result, float)
+    if arr.ndim == 2 and arr.shape[1] == n and arr.shape[0] != n:  # (draws, rows)
+        return pd.DataFrame({"Estimate": arr.mean(0), "Est.Error": arr.std(0, ddof=1),
+                             "Q2.5": np.quantile(arr, 0.025, axis=0), "Q97.5": np.quantile(arr, 0.975, axis=0)})
+    if arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] == 4:
+        return pd.DataFrame(arr, columns=["Estimate", "Est.Error", "Q2.5", "Q97.5"])
+    return pd.DataFrame({"Estimate": arr.reshape(n, -1)[:, 0]})
+
+
+# ------------------------------------------------------------------ parser
+def _sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("bayes", "ml"), default="bayes",
+                   help="bayes: brm (NUTS); ml: lmer/glmer (maximum likelihood, marginalized model)")
+    g = p.add_argument_group("bayes (brm) options")
+    g.add_argument("--chains", type=int, default=4)
+    g.add_argument("--iter", type=int, default=2000, help="warmup + sampling iterations per chain")
+    g.add_argument("--warmup", type=int, default=None, help="default iter // 2")
+    g.add_argument("--thin", type=int, default=1)
+    g.add_argument("--seed", type=int, default=None, help="random seed (same seed -> same draws)")
+    g.add_argument("--cores", type=int, default=None)
+    g.add_argument("--init", type=float, default=None, help="inits uniform(-r, r) on the unconstrained scale")
+    g.add_argument("--adapt-delta", type=float, default=0.8)
+    g.add_argument("--max-treedepth", type=int, default=10)
+    g.add_argument("--progress", action="store_true", help="show Stan's progress")
+    g2 = p.add_argument_group("ml (lmer/glmer) options")
+    g2.add_argument("--ml", action="store_true", help="lmer: maximum likelihood instead of REML")
+    g2.add_argument("--nagq", type=int, default=1, help="glmer: 1 = Laplace, >1 adaptive Gauss-Hermite nodes")
+    p.add_argument("--backend", default="auto", choices=("auto", "pystan", "cmdstanpy"))
+    p.add_argument("--out", default=None, help="folder for the run record")
+    p.add_argument("--no-data", action="store_true", help="do not copy the data into the run record")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``stanhier`` command.
+
+    >>> build_parser().parse_args(["summary", "runs/fish"]).run
+    'runs/fish'
+    """
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="stanhier", description=(
+        "Hierarchical regression with brms/lme4 formulas on Stan: Bayesian fits (NUTS) and "
+        "maximum-likelihood fits on the marginalized model, with reproducible run records."))
+    parser.add_argument("--version", action="version", version=f"stanhier {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("fit", help="fit a model, print its summary, write a run record (--out)")
+    _model_args(p)
+    _sampler_args(p)
+
+    p = sub.add_parser("stancode", help="print the generated Stan program (--out: write it with its data)")
+    _model_args(p)
+    p.add_argument("--out", default=None, help="write the program here (and its data as NAME.data.json)")
+
+    p = sub.add_parser("summary", help="print the summary of a saved run (no refitting)")
+    p.add_argument("run", help="run record folder")
+
+    p = sub.add_parser("predict", help="predictions for new data from a saved run (no refitting)")
+    p.add_argument("run", help="run record folder")
+    p.add_argument("--newdata", required=True, help="CSV file with the new data")
+    p.add_argument("--type", choices=("fitted", "predict"), default="fitted",
+                   help="fitted: expected values (default); predict: posterior predictive")
+    p.add_argument("--re-formula", default=None, help='"NA": population level only')
+    p.add_argument("--allow-new-levels", action="store_true")
+    p.add_argument("--seed", type=int, default=None, help="seed for --type predict")
+    p.add_argument("--out", default=None, help="CSV file to write (default: standard output)")
+
+    p = sub.add_parser("example", help="run a shipped example: fish (the seed's model)")
+    p.add_argument("name", choices=("fish",))
+    _sampler_args(p)
+    p.set_defaults(seed=1)
+    return parser
+
+
+_EXAMPLE_FORMULA = {"fish": "fish_num ~ 1 + temperature + (temperature | weather)"}
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run the ``stanhier`` command; returns the exit code (0 ok, 1 user error, 2 usage).
+
+    >>> main(["stancode", "y ~ x", "--data", "missing.csv"])   # doctest: +SKIP
+    1
+    """
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
+        return int(exc.code or 0)
+    if args.command == "example":
+        args.formula = _EXAMPLE_FORMULA[args.name]
+        args.family = "poisson"
+        args.prior = []
+    try:
+        with _Warnings(err):
+            if args.command in ("fit", "example"):
+                return _fit(args, argv, out)
+            if args.command == "stancode":
+                return _stancode(args, out)
+            if args.command == "summary":
+                return _summary(args, out)
+            if args.command == "predict":
+                return _predict(args, out)
+    except StanhierError as exc:
+        if args.debug:
+            traceback.print_exc(file=err)
+        print(f"error: {exc}", file=err)
+        hint = getattr(exc, "hint", None) or _HINTS.get(type(exc).__name__, "see stanhier --help")
+        print(f"hint: {hint} (--debug shows the traceback)",
+              file=err)
+        return 1
+    except (OSError, KeyboardInterrupt) as exc:
+        if args.debug:
+            traceback.print_exc(file=err)
+        print(f"error: {exc}", file=err)
+        print("hint: check the file and folder paths (--debug shows the traceback)", file=err)
+        return 1
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

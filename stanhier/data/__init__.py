@@ -1,0 +1,1 @@
+"""Example data sets shipped with stanhier (``fish.csv``: the seed example)."""
