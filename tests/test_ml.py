@@ -375,3 +375,9 @@ def test_cmdstanpy_matches_pystan(fits):
         pytest.skip(f"cmdstanpy backend not usable: {why}")
     fit = lmer("Reaction ~ Days + (Days | Subject)", data("sleepstudy"), REML=False, backend="cmdstanpy")
     assert fit.logLik() == pytest.approx(fits("sleepstudy_corr_ML").logLik(), abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["lmm", "glmm"])
+def test_program_matches_golden(kind):
+    """The generated programs are reviewed text: a change must update tests/golden/ on purpose."""
+    assert stan_program(kind) == (HERE / "golden" / f"ml_{kind}.stan").read_text()

@@ -114,7 +114,9 @@ class _PystanModel(CompiledModel):
         return self._module
 
     def log_density(self, data: dict) -> LogDensity:
-        return _PystanDensity(self._services(), _plain(data))
+        # numpy arrays stay arrays: httpstan flattens the data on every call, and nested
+        # lists make that the dominant cost (2x slower ML fits on 1,000-group data)
+        return _PystanDensity(self._services(), _numeric(data))
 
     def sample(self, data: dict, settings: SampleSettings) -> RawSample:
         import stan
@@ -159,6 +161,21 @@ class _PystanModel(CompiledModel):
         for path in folder.glob("*.jsonlines.gz"):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _numeric(data: dict) -> dict:
+    """numpy arrays kept (as float64/int64), numpy scalars -> Python numbers."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, np.ndarray):
+            out[key] = value.astype(np.int64 if np.issubdtype(value.dtype, np.integer) else float)
+        elif isinstance(value, (np.integer,)):
+            out[key] = int(value)
+        elif isinstance(value, (np.floating,)):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
 
 
 def _plain(data: dict) -> dict:

@@ -1,0 +1,182 @@
+"""Benchmark stanhier's lmer/glmer against lme4 (Rscript) and statsmodels MixedLM, same run.
+
+Times are medians over repeated fits of the identical call, fit only (data already
+loaded, the one-time Stan compile excluded: a warm-up fit runs first). Prints the
+machine, the times and the ratios stanhier / peer.
+
+Usage::
+
+    python benchmarks/bench_ml.py [--reps 5] [--n 100000] [--groups 1000]
+
+Needs ``Rscript`` with lme4 (``apt-get install r-base-core r-cran-lme4``) for the lme4
+column and statsmodels for its column; a missing peer is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("STANHIER_CACHE_DIR", str(ROOT / ".pytest_cache" / "stanhier"))
+
+from stanhier.ml import glmer, lmer  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def simulate(n: int, groups: int, seed: int = 1) -> pd.DataFrame:
+    """y = 1 + 0.5 x + b0[g] + b1[g] x + e with correlated (b0, b1)."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, n)
+    x = rng.normal(size=n)
+    cov = np.array([[1.0, 0.3 * 0.5], [0.3 * 0.5, 0.25]])
+    b = rng.multivariate_normal([0, 0], cov, size=groups)
+    y = 1 + 0.5 * x + b[g, 0] + b[g, 1] * x + rng.normal(scale=2.0, size=n)
+    return pd.DataFrame({"y": y, "x": x, "g": g})
+
+
+def median_time(fun, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fun()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+R_SCRIPT = r"""
+suppressMessages(library(lme4))
+args <- commandArgs(TRUE); dir <- args[1]; reps <- as.integer(args[2])
+sleep <- read.csv(file.path(dir, "sleepstudy.csv"))
+fish <- read.csv(file.path(dir, "fish.csv"))
+sim <- read.csv(file.path(dir, "sim.csv"))
+tm <- function(expr) { f <- function() eval(expr); f(); median(replicate(reps, system.time(f())[["elapsed"]])) }
+out <- list(
+  lmer_sleepstudy = tm(quote(lmer(Reaction ~ Days + (Days | Subject), sleep, REML = FALSE))),
+  glmer_poisson = tm(quote(glmer(fish_num ~ weather + temperature + (1 | id), fish, family = poisson))),
+  lmer_sim = tm(quote(lmer(y ~ x + (x | g), sim, REML = FALSE)))
+)
+m <- lmer(y ~ x + (x | g), sim, REML = FALSE)
+out$sim_logLik <- as.numeric(logLik(m))
+cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA))
+"""
+
+
+def run_lme4(folder: Path, reps: int) -> dict | None:
+    if shutil.which("Rscript") is None:
+        print("lme4: Rscript not found (apt-get install r-base-core r-cran-lme4)")
+        return None
+    script = folder / "bench.R"
+    script.write_text(R_SCRIPT)
+    proc = subprocess.run(["Rscript", str(script), str(folder), str(reps)], capture_output=True, text=True)
+    if proc.returncode:
+        print("lme4 failed:", proc.stderr[-500:])
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--groups", type=int, default=1000)
+    args = parser.parse_args()
+    print("Machine:", machine())
+
+    sleep = pd.read_csv(ROOT / "tests" / "data" / "sleepstudy.csv")
+    fish = pd.read_csv(ROOT / "tests" / "data" / "fish.csv")
+    fish["weather"] = (fish["weather"] == "sunny").astype(int)
+    sim = simulate(args.n, args.groups)
+
+    cases = {
+        "lmer_sleepstudy": lambda: lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False, backend="pystan"),
+        "glmer_poisson": lambda: glmer("fish_num ~ weather + temperature + (1 | id)", fish, family="poisson",
+                                       backend="pystan"),
+        "lmer_sim": lambda: lmer("y ~ x + (x | g)", sim, REML=False, backend="pystan"),
+    }
+    labels = {"lmer_sleepstudy": "lmer sleepstudy (Days|Subject), ML",
+              "glmer_poisson": "glmer Poisson fish (1|id), Laplace, 100 groups",
+              "lmer_sim": f"lmer simulated N={args.n:,}, {args.groups:,} groups (x|g), ML"}
+
+    ours, extra = {}, {}
+    for key, fun in cases.items():
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = fun()  # warm-up: compiles (or loads) the program once
+        first = time.perf_counter() - start
+        extra[key] = dict(first=first, compile=fit.compile_seconds, cache_hit=fit.cache_hit, logLik=fit.logLik())
+        ours[key] = median_time(fun, args.reps)
+
+    sm = {}
+    try:
+        import statsmodels.formula.api as smf
+
+        def sm_sleep():
+            return smf.mixedlm("Reaction ~ Days", sleep, groups=sleep["Subject"], re_formula="~Days").fit(reml=False)
+
+        def sm_sim():
+            return smf.mixedlm("y ~ x", sim, groups=sim["g"], re_formula="~x").fit(reml=False)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sm["lmer_sleepstudy"] = median_time(sm_sleep, args.reps)
+            sm["lmer_sim"] = median_time(sm_sim, max(1, min(args.reps, 3)))
+            sm["sim_logLik"] = float(sm_sim().llf)
+    except ImportError:
+        print("statsmodels not installed: no MixedLM column")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sleep.to_csv(folder / "sleepstudy.csv", index=False)
+        fish.to_csv(folder / "fish.csv", index=False)
+        sim.to_csv(folder / "sim.csv", index=False)
+        r = run_lme4(folder, args.reps)
+
+    print()
+    print(f"{'case':58s} {'stanhier':>9s} {'lme4':>9s} {'ratio':>7s} {'MixedLM':>9s} {'ratio':>7s}")
+    for key in cases:
+        lme = r.get(key) if r else None
+        smt = sm.get(key)
+        row = f"{labels[key]:58s} {ours[key]:9.3f}"
+        row += f" {lme:9.3f} {ours[key] / lme:7.2f}" if lme else f" {'n/a':>9s} {'':>7s}"
+        row += f" {smt:9.3f} {ours[key] / smt:7.2f}" if smt else f" {'n/a':>9s} {'':>7s}"
+        print(row)
+    print("(seconds, median of repeated fits; ratio = stanhier / peer; MixedLM has no Laplace GLMM)")
+    print()
+    for key, e in extra.items():
+        print(f"{key}: first call {e['first']:.2f} s (compile {e['compile']:.1f} s, cache hit {e['cache_hit']}), "
+              f"logLik {e['logLik']:.3f}")
+    if r:
+        print(f"lme4 logLik (simulated): {r['sim_logLik']:.3f}")
+    if "sim_logLik" in sm:
+        print(f"MixedLM logLik (simulated): {sm['sim_logLik']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+// Generalized linear mixed model, marginal log-likelihood by Laplace approximation
+// (n_agq == 1) or adaptive Gauss-Hermite quadrature (n_agq > 1, one scalar random
+// effect per group) -- stanhier `glmer`, as lme4's glmer(nAGQ = n_agq).
+//
+//   eta = X * beta + Z * Lambda * u,   u ~ N(0, I),   y_i ~ family(eta_i)
+//
+// The spherical random effects u are integrated out block by block: Newton
+// iterations find the mode u_hat of log p(y | u) + log N(u | 0, I) inside the
+// program, then the integral is approximated at the mode. Parameters: fixed effects
+// `beta`, the free elements `theta` of the relative covariance factor Lambda
+// (lme4's theta; unconstrained because the sign of a diagonal element does not
+// change Lambda * Lambda'), and log(shape) for the negative binomial. Every
+// parameter is unconstrained and the likelihood keeps its constants, so `target`
+// at the optimum IS the (approximate) marginal log-likelihood.
+//
+// The family is data (1 poisson/log, 2 binomial/logit, 3 bernoulli/logit,
+// 4 negative binomial/log), so one compiled program serves every family.
+// Layout: observations are sorted by block; a block is one level of the grouping
+// factor when all terms share one factor, else one stacked block with every
+// random effect (crossed or nested factors).
+functions {
+  // Lambda (q x q, lower triangular) from theta, as lme4's Lambda@x = theta[Lind].
+  matrix relative_factor(int q, vector theta, array[] int lam_row, array[] int lam_col,
+                         array[] int lam_par) {
+    matrix[q, q] Lambda = rep_matrix(0, q, q);
+    for (e in 1:size(lam_row)) {
+      Lambda[lam_row[e], lam_col[e]] = theta[lam_par[e]];
+    }
+    return Lambda;
+  }
+
+  // log p(y | eta) with all normalizing constants
+  real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, real phi) {
+    if (family == 1) {
+      return poisson_log_lpmf(y | eta);
+    } else if (family == 2) {
+      return binomial_logit_lpmf(y | trials, eta);
+    } else if (family == 3) {
+      return bernoulli_logit_lpmf(y | eta);
+    }
+    return neg_binomial_2_log_lpmf(y | eta, phi);
+  }
+
+  // d log p / d eta (column 1) and -d^2 log p / d eta^2 (column 2) per observation
+  matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, real phi) {
+    int n = rows(eta);
+    matrix[n, 2] d;
+    if (family == 1) {
+      vector[n] mu = exp(eta);
+      d[:, 1] = to_vector(y) - mu;
+      d[:, 2] = mu;
+    } else if (family == 2 || family == 3) {
+      vector[n] p = inv_logit(eta);
+      vector[n] n_trials = family == 2 ? to_vector(trials) : rep_vector(1, n);
+      d[:, 1] = to_vector(y) - n_trials .* p;
+      d[:, 2] = n_trials .* p .* (1 - p);
+    } else {
+      vector[n] mu = exp(eta);
+      vector[n] yv = to_vector(y);
+      d[:, 1] = yv - (yv + phi) .* mu ./ (phi + mu);
+      d[:, 2] = (yv + phi) .* mu * phi ./ square(phi + mu);
+    }
+    return d;
+  }
+
+  // Log of the integral over one block's random effects:
+  //   log integral p(y | eta_fixed + ZL * u) N(u | 0, I) du
+  // ZL = Z_block * Lambda. Damped Newton from u = 0 (the integrand is log-concave
+  // for these families), then Laplace (n_agq == 1) or adaptive Gauss-Hermite.
+  real marginal_block_lpmf(array[] int y, array[] int trials, vector eta_fixed, matrix ZL,
+                           int family, real phi, int n_agq, vector gh_x, vector gh_logw,
+                           real tol, int max_iter) {
+    int n = rows(ZL);
+    int q = cols(ZL);
+    vector[q] u = rep_vector(0, q);
+    real h = glm_lpmf(y | trials, eta_fixed, family, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
+    matrix[q, q] L_H;
+    for (iter in 1:max_iter) {
+      matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi);
+      vector[q] grad = ZL' * d[:, 1] - u;
+      L_H = cholesky_decompose(add_diag(crossprod(diag_pre_multiply(sqrt(d[:, 2]), ZL)), 1));
+      vector[q] step = mdivide_right_tri_low(mdivide_left_tri_low(L_H, grad)', L_H)';
+      real t = 1;
+      vector[q] u_new = u + step;
+      real h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, phi) - 0.5 * dot_self(u_new);
+      while (!(h_new >= h - 1e-12 * abs(h)) && t > 1e-6) {  // step halving
+        t *= 0.5;
+        u_new = u + t * step;
+        h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, phi) - 0.5 * dot_self(u_new);
+      }
+      u = u_new;
+      h = h_new;
+      if (max(abs(t * step)) < tol) {
+        break;
+      }
+    }
+    // curvature at the mode: H = I + (Z Lambda)' W (Z Lambda)
+    matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi);
+    L_H = cholesky_decompose(add_diag(crossprod(diag_pre_multiply(sqrt(d[:, 2]), ZL)), 1));
+    if (n_agq == 1) {
+      // Laplace: h(u_hat) - 1/2 log|H| (the (2 pi)^(q/2) factors cancel)
+      return h - sum(log(diagonal(L_H)));
+    }
+    // adaptive Gauss-Hermite (q == 1): nodes centred at the mode, scaled by 1/sqrt(H)
+    real s = sqrt2() / L_H[1, 1];
+    vector[n_agq] terms;
+    for (k in 1:n_agq) {
+      real u_k = u[1] + s * gh_x[k];
+      terms[k] = gh_logw[k] + square(gh_x[k])
+                 + glm_lpmf(y | trials, eta_fixed + ZL[:, 1] * u_k, family, phi) - 0.5 * square(u_k);
+    }
+    return log(s) - 0.5 * log(2 * pi()) + log_sum_exp(terms);
+  }
+}
+data {
+  int<lower=1> N;                       // observations (sorted by block)
+  int<lower=1> K;                       // columns of the fixed-effects design X
+  int<lower=1, upper=4> family;         // 1 poisson, 2 binomial, 3 bernoulli, 4 negative binomial
+  array[N] int<lower=0> y;
+  array[N] int<lower=0> trials;         // binomial trials (unused otherwise)
+  matrix[N, K] X;
+  // random part: G independent blocks of q random effects each
+  int<lower=1> G;
+  int<lower=1> q;
+  matrix[N, q] Zb;                      // each observation's row of Z within its block
+  array[G] int<lower=1> block_start;    // first observation of each block
+  array[G] int<lower=1> block_size;     // number of observations of each block
+  // relative covariance factor: which theta goes where (one entry per nonzero)
+  int<lower=1> n_theta;
+  int<lower=1> n_lam;
+  array[n_lam] int<lower=1, upper=q> lam_row;
+  array[n_lam] int<lower=1, upper=q> lam_col;
+  array[n_lam] int<lower=1, upper=n_theta> lam_par;
+  // integration
+  int<lower=1> n_agq;                   // 1: Laplace; > 1: Gauss-Hermite nodes (needs q == 1)
+  vector[n_agq] gh_x;                   // Gauss-Hermite nodes
+  vector[n_agq] gh_logw;                // log weights
+  real<lower=0> newton_tol;
+  int<lower=1> newton_max_iter;
+}
+parameters {
+  vector[K] beta;                       // fixed effects (population-level part of the formula)
+  vector[n_theta] theta;                // free elements of Lambda, term by term (lme4's theta)
+  vector[family == 4 ? 1 : 0] log_shape;  // negative binomial: log shape (phi)
+}
+model {
+  matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);
+  real phi = family == 4 ? exp(log_shape[1]) : 1;
+  vector[N] eta_fixed = X * beta;
+  matrix[N, q] ZL = Zb * Lambda;
+  for (g in 1:G) {
+    int s = block_start[g];
+    int e = s + block_size[g] - 1;
+    target += marginal_block_lpmf(y[s:e] | trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi,
+                                  n_agq, gh_x, gh_logw, newton_tol, newton_max_iter);
+  }
+}
