@@ -73,14 +73,16 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
         warmup: int | None = None, thin: int = 1, seed: int | None = None, cores: int | None = None,
         init: Any = None, control: Mapping[str, Any] | None = None, backend: str = "auto",
         parameterization: str = "noncentered", progress: bool = True, na_action: str = "drop",
-        data_name: str | None = None) -> BrmsFit:
+        collinear: str = "error", data_name: str | None = None) -> BrmsFit:
     """Fit a Bayesian hierarchical model with Stan's NUTS, as brms's ``brm``.
 
     Arguments follow brms: ``chains``, ``iter`` (warmup + sampling per chain),
     ``warmup`` (default ``iter // 2``), ``thin``, ``seed``, ``cores``, ``init``
     (None: uniform(-2, 2) unconstrained; a number r: uniform(-r, r); dict(s)),
     ``control={"adapt_delta": 0.95, "max_treedepth": 12}``. Same seed and backend
-    give identical draws.
+    give identical draws. ``na_action="drop"`` drops rows with missing values (with a
+    warning; ``"raise"`` errors); ``collinear="error"`` names constant or collinear
+    predictors (``"drop"`` drops them with a warning).
 
     >>> import pandas as pd, stanhier as sh                                  # doctest: +SKIP
     >>> fish = pd.read_csv("examples/fish.csv")                              # doctest: +SKIP
@@ -93,7 +95,8 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     settings = SampleSettings(chains=chains, iter=iter, warmup=warmup, thin=thin, seed=seed, cores=cores,
                               init=init, adapt_delta=ctrl.get("adapt_delta", 0.8),
                               max_treedepth=ctrl.get("max_treedepth", 10), progress=progress)
-    spec: ModelSpec = build_model(formula, data, family, prior, parameterization, na_action=na_action)
+    spec: ModelSpec = build_model(formula, data, family, prior, parameterization, na_action=na_action,
+                                  collinear=collinear)
     be = get_backend(backend)
     model = be.compile(spec.code, progress=progress)
     raw = model.sample(spec.standata(), settings)

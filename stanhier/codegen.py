@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .design import Design, make_design
+from .design import Design, check_gaussian_groups, make_design
 from .errors import ArgumentError
 from .family import Family, get_family
 from .formula import parse_formula
@@ -97,7 +97,7 @@ def _render(structure: ModelStructure, statements: Sequence[PriorStatement]) -> 
 
 def build_model(formula: str, data: Any, family: str | Family = "gaussian",
                 prior: Sequence[Prior] | Prior | None = None, parameterization: str = "noncentered",
-                na_action: str = "drop") -> ModelSpec:
+                na_action: str = "drop", collinear: str = "error") -> ModelSpec:
     """Parse, build the design, resolve priors and render the program (no compiling)."""
     if parameterization not in ("noncentered", "centered"):
         raise ArgumentError(
@@ -105,7 +105,9 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
         )
     fam = get_family(family)
     parsed = parse_formula(formula)
-    design = make_design(parsed, data, na_action=na_action)
+    design = make_design(parsed, data, na_action=na_action, collinear=collinear)
+    if fam.has_sigma:
+        check_gaussian_groups(design)
     if fam.uses_trials and design.trials is None:
         fam.check_response(design.y, parsed.response.column)  # raises: needs trials
     if not fam.uses_trials and design.trials is not None:

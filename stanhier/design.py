@@ -31,7 +31,8 @@ import pandas as pd
 from .errors import DataError, FormulaError, StanhierWarning
 from .formula import ParsedFormula, RandomTerm
 
-__all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name"]
+__all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name",
+           "check_gaussian_groups"]
 
 
 # --------------------------------------------------------------------------- names
@@ -287,12 +288,67 @@ def _numeric(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
     return out
 
 
-def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop") -> Design:
+def _dependent_columns(X: np.ndarray, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Columns that are constant (besides the intercept) or linearly dependent on earlier ones."""
+    out: list[tuple[str, str]] = []
+    if X.shape[1] == 0:
+        return out
+    G = X.T @ X  # one pass over the data; the rest works on the K x K Gram matrix
+    const = np.ptp(X, axis=0) == 0
+    kept: list[int] = []
+    for j, name in enumerate(names):
+        if name != "Intercept" and const[j] and "Intercept" in names:
+            out.append((name, "constant"))
+            continue
+        resid = G[j, j]
+        if kept:
+            g = G[kept, j]
+            resid = G[j, j] - g @ np.linalg.lstsq(G[np.ix_(kept, kept)], g, rcond=None)[0]
+        if resid <= 1e-10 * max(G[j, j], 1e-300):
+            out.append((name, "collinear with " + ", ".join(repr(r_name(names[i])) for i in kept[-3:])))
+            continue
+        kept.append(j)
+    return out
+
+
+def _check_grouping(term: RandomTerm, columns: list[pd.Series], n_levels: int, n_rows: int) -> None:
+    if n_levels < 2:
+        raise DataError(
+            f"Grouping factor {term.group_name!r} in {term.text!r} has a single level: a group-level "
+            "effect needs at least two groups. Drop the term or use a fixed effect."
+        )
+    for col in columns:
+        if pd.api.types.is_float_dtype(col) and not np.all(np.mod(col.to_numpy(), 1) == 0) \
+                and col.nunique() > 0.5 * n_rows:
+            warnings.warn(
+                f"Grouping variable {col.name!r} in {term.text!r} looks continuous ({col.nunique()} distinct "
+                f"values in {n_rows} rows): each value becomes a group. Did you mean it as a predictor?",
+                StanhierWarning, stacklevel=4)
+
+
+def check_gaussian_groups(design: "Design") -> None:
+    """Warn when a grouping factor has a level per observation in a model with sigma."""
+    for gt in design.terms:
+        if gt.n_levels >= design.N:
+            warnings.warn(
+                f"Grouping factor {gt.term.group_name!r} has as many levels as observations ({design.N}): "
+                "with a residual SD (sigma) its SD is not identifiable. Drop the term or use a "
+                "family without sigma.", StanhierWarning, stacklevel=3)
+
+
+def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
+                collinear: str = "error") -> Design:
     """Build the :class:`Design` of ``formula`` on ``data``.
 
     ``na_action="drop"`` drops rows with missing values in any used column (with a
     warning stating how many, as brms does); ``"raise"`` raises :class:`DataError`.
+    ``collinear="error"`` raises for constant or linearly dependent population-level
+    columns (naming them); ``"drop"`` drops them with a warning, as lme4.
     """
+    if na_action not in ("drop", "raise"):
+        raise DataError(f"na_action must be 'drop' or 'raise', got {na_action!r}.")
+    if collinear not in ("error", "drop"):
+        raise DataError(f"collinear must be 'error' or 'drop', got {collinear!r}.")
     df = as_dataframe(data)
     if len(df) == 0:
         raise DataError("The data has zero rows: nothing to fit.")
@@ -319,6 +375,15 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop") -
         )
         df = df.loc[~missing]
     df = df.reset_index(drop=True)
+    for col in used:
+        values = df[col]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            n_inf = int(np.isinf(values.to_numpy(dtype=float)).sum())
+            if n_inf:
+                raise DataError(
+                    f"Column {col!r} has {n_inf} infinite value(s) (first at row "
+                    f"{int(np.flatnonzero(np.isinf(values.to_numpy(dtype=float)))[0])}): remove or replace them."
+                )
 
     y = _numeric(df, resp.column, "response")
     trials = None
@@ -331,6 +396,23 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop") -
     if not np.all(np.isfinite(X)):
         raise DataError(f"The population-level design {formula.fixed!r} has infinite values.")
     names = tuple(mm.model_spec.column_names)
+    fixed_spec = mm.model_spec
+    dependent = _dependent_columns(X, names)
+    if dependent:
+        described = ", ".join(f"{r_name(n)!r} ({why})" for n, why in dependent)
+        if collinear == "drop":
+            warnings.warn(
+                f"Population-level design is rank deficient: dropping column(s) {described}.",
+                StanhierWarning, stacklevel=3)
+            keep = [i for i, n in enumerate(names) if n not in dict(dependent)]
+            X = X[:, keep]
+            names = tuple(names[i] for i in keep)
+        else:
+            raise DataError(
+                f"Population-level column(s) {described} cannot be estimated: they are constant or "
+                "a linear combination of other columns. Remove them from the formula, or pass "
+                "collinear='drop' to drop them (as lme4 does)."
+            )
 
     terms = []
     for term in formula.random:
@@ -346,9 +428,10 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop") -
         inv = [dict((i, v) for v, i in m.items()) for m in per_col]
         levels = tuple(tuple(_label(inv[j][k[j]]) for j in range(len(k))) for k in uniq)
         J = np.fromiter((pos[k] for k in keys), dtype=int, count=len(keys))
+        _check_grouping(term, codes, len(levels), len(df))
         terms.append(GroupTerm(term=term, coef_formulaic=tuple(zm.model_spec.column_names),
                                levels=levels, Z=Z, J=J, spec=zm.model_spec))
 
     return Design(formula=formula, data=df, y=y, trials=trials, X=X, fixed_formulaic=names,
-                  has_intercept="Intercept" in names, fixed_spec=mm.model_spec,
+                  has_intercept="Intercept" in names, fixed_spec=fixed_spec,
                   terms=tuple(terms), n_dropped=n_dropped)
