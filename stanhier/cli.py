@@ -246,7 +246,7 @@ def _stancode(args: argparse.Namespace, out: TextIO) -> int:
         write_stan_data(make_standata(args.formula, data, args.family, priors), data_path)
         print(f"Wrote {path} and {data_path}", file=out)
     else:
-        print(code, file=out)
+        out.write(code if code.endswith("\n") else code + "\n")
     return 0
 
 

@@ -183,16 +183,28 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
 
     Parameters
     ----------
-    fit : a :class:`~stanhier.fit.BrmsFit`.
-    path : the folder; files of an earlier record there are replaced (``overwrite=True``).
-    include_data : also write the rows used as ``data.csv`` (needed by :func:`load`
-        unless the data is passed to it again).
-    command : the call to record (the CLI passes its command line); default: the
+    fit : BrmsFit
+        A fit from ``sh.brm``.
+    path : str or Path
+        The folder; files of an earlier record there are replaced (``overwrite=True``).
+    include_data : bool
+        Also write the rows used as ``data.csv`` (needed by :func:`load` unless the
+        data is passed to it again).
+    command : str, optional
+        The call to record (the CLI passes its command line); default: the
         equivalent ``sh.brm(...)`` call.
-    input_file : the data file the fit read, whose sha256 is recorded too.
+    input_file : str or Path, optional
+        The data file the fit read, whose sha256 is recorded too.
+    overwrite : bool
+        Replace an existing record in ``path``.
 
-    Returns the folder as a :class:`~pathlib.Path`.
+    Returns
+    -------
+    Path
+        The folder.
 
+    Examples
+    --------
     >>> save(fit, "runs/fish")              # doctest: +SKIP
     PosixPath('runs/fish')
     """

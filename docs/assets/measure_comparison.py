@@ -1,0 +1,58 @@
+"""Measure the stanhier column of docs/comparison.md (run from the repository root).
+
+    .venv/bin/python docs/assets/measure_comparison.py > docs/assets/comparison_numbers.json
+
+Same calls as tests/reference/*.json: brm with chains=4, iter=4000, warmup=2000, seed=1
+(pystan backend), lmer/glmer with lme4's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import warnings
+
+import pandas as pd
+
+import stanhier as sh
+from stanhier.ml import glmer, lmer
+
+warnings.simplefilter("ignore")
+fish = pd.read_csv("tests/data/fish.csv")
+fish["weather"] = (fish["weather"] == "sunny").astype(int)
+sleep = pd.read_csv("tests/data/sleepstudy.csv")
+out: dict = {"python": sys.version.split()[0], "platform": platform.platform(), "cases": {}}
+
+
+def bayes(name: str, formula: str, data, family: str) -> None:
+    t0 = time.time()
+    fit = sh.brm(formula, data=data, family=family, chains=4, iter=4000, warmup=2000, seed=1,
+                 backend="pystan", progress=False)
+    tab = fit.summary_table()
+    out["cases"][name] = {"call": f"sh.brm({formula!r}, family={family!r}, chains=4, iter=4000, warmup=2000, seed=1)",
+                          "seconds": round(time.time() - t0, 1), "cache_hit": fit.cache_hit,
+                          "table": {k: {c: float(tab.loc[k, c]) for c in ["Estimate", "Est.Error", "l-95% CI", "u-95% CI", "Rhat", "Bulk_ESS"]}
+                                    for k in tab.index},
+                          "diagnostics": fit.diagnostics()}
+    print(name, "done", file=sys.stderr, flush=True)
+
+
+def ml(name: str, fit, call: str, t0: float) -> None:
+    fe = fit.fixef()
+    out["cases"][name] = {"call": call, "seconds": round(time.time() - t0, 1),
+                          "fixef": {k: float(v) for k, v in fe.items()},
+                          "se": [float(s) for s in fit._se()],
+                          "logLik": float(fit.logLik()), "varcorr": fit.VarCorr().to_dict("records"),
+                          "sigma": float(fit.sigma()) if fit.family.name == "gaussian" else None}
+    print(name, "done", file=sys.stderr, flush=True)
+
+
+t0 = time.time(); ml("sleepstudy_corr_REML", lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=True), "sh.lmer('Reaction ~ Days + (Days | Subject)', sleep, REML=True)", t0)
+t0 = time.time(); ml("sleepstudy_corr_ML", lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False), "sh.lmer('Reaction ~ Days + (Days | Subject)', sleep, REML=False)", t0)
+t0 = time.time(); ml("fish_int_weather_laplace", glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (1 | weather)', fish, family='poisson')", t0)
+t0 = time.time(); ml("fish_slope_weather_laplace", glmer("fish_num ~ 1 + temperature + (temperature | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (temperature | weather)', fish, family='poisson')", t0)
+bayes("sleepstudy", "Reaction ~ Days + (Days | Subject)", sleep, "gaussian")
+bayes("fish_slope_corr", "fish_num ~ 1 + temperature + (temperature | weather)", fish, "poisson")
+print(json.dumps(out, indent=1, default=str))

@@ -1,0 +1,147 @@
+"""The ``stanhier`` command line: exit codes, error lines, stancode, fit/summary/predict/example."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import stanhier as sh
+from stanhier.cli import build_parser, example_data_path, main, parse_prior
+from stanhier.record import save
+
+ROOT = Path(__file__).resolve().parents[1]
+FISH_FORMULA = "fish_num ~ 1 + temperature + (temperature | weather)"
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fish_csv(fish, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "fish.csv"
+    fish.to_csv(path, index=False)
+    return path
+
+
+def test_parse_prior():
+    assert parse_prior("normal(0,1):b:temperature") == sh.prior("normal(0, 1)", class_="b", coef="temperature")
+    assert parse_prior("student_t(3, 0, 5):sd::weather") == sh.prior("student_t(3,0,5)", class_="sd", group="weather")
+    assert parse_prior("normal(0, 10)") == sh.prior("normal(0, 10)", class_="b")
+    assert parse_prior("lkj(2):cor").class_ == "cor"
+    with pytest.raises(sh.StanhierError):
+        parse_prior("normal(0,1):b:x:g:extra")
+    with pytest.raises(sh.PriorError):
+        parse_prior("normal(0,1):bogus")
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["fit", "y ~ x"]) == 2  # --data missing
+    assert main(["fit", "y ~ x", "--data", "d.csv", "--chains", "many"]) == 2
+    assert main(["nonsense"]) == 2
+    assert main(["--version"]) == 0
+    assert "stanhier" in capsys.readouterr().out
+
+
+def test_user_errors_exit_1_one_line(fish_csv):
+    code, out, err = run(["stancode", "y ~ x", "--data", "no/such/file.csv"])
+    lines = err.strip().splitlines()
+    assert code == 1 and lines[0] == "error: Data file 'no/such/file.csv' does not exist."
+    assert lines[1].startswith("hint: ") and len(lines) == 2 and "Traceback" not in err
+
+    code, _, err = run(["stancode", "fish_num ~ temp + (1 | weather)", "--data", str(fish_csv)])
+    assert code == 1 and err.startswith("error: ") and "'temp'" in err and "Traceback" not in err
+    code, _, err = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poison"])
+    assert code == 1 and "Unknown family 'poison'" in err
+    code, _, err = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--prior", "nromal(0,1):b"])
+    assert code == 1 and err.startswith("error: ") and "hint: write priors as" in err
+    # --debug adds the traceback
+    code, _, err = run(["--debug", "stancode", "fish_num ~ temp", "--data", str(fish_csv)])
+    assert code == 1 and "Traceback" in err and "error: " in err
+
+
+def test_console_script_exit_codes(fish_csv):
+    """The installed entry point (python -m stanhier.cli) returns the same codes to the shell."""
+    res = subprocess.run([sys.executable, "-m", "stanhier.cli", "stancode", "fish_num ~ temp",
+                          "--data", str(fish_csv)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "stanhier.cli", "fit"], capture_output=True, text=True)
+    assert res.returncode == 2 and "usage:" in res.stderr
+
+
+def test_stancode_prints_and_writes(fish, fish_csv, tmp_path):
+    code, out, _ = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson"])
+    assert code == 0 and out.rstrip("\n") == sh.make_stancode(FISH_FORMULA, fish, "poisson")
+    target = tmp_path / "m" / "model.stan"
+    code, out, _ = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson",
+                        "--prior", "normal(0,1):b:temperature", "--out", str(target)])
+    assert code == 0
+    prior = [sh.prior("normal(0, 1)", coef="temperature")]
+    assert target.read_text() == sh.make_stancode(FISH_FORMULA, fish, "poisson", prior)
+    data = json.loads((tmp_path / "m" / "model.data.json").read_text())
+    ref = sh.make_standata(FISH_FORMULA, fish, "poisson", prior)
+    assert set(data) == set(ref)
+    for k, v in ref.items():
+        assert np.array_equal(np.asarray(data[k]), np.asarray(v)), k
+    assert isinstance(data["X"][0], list)  # matrices as lists of rows
+
+
+def test_fit_summary_from_record(fish_fit, fish_csv, tmp_path):
+    """fit + --out writes a record; summary reads it back without refitting."""
+    out_dir = tmp_path / "run"
+    code, out, err = run(["fit", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson",
+                          "--chains", "2", "--iter", "600", "--seed", "1", "--out", str(out_dir)])
+    assert code == 0, err
+    assert fish_fit.summary() in out
+    rec = json.loads((out_dir / "record.json").read_text())
+    assert rec["command"] == ("stanhier fit 'fish_num ~ 1 + temperature + (temperature | weather)' --data "
+                              f"{fish_csv} --family poisson --chains 2 --iter 600 --seed 1 --out {out_dir}")
+    code, out2, _ = run(["summary", str(out_dir)])
+    assert code == 0 and out2.rstrip("\n") == fish_fit.summary()
+    code, _, err = run(["summary", str(tmp_path)])
+    assert code == 1 and "not a stanhier run record" in err
+
+
+def test_predict_from_record(fish_fit, fish, tmp_path):
+    if not hasattr(sh.BrmsFit, "fitted"):
+        pytest.skip("BrmsFit.fitted(newdata=...) (stanhier/postestimation.py) has not landed yet")
+    folder = save(fish_fit, tmp_path / "run")
+    new = fish.head(5)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    code, _, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv"),
+                        "--out", str(tmp_path / "pred.csv")])
+    assert code == 0, err
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert len(pred) == 5 and "Estimate" in pred.columns
+    direct = fish_fit.fitted(newdata=new)
+    est = direct["Estimate"].to_numpy() if isinstance(direct, pd.DataFrame) else np.asarray(direct)[:, 0]
+    np.testing.assert_allclose(pred["Estimate"].to_numpy(), est, rtol=1e-12)
+
+
+def test_example_fish_ships_and_runs(fish_fit, tmp_path):
+    shipped = example_data_path("fish")
+    assert shipped.read_bytes() == (ROOT / "examples" / "fish.csv").read_bytes()
+    code, out, err = run(["example", "fish", "--chains", "2", "--iter", "600", "--out", str(tmp_path / "ex")])
+    assert code == 0, err
+    assert fish_fit.summary() in out  # same data, seed 1, same draws
+    assert build_parser().parse_args(["example", "fish"]).seed == 1
+
+
+def test_fit_ml_path(fish_csv, tmp_path):
+    code, out, err = run(["fit", "fish_num ~ 1 + temperature + (1 | weather)", "--data", str(fish_csv),
+                          "--family", "poisson", "--method", "ml", "--out", str(tmp_path / "ml")])
+    assert code == 0, err
+    assert "Laplace" in out or "logLik" in out
+    assert (tmp_path / "ml" / "model.stan").exists() and (tmp_path / "ml" / "record.json").exists()
+    code, out2, _ = run(["summary", str(tmp_path / "ml")])
+    assert code == 0 and out2.strip() == out.split("\nRun record")[0].strip()
