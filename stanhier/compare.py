@@ -398,5 +398,4 @@ def anova(*fits: "MerFit", names: Sequence[str] | None = None, refit: bool = Tru
         prev = i
     out = pd.DataFrame(rows, index=[names[i] for i in order])
     out.attrs["refitted"] = refitted
-    out.attrs["ml_fits"] = {names[i]: ml[i] for i in range(len(ml))}
     return out
