@@ -281,8 +281,8 @@ def _predict(args: argparse.Namespace, out: TextIO) -> int:
     if args.allow_new_levels:
         kwargs["allow_new_levels"] = True
     if args.re_formula is not None:
-        kwargs["re_formula"] = None if args.re_formula.upper() in ("NA", "NONE", "~0") else args.re_formula
-    if args.type == "predict" and args.seed is not None:
+        kwargs["re_formula"] = "NA" if args.re_formula.upper() in ("NA", "NONE", "~0") else args.re_formula
+    if args.seed is not None:
         kwargs["seed"] = args.seed
     result = method(**kwargs)
     table = _as_table(result, len(newdata))

@@ -81,7 +81,7 @@ def test_console_script_exit_codes(fish_csv):
 
 def test_stancode_prints_and_writes(fish, fish_csv, tmp_path):
     code, out, _ = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson"])
-    assert code == 0 and out.rstrip("\n") == sh.make_stancode(FISH_FORMULA, fish, "poisson")
+    assert code == 0 and out == sh.make_stancode(FISH_FORMULA, fish, "poisson")
     target = tmp_path / "m" / "model.stan"
     code, out, _ = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson",
                         "--prior", "normal(0,1):b:temperature", "--out", str(target)])
@@ -145,3 +145,20 @@ def test_fit_ml_path(fish_csv, tmp_path):
     assert (tmp_path / "ml" / "model.stan").exists() and (tmp_path / "ml" / "record.json").exists()
     code, out2, _ = run(["summary", str(tmp_path / "ml")])
     assert code == 0 and out2.strip() == out.split("\nRun record")[0].strip()
+
+
+def test_predict_types_and_population_level(fish_fit, fish, tmp_path):
+    folder = save(fish_fit, tmp_path / "run")
+    new = fish.head(4)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    code, out, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv"), "--re-formula", "NA"])
+    assert code == 0, err
+    pop = pd.read_csv(io.StringIO(out))
+    ref = fish_fit.fitted(newdata=new, re_formula="NA")
+    np.testing.assert_allclose(pop["Estimate"].to_numpy(), np.asarray(ref["Estimate"] if isinstance(ref, pd.DataFrame)
+                                                                      else np.asarray(ref)[:, 0]), rtol=1e-12)
+    code, out, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv"), "--type", "predict",
+                          "--seed", "1"])
+    assert code == 0, err
+    pred = pd.read_csv(io.StringIO(out))
+    assert len(pred) == 4 and (pred["Estimate"] >= 0).all()
