@@ -70,7 +70,11 @@ def plot_trace(fit: Any, variables: Sequence[str] | None = None, *, path: Any = 
         unknown = [v for v in variables if v not in fit.idata.posterior]
         if unknown:
             raise ArgumentError(f"Unknown variable(s) {unknown} for plot(); available: {', '.join(names)}.")
-    axes = az.plot_trace(fit.idata, var_names=variables, compact=False, **kwargs)
+    import warnings
+
+    with warnings.catch_warnings():  # arviz 0.23 + matplotlib 3.11 deprecation noise
+        warnings.simplefilter("ignore", DeprecationWarning)
+        axes = az.plot_trace(fit.idata, var_names=variables, compact=False, **kwargs)
     fig = np.asarray(axes).ravel()[0].figure
     fig.stanhier_data = {v: np.asarray(fit.idata.posterior[v]) for v in variables}
     _save(fig, path)
