@@ -134,6 +134,7 @@ class _Warnings:
         self.stream = stream
         self._ctx = warnings.catch_warnings(record=True)
         self._caught: list = []
+        self.shown: set[str] = set()  #: messages already printed (e.g. in a fit's summary)
 
     def __enter__(self) -> "_Warnings":
         self._caught = self._ctx.__enter__()
@@ -142,7 +143,7 @@ class _Warnings:
 
     def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
-        seen = set()
+        seen = set(self.shown)
         from .errors import StanhierWarning
 
         for w in self._caught:
@@ -160,7 +161,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help='a prior, e.g. "normal(0,1):b:temperature" (repeatable)')
 
 
-def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> int:
+def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, warned: "_Warnings | None" = None) -> int:
     data = _fish_data() if args.command == "example" else read_data(args.data)
     priors = [parse_prior(p) for p in getattr(args, "prior", [])]
     command = _command_line(argv)
@@ -176,6 +177,8 @@ def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO) -> int:
                  cores=args.cores, init=args.init, control=control, backend=args.backend,
                  progress=args.progress, data_name=data.attrs.get("name", "data"))
     print(fit.summary(), file=out)
+    if warned is not None:
+        warned.shown.update(fit.diagnostic_messages())
     if args.out:
         save(fit, args.out, include_data=not args.no_data, command=command,
              input_file=None if args.command == "example" else args.data)
@@ -397,9 +400,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         args.family = "poisson"
         args.prior = []
     try:
-        with _Warnings(err):
+        with _Warnings(err) as warned:
             if args.command in ("fit", "example"):
-                return _fit(args, argv, out)
+                return _fit(args, argv, out, warned)
             if args.command == "stancode":
                 return _stancode(args, out)
             if args.command == "summary":

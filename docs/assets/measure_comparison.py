@@ -1,6 +1,6 @@
 """Measure the stanhier column of docs/comparison.md (run from the repository root).
 
-    .venv/bin/python docs/assets/measure_comparison.py > docs/assets/comparison_numbers.json
+    .venv/bin/python docs/assets/measure_comparison.py [all|ml|bayes] > numbers.json
 
 Same calls as tests/reference/*.json: brm with chains=4, iter=4000, warmup=2000, seed=1
 (pystan backend), lmer/glmer with lme4's defaults.
@@ -49,10 +49,13 @@ def ml(name: str, fit, call: str, t0: float) -> None:
     print(name, "done", file=sys.stderr, flush=True)
 
 
-t0 = time.time(); ml("sleepstudy_corr_REML", lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=True), "sh.lmer('Reaction ~ Days + (Days | Subject)', sleep, REML=True)", t0)
-t0 = time.time(); ml("sleepstudy_corr_ML", lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False), "sh.lmer('Reaction ~ Days + (Days | Subject)', sleep, REML=False)", t0)
-t0 = time.time(); ml("fish_int_weather_laplace", glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (1 | weather)', fish, family='poisson')", t0)
-t0 = time.time(); ml("fish_slope_weather_laplace", glmer("fish_num ~ 1 + temperature + (temperature | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (temperature | weather)', fish, family='poisson')", t0)
-bayes("sleepstudy", "Reaction ~ Days + (Days | Subject)", sleep, "gaussian")
-bayes("fish_slope_corr", "fish_num ~ 1 + temperature + (temperature | weather)", fish, "poisson")
+WHAT = sys.argv[1] if len(sys.argv) > 1 else "all"
+if WHAT in ("all", "ml"):
+  t0 = time.time(); ml("sleepstudy_corr_REML", lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=True), "sh.lmer('Reaction ~ Days + (Days | Subject)', sleep, REML=True)", t0)
+  t0 = time.time(); ml("sleepstudy_corr_ML", lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False), "sh.lmer('Reaction ~ Days + (Days | Subject)', sleep, REML=False)", t0)
+  t0 = time.time(); ml("fish_int_weather_laplace", glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (1 | weather)', fish, family='poisson')", t0)
+  t0 = time.time(); ml("fish_slope_weather_laplace", glmer("fish_num ~ 1 + temperature + (temperature | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (temperature | weather)', fish, family='poisson')", t0)
+if WHAT in ("all", "bayes"):
+  bayes("sleepstudy", "Reaction ~ Days + (Days | Subject)", sleep, "gaussian")
+  bayes("fish_slope_corr", "fish_num ~ 1 + temperature + (temperature | weather)", fish, "poisson")
 print(json.dumps(out, indent=1, default=str))
