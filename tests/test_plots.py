@@ -137,3 +137,14 @@ def test_ranef_caterpillar_ml(sleep, tmp_path):
     np.testing.assert_allclose(tab["upper"] - tab["estimate"], 1.959964 * ref["condsd"], rtol=1e-5)
     with pytest.raises(sh.ArgumentError, match="Plant"):
         plot_ranef(m, group="Plant")
+
+
+def test_conditional_effects_ml_point_line(sleep):
+    from stanhier.ml import lmer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False)
+    fig = conditional_effects(m, "Days", resolution=5)
+    line = fig.axes[0].get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), m.fixef()["(Intercept)"] + m.fixef()["Days"] * np.linspace(0, 9, 5))
