@@ -181,7 +181,8 @@ class BrmsFit(BayesPostestimation):
     def _fixed_draws(self) -> np.ndarray:
         """(S, K) draws of the coefficients of X (uncentred, intercept first if any)."""
         d = self.spec.design
-        b = self.raw.draws["b"].reshape(-1, self.raw.draws["b"].shape[-1])
+        b_draws = self.raw.draws["b"]
+        b = b_draws.reshape(b_draws.shape[0] * b_draws.shape[1], b_draws.shape[-1])
         if d.has_intercept:
             return np.column_stack([self.raw.draws["b_Intercept"].reshape(-1), b])
         return b

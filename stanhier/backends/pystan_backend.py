@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import re
 import time
@@ -45,6 +44,26 @@ def _quiet(progress: bool):
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), \
             contextlib.redirect_stderr(devnull):
         yield
+
+
+@contextlib.contextmanager
+def _fd_to_file(path: Path):
+    """Send the C++ compiler's output (file descriptors 1 and 2) to ``path`` instead of the terminal."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as fh:
+        try:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def _compile_error(message: str, code: str) -> StanCompileError:
@@ -233,12 +252,12 @@ class PystanBackend(Backend):
                 _, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
             except ValueError as exc:
                 raise _compile_error(str(exc), code) from None
-            buffer = io.StringIO()
             try:
-                with contextlib.redirect_stdout(buffer):
+                with _fd_to_file(entry / "compiler.log"):
                     output = asyncio.run(httpstan.models.build_services_extension_module(code))
             except Exception as exc:
-                raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}") from None
+                log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
+                raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None
             (entry / "model.stan").write_text(code)
             # what httpstan's own cache lookup (used by stan.build) expects to find
             httpstan.cache.dump_stanc_warnings(stanc_warnings, model_name)
