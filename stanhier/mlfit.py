@@ -607,7 +607,7 @@ def _pval(p: float) -> str:
         return "< 2e-16"
     if p < 1e-4:
         return f"{p:.2e}"
-    return f"{p:.3g}" if p < 0.001 else f"{p:.3f}".rstrip("0").rstrip(".") if False else f"{p:.3g}"
+    return f"{p:.3g}"
 
 
 def _stars(p: float) -> str:
