@@ -154,11 +154,17 @@ class _PystanModel(CompiledModel):
         try:
             with _quiet(settings.progress):
                 posterior = stan.build(self.code, data=data, random_seed=int(seed))
-                fit = posterior.sample(**kwargs)
+                # pystan swallows Ctrl-C and returns None; its workers ignore SIGINT
+                fit = posterior.sample(**kwargs) if posterior is not None else None
+        except KeyboardInterrupt:
+            fit = None
         except RuntimeError as exc:
             raise SamplingError(f"Stan failed while sampling: {exc}") from None
         finally:
             self._drop_cached_fits()
+        if fit is None:
+            _stop_workers()
+            raise KeyboardInterrupt("sampling interrupted: the chains were stopped")
         seconds = time.perf_counter() - start
         draws_all = np.asarray(fit._draws)  # (rows, draw, chain)
         flat = np.transpose(draws_all, (2, 1, 0))  # (chain, draw, rows)
@@ -195,6 +201,32 @@ def _numeric(data: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def _relevant_warnings(text: str) -> str:
+    """Drop stanc's pedantic 'has no priors' notes: priors sit in ``lprior`` (transformed parameters)."""
+    blocks = re.split(r"\n(?=Warning)", text or "")
+    return "\n".join(b for b in blocks if "has no priors" not in b and b.strip())
+
+
+def _stop_workers() -> None:
+    """Terminate httpstan's chain processes and give it a fresh pool for later fits."""
+    import concurrent.futures
+    import multiprocessing as mp
+
+    import httpstan.services_stub as stub
+
+    old = stub.executor
+    for proc in list(getattr(old, "_processes", {}).values()):
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in list(getattr(old, "_processes", {}).values()):
+        with contextlib.suppress(Exception):
+            proc.join(timeout=5)
+    with contextlib.suppress(Exception):
+        old.shutdown(wait=False, cancel_futures=True)
+    stub.executor = concurrent.futures.ProcessPoolExecutor(mp_context=mp.get_context("fork"),
+                                                           initializer=stub.init_worker)
 
 
 def _plain(data: dict) -> dict:
@@ -260,7 +292,7 @@ class PystanBackend(Backend):
                 raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None
             (entry / "model.stan").write_text(code)
             # what httpstan's own cache lookup (used by stan.build) expects to find
-            httpstan.cache.dump_stanc_warnings(stanc_warnings, model_name)
+            httpstan.cache.dump_stanc_warnings(_relevant_warnings(stanc_warnings), model_name)
             httpstan.cache.dump_services_extension_module_compiler_output(str(output), model_name)
             cache.mark_complete(entry)
         seconds = time.perf_counter() - start

@@ -1,0 +1,136 @@
+"""Robustness with real processes: concurrent compiles, broken cache entries, Ctrl-C,
+reproducibility across processes, and column names that are not identifiers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import stanhier as sh
+from conftest import quiet_brm
+
+ROOT = Path(__file__).resolve().parents[1]
+# a program no other test uses, so that these tests really compile it
+TINY = "data { int N; vector[N] y; } parameters { real mu; } model { y ~ normal(mu, 1); } // robustness\n"
+
+
+def run_py(code: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+COMPILE = """
+    import json, sys
+    from stanhier.backends import get_backend
+    model = get_backend("pystan").compile(sys.argv[1] if len(sys.argv) > 1 else {code!r}, progress=False)
+    d = model.log_density({{"N": 2, "y": [1.0, 3.0]}})
+    print(json.dumps({{"hit": model.cache_hit, "lp": d.log_prob([2.0])}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_two_processes_compile_one_program(private_cache):
+    """Both processes start at once: one compiles under the lock, the other waits and reuses it."""
+    env = {**os.environ, "STANHIER_CACHE_DIR": str(private_cache)}
+    code = textwrap.dedent(COMPILE.format(code=TINY))
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert sorted(r["hit"] for r in results) == [False, True], outs
+    # log density of y = (1, 3) at mu = 2 under normal(mu, 1), Jacobian off, constants dropped by ~
+    assert all(r["lp"] == pytest.approx(-1.0) for r in results)
+
+
+def test_partial_cache_entry_is_rebuilt(private_cache):
+    """A killed build leaves an entry without its COMPLETE marker: it is detected and rebuilt."""
+    env = {"STANHIER_CACHE_DIR": str(private_cache)}
+    code = COMPILE.format(code=TINY)
+    first = run_py(code, env)
+    assert first.returncode == 0, first.stderr
+    entries = [p for p in (private_cache / "pystan" / "models").iterdir() if p.is_dir()]
+    assert len(entries) == 1
+    (entries[0] / "COMPLETE").unlink()
+    for so in entries[0].glob("*.so"):
+        so.write_bytes(b"truncated")  # what a crash mid-link could leave
+    again = run_py(code, env)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert result["hit"] is False and result["lp"] == pytest.approx(-1.0)
+    assert (entries[0] / "COMPLETE").is_file()
+
+
+SAMPLE = """
+    import sys, numpy as np, pandas as pd, warnings, stanhier as sh
+    warnings.simplefilter("ignore")
+    sleep = pd.read_csv("tests/data/sleepstudy.csv")
+    fit = sh.brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=2, iter={iter}, seed=11,
+                 progress={progress})
+    np.save(sys.argv[1] if len(sys.argv) > 1 else "/dev/null", fit.raw.draws["b"])
+    print("FINISHED-SAMPLING")
+"""
+
+
+def test_same_seed_same_draws_across_processes(sleep_fit, tmp_path):
+    outs = []
+    for i in range(2):
+        path = tmp_path / f"draws{i}.npy"
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SAMPLE.format(iter=300, progress=False)),
+                               str(path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(np.load(path))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _group_alive(pgid: int) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,pgid,stat,cmd"], capture_output=True, text=True).stdout
+    alive = []
+    for line in ps.splitlines()[1:]:
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and parts[1] == str(pgid) and not parts[2].startswith("Z"):
+            alive.append(line)
+    return alive
+
+
+def test_ctrl_c_stops_sampling_without_orphans(sleep_fit):
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SAMPLE.format(iter=200000, progress=True))],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    time.sleep(12)  # imports, cache lookup, and sampling under way
+    assert proc.poll() is None, proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("sampling did not stop within 60 s of Ctrl-C")
+    assert proc.returncode != 0 and "FINISHED-SAMPLING" not in out
+    assert "KeyboardInterrupt" in out or "interrupted" in out.lower()
+    time.sleep(1)
+    assert _group_alive(proc.pid) == [], "orphan processes left behind"
+
+
+def test_non_identifier_column_names(sleep, sleep_fit):
+    """Spaces, dots, unicode and Stan's reserved words go end to end (names only matter at the boundary)."""
+    df = sleep.rename(columns={"Reaction": "reaction time", "Days": "lower", "Subject": "sujet.ü"})
+    fit = quiet_brm("`reaction time` ~ lower + (lower | `sujet.ü`)", data=df, chains=2, iter=400, seed=3)
+    assert fit.cache_hit  # the same structure as sleepstudy: nothing compiles
+    post = fit.idata.posterior
+    assert "b_lower" in post and "sd_sujet.ü__lower" in post and "r_sujet.ü" in post
+    assert fit.fixef().loc["lower", "Estimate"] == pytest.approx(10.5, abs=2.0)
+    assert "~sujet.ü (Number of levels: 18)" in str(fit)
