@@ -309,9 +309,14 @@ class BrmsFit(BayesPostestimation):
         table = self.summary_table()
         div = int(np.sum(st.get("divergent__", np.zeros(1))))
         tree = int(np.sum(st.get("treedepth__", np.zeros(1)) >= s.max_treedepth))
+        energy = st.get("energy__")
+        ebfmi = [float("nan")]
+        if energy is not None and energy.shape[1] > 2:
+            ebfmi = [float(np.sum(np.diff(e) ** 2) / np.sum((e - e.mean()) ** 2)) for e in energy]
         return {
             "divergent_transitions": div,
             "max_treedepth_hits": tree,
+            "min_ebfmi": float(np.min(ebfmi)),
             "max_rhat": float(np.nanmax(table["Rhat"])) if len(table) else float("nan"),
             "min_bulk_ess": float(np.nanmin(table["Bulk_ESS"])) if len(table) else float("nan"),
             "min_tail_ess": float(np.nanmin(table["Tail_ESS"])) if len(table) else float("nan"),
@@ -323,15 +328,26 @@ class BrmsFit(BayesPostestimation):
         s = self.raw.settings
         msgs = []
         if d["divergent_transitions"]:
-            msgs.append(
-                f"There were {d['divergent_transitions']} divergent transitions after warmup. "
-                f"Increasing adapt_delta above {s.adapt_delta} may help (control={{'adapt_delta': 0.95}}); "
-                "for a grouping factor with few levels, consider stronger priors on its sd."
-            )
+            msg = (f"There were {d['divergent_transitions']} divergent transitions after warmup. "
+                   f"Increasing adapt_delta above {s.adapt_delta} may help (control={{'adapt_delta': 0.95}}).")
+            design = self.spec.design
+            few = [gt.term.group_name for gt in design.terms
+                   if gt.n_levels <= 5 and design.N / gt.n_levels >= 20]
+            if few and self.spec.parameterization != "centered":
+                msg += (f" Grouping factor(s) {', '.join(map(repr, few))} have few levels with much data each: "
+                        "parameterization='centered' usually removes such divergences.")
+            elif few:
+                msg += f" Grouping factor(s) {', '.join(map(repr, few))} have very few levels: consider stronger priors on their sd."
+            msgs.append(msg)
         if d["max_treedepth_hits"]:
             msgs.append(
                 f"There were {d['max_treedepth_hits']} transitions after warmup that exceeded the maximum "
                 f"treedepth ({s.max_treedepth}). Increase max_treedepth via control={{'max_treedepth': 15}}."
+            )
+        if np.isfinite(d["min_ebfmi"]) and d["min_ebfmi"] < 0.3:
+            msgs.append(
+                f"E-BFMI is low ({d['min_ebfmi']:.2f} < 0.3) in at least one chain: the sampler explores the "
+                "energy distribution poorly; reparameterize (parameterization=) or use stronger priors."
             )
         if np.isfinite(d["max_rhat"]) and d["max_rhat"] > 1.01:
             msgs.append(
