@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import time
@@ -36,13 +37,12 @@ def _point_httpstan_at(entry_root: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet(progress: bool):
-    """Silence pystan's console output unless progress is wanted."""
+def _quiet(progress: bool, buffer: io.StringIO):
+    """Keep pystan's console output in ``buffer`` (for error messages) unless progress is wanted."""
     if progress:
         yield
         return
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), \
-            contextlib.redirect_stderr(devnull):
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         yield
 
 
@@ -66,15 +66,18 @@ def _fd_to_file(path: Path):
                 os.close(fd)
 
 
-def _compile_error(message: str, code: str) -> StanCompileError:
+def _code_line(message: str, code: str) -> str:
+    """'Generated code, line n: ...' for the first line number Stan's message names."""
     lines = code.splitlines()
     match = re.search(r"line (\d+), column (\d+)", message)
-    where = ""
-    if match:
+    if match and 1 <= int(match.group(1)) <= len(lines):
         n = int(match.group(1))
-        if 1 <= n <= len(lines):
-            where = f"\nGenerated code, line {n}: {lines[n - 1].strip()}"
-    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{where}")
+        return f"\nGenerated code, line {n}: {lines[n - 1].strip()}"
+    return ""
+
+
+def _compile_error(message: str, code: str) -> StanCompileError:
+    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{_code_line(message, code)}")
 
 
 class _PystanDensity(LogDensity):
@@ -151,15 +154,20 @@ class _PystanModel(CompiledModel):
             kwargs["init_radius"] = settings.init_radius
         start = time.perf_counter()
         seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        console = io.StringIO()
         try:
-            with _quiet(settings.progress):
+            with _quiet(settings.progress, console):
                 posterior = stan.build(self.code, data=data, random_seed=int(seed))
                 # pystan swallows Ctrl-C and returns None; its workers ignore SIGINT
                 fit = posterior.sample(**kwargs) if posterior is not None else None
         except KeyboardInterrupt:
             fit = None
         except RuntimeError as exc:
-            raise SamplingError(f"Stan failed while sampling: {exc}") from None
+            message = str(exc).split(", traceback:")[0]
+            stan_says = "\n".join(ln for ln in _relevant_warnings(console.getvalue()).splitlines()
+                                  if ln.strip() and "Building" not in ln and "Sampling" not in ln)[-3000:]
+            raise SamplingError(f"Stan failed while sampling: {message}{_code_line(message, self.code)}"
+                                f"\n{stan_says}".rstrip()) from None
         finally:
             self._drop_cached_fits()
         if fit is None:
