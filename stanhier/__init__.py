@@ -18,13 +18,19 @@ from . import families
 from .api import brm, get_prior, make_standata, make_stancode
 from .errors import (ArgumentError, BackendError, DataError, FamilyError, FormulaError, PriorError,
                      SamplingError, StanCompileError, StanhierError, StanhierWarning)
+from .compare import anova, bayes_R2, hypothesis, loo, loo_compare, waic
 from .fit import BrmsFit
+from .ml import glmer, lmer
+from .mlfit import MerFit
 from .priors import Prior, prior
+from .record import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "brm", "make_stancode", "make_standata", "get_prior", "prior", "Prior", "families", "BrmsFit",
+    "lmer", "glmer", "MerFit", "loo", "waic", "loo_compare", "bayes_R2", "hypothesis", "anova",
+    "save", "load",
     "StanhierError", "FormulaError", "DataError", "FamilyError", "PriorError", "ArgumentError",
     "BackendError", "StanCompileError", "SamplingError", "StanhierWarning", "__version__",
 ]

@@ -301,6 +301,15 @@ class BrmsFit(BayesPostestimation):
         """The priors used (defaults resolved), as brms's ``prior_summary``."""
         return self.spec.priors.table()
 
+    def save(self, path: Any, **kwargs: Any) -> Any:
+        """Write the run record (formula, priors, Stan code and data, draws, versions) to folder ``path``.
+
+        ``sh.load(path)`` restores the fit without compiling or sampling; see :func:`stanhier.record.save`.
+        """
+        from .record import save
+
+        return save(self, path, **kwargs)
+
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> dict[str, Any]:
         """Counts and flags: divergences, tree-depth hits, max Rhat, min ESS."""
