@@ -374,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=("fish",))
     _sampler_args(p)
     p.set_defaults(seed=1)
+    for sp in sub.choices.values():  # --debug also after the command
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 
