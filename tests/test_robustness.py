@@ -44,17 +44,21 @@ def private_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def test_two_processes_compile_one_program(private_cache):
-    """Both processes start at once: one compiles under the lock, the other waits and reuses it."""
+def test_two_processes_compile_one_program(private_cache, tmp_path):
+    """Both processes start at once: one compiles under the lock, the other waits and reuses it.
+    Nothing is written to the working directory (the compiler's build folder stays in the cache)."""
     env = {**os.environ, "STANHIER_CACHE_DIR": str(private_cache)}
     code = textwrap.dedent(COMPILE.format(code=TINY))
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=workdir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]
     results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
     assert sorted(r["hit"] for r in results) == [False, True], outs
     # log density of y = (1, 3) at mu = 2 under normal(mu, 1), Jacobian off, constants dropped by ~
     assert all(r["lp"] == pytest.approx(-1.0) for r in results)
+    assert list(workdir.iterdir()) == []
 
 
 def test_partial_cache_entry_is_rebuilt(private_cache):

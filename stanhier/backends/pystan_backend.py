@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -293,8 +294,11 @@ class PystanBackend(Backend):
             except ValueError as exc:
                 raise _compile_error(str(exc), code) from None
             try:
-                with _fd_to_file(entry / "compiler.log"):
+                # setuptools puts its build/ folder in the working directory: use the cache entry,
+                # so nothing is written where the user works and parallel builds do not collide
+                with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry):
                     output = asyncio.run(httpstan.models.build_services_extension_module(code))
+                shutil.rmtree(entry / "build", ignore_errors=True)
             except Exception as exc:
                 log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
                 raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None
