@@ -127,7 +127,25 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = ""
+    out["stan (httpstan)"] = _httpstan_stan_version()
     return out
+
+
+def _httpstan_stan_version() -> str:
+    """The Stan library version bundled with httpstan (from its ``stan/version.hpp``)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("httpstan")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    header = Path(list(spec.submodule_search_locations)[0]) / "include" / "stan" / "version.hpp"
+    try:
+        text = header.read_text()
+    except OSError:
+        return ""
+    parts = [re.search(rf"#define STAN_{k} (\d+)", text) for k in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(m.group(1) for m in parts) if all(parts) else ""
 
 
 def _stan_version(backend: str) -> str:

@@ -31,7 +31,7 @@ def test_record_files(fish_record, fish_fit):
     rec = json.loads((fish_record / "record.json").read_text())
     assert rec["formula"] == FISH_FORMULA and rec["family"] == "poisson" and rec["link"] == "log"
     assert rec["seed"] == 1 and rec["settings"]["chains"] == 2 and rec["settings"]["iter"] == 600
-    for pkg in ("stanhier", "numpy", "pandas", "arviz", "pystan", "httpstan"):
+    for pkg in ("stanhier", "numpy", "pandas", "arviz", "pystan", "httpstan", "stan (httpstan)"):
         assert rec["versions"][pkg], pkg
     assert rec["stan_version"]
     assert rec["data"]["sha256"] == data_sha256(fish_record / "data.csv")
