@@ -38,7 +38,7 @@ from scipy import sparse
 
 from .backends import get_backend
 from .backends.base import CompiledModel, LogDensity
-from .design import Design, make_design
+from .design import Design, check_gaussian_groups, make_design
 from .errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
 from .family import Family, get_family
 from .formula import parse_formula
@@ -502,13 +502,16 @@ def _scale(problem: MLProblem, design: Design) -> np.ndarray:
 
 
 def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ: int,
-         backend: str, progress: bool, start: dict | None, control: dict | None):
+         backend: str, progress: bool, start: dict | None, control: dict | None,
+         na_action: str = "drop", collinear: str = "drop"):
     from .mlfit import MerFit
 
     if not isinstance(formula, str):
         raise FormulaError(f"formula must be a string such as 'y ~ x + (1 | g)', not {type(formula).__name__}.")
     parsed = parse_formula(formula)
-    design = make_design(parsed, data)
+    design = make_design(parsed, data, na_action=na_action, collinear=collinear)
+    if family.has_sigma:
+        check_gaussian_groups(design)
     resp = parsed.response
     family.check_response(design.y, resp.column, design.trials,
                           resp.column2 if resp.kind == "trials" else None)
@@ -572,7 +575,8 @@ def _data_name(data: Any) -> str:
 
 
 def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
-         progress: bool = False, start: dict | None = None, control: dict | None = None):
+         progress: bool = False, start: dict | None = None, control: dict | None = None,
+         na_action: str = "drop", collinear: str = "drop"):
     """Fit a linear mixed model by maximum likelihood or REML, as lme4's ``lmer``.
 
     The Gaussian marginal likelihood is exact and computed from per-group
@@ -585,6 +589,9 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
     REML : ``True`` (lme4's default) for the REML criterion, ``False`` for maximum likelihood.
     backend : ``"auto"``, ``"pystan"`` or ``"cmdstanpy"``.
     start : optional ``{"theta": [...]}`` starting values (lme4's relative covariance factor).
+    na_action : ``"drop"`` rows with missing values (with a warning) or ``"raise"``.
+    collinear : ``"drop"`` (lme4's behaviour, with a warning) or ``"error"`` for constant or
+        linearly dependent fixed-effect columns.
 
     Returns
     -------
@@ -598,12 +605,13 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
     if not isinstance(REML, (bool, np.bool_)):
         raise ArgumentError(f"REML must be True or False, not {REML!r}.")
     return _fit("lmm", formula, data, family=get_family("gaussian"), REML=bool(REML), nAGQ=0,
-                backend=backend, progress=progress, start=start, control=control)
+                backend=backend, progress=progress, start=start, control=control,
+                na_action=na_action, collinear=collinear)
 
 
 def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
           backend: str = "auto", progress: bool = False, start: dict | None = None,
-          control: dict | None = None):
+          control: dict | None = None, na_action: str = "drop", collinear: str = "drop"):
     """Fit a generalized linear mixed model by (approximate) maximum likelihood, as lme4's ``glmer``.
 
     ``nAGQ=1``: Laplace approximation; ``nAGQ>1``: adaptive Gauss-Hermite quadrature
@@ -624,4 +632,5 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
     if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or not (1 <= nAGQ <= 100):
         raise ArgumentError(f"nAGQ must be an integer between 1 and 100 (1 = Laplace), got {nAGQ!r}.")
     return _fit("glmm", formula, data, family=fam, REML=False, nAGQ=int(nAGQ), backend=backend,
-                progress=progress, start=start, control=control)
+                progress=progress, start=start, control=control, na_action=na_action,
+                collinear=collinear)

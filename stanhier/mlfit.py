@@ -179,9 +179,15 @@ class MerFit:
             cov = np.linalg.inv(-H)[:K, :K]
             self.vcov_method = "inverse Hessian of the marginal log-likelihood over (beta, theta)"
         except np.linalg.LinAlgError:
-            cov = np.linalg.inv(-H[:K, :K])
-            self.vcov_method = ("inverse Hessian over beta only (conditional on theta): the full "
-                                "Hessian is not negative definite (singular fit)")
+            try:
+                np.linalg.cholesky(-H[:K, :K])
+                cov = np.linalg.inv(-H[:K, :K])
+                self.vcov_method = ("inverse Hessian over beta only (conditional on theta): the full "
+                                    "Hessian is not negative definite (singular fit)")
+            except np.linalg.LinAlgError:
+                cov = np.full((K, K), np.nan)
+                self.vcov_method = ("not available: the Hessian over the fixed effects is not negative "
+                                    "definite, so the optimum is not a proper maximum (no standard errors)")
         return (cov + cov.T) / 2
 
     def _XtVX(self) -> np.ndarray:
@@ -469,6 +475,35 @@ class MerFit:
                   else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nAGQ}")
         return f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']"
 
+    def diagnostics(self) -> dict[str, Any]:
+        """The optimizer's report in one place: convergence, gradient, singularity, Hessian."""
+        _ = self._vcov  # decides vcov_method
+        info = self.optimum
+        return {
+            "converged": self.converged,
+            "max_abs_gradient": float(np.max(np.abs(info.grad))) if len(info.grad) else 0.0,
+            "optimizer_message": str(info.message),
+            "n_starts": int(info.n_starts),
+            "singular": self.is_singular(),
+            "standard_errors": "not available" not in self.vcov_method,
+            "vcov_method": self.vcov_method,
+        }
+
+    def diagnostic_messages(self) -> list[str]:
+        """Problems with the fit, each with plain advice (empty when all is well)."""
+        d = self.diagnostics()
+        msgs = []
+        if not d["converged"]:
+            msgs.append(f"Model failed to converge (max |gradient| {d['max_abs_gradient']:.2g}; "
+                        f"{d['optimizer_message']}): rescale predictors, simplify the random effects, "
+                        "or give start= values.")
+        if d["singular"]:
+            msgs.append("boundary (singular) fit: a variance is ~0 or a correlation ~±1; see help('isSingular'). "
+                        "Consider a simpler random-effects structure (e.g. '||' or dropping a slope).")
+        if not d["standard_errors"]:
+            msgs.append(f"No standard errors: {d['vcov_method']}.")
+        return msgs
+
     def summary(self) -> str:
         """lme4's ``summary()`` printout."""
         lines = [self._title()]
@@ -496,11 +531,9 @@ class MerFit:
                      + "; ".join(f"{k}, {v}" for k, v in grp.items()))
         lines += ["", "Fixed effects:"]
         lines += self._coef_lines()
-        if not self.converged:
-            lines += ["", f"optimizer: {self.optimum.message}"]
-        if self.is_singular():
-            lines += ["optimizer (L-BFGS + Newton) convergence code: 0 (OK)",
-                      "boundary (singular) fit: see help('isSingular')"]
+        msgs = self.diagnostic_messages()
+        if msgs:
+            lines += [""] + [f"Warning: {m}" for m in msgs]
         return "\n".join(lines) + "\n"
 
     def _varcorr_lines(self) -> list[str]:

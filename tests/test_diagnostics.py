@@ -40,3 +40,25 @@ def test_initialisation_failure_shows_stans_message_and_code_line(sleep, sleep_f
     text = str(err.value)
     assert "Lower bounded variable is -1" in text
     assert "Generated code, line" in text and "sigma" in text
+
+
+def test_ml_diagnostics_report(fish, sleep):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = sh.glmer("fish_num ~ 1 + temperature + (temperature | weather)", data=fish, family="poisson")
+    d = g.diagnostics()
+    assert d["converged"] and d["singular"]
+    assert any("singular" in m for m in g.diagnostic_messages())
+    assert "Warning: boundary (singular) fit" in str(g)
+    m = sh.lmer("Reaction ~ Days + (Days | Subject)", data=sleep, REML=False)
+    assert m.diagnostics()["standard_errors"] and m.diagnostic_messages() == []
+    assert m.diagnostics()["max_abs_gradient"] < 1e-3
+
+
+def test_ml_collinear_dropped_as_lme4(sleep):
+    df = sleep.assign(Days2=2 * sleep["Days"])
+    with pytest.warns(sh.StanhierWarning, match="'Days2'"):
+        m = sh.lmer("Reaction ~ Days + Days2 + (1 | Subject)", data=df, REML=False)
+    assert list(m.fixef().index) == ["(Intercept)", "Days"]
