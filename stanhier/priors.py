@@ -51,7 +51,7 @@ class Prior:
     """One user prior, as brms's ``set_prior``/``prior``.
 
     >>> prior("normal(0, 1)", class_="b", coef="x")
-    Prior(dist='normal', args=(0.0, 1.0), class_='b', coef='', group='')
+    Prior(dist='normal', args=(0.0, 1.0), class_='b', coef='x', group='')
     """
 
     dist: str

@@ -34,11 +34,7 @@ def test_mkdocs_build_strict(tmp_path):
     assert "stanhier.api.brm" in html and "Fit a Bayesian hierarchical model" in html
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(m, marks=pytest.mark.xfail(
-        reason="stanhier.priors.Prior docstring shows coef='' for prior(..., coef='x'); fix the docstring",
-        strict=False)) if m == "stanhier.priors" else m
-    for m in DOCTEST_MODULES])
+@pytest.mark.parametrize("name", DOCTEST_MODULES)
 def test_module_doctests(name, monkeypatch):
     monkeypatch.chdir(ROOT)  # examples read tests/data/*.csv
     module = importlib.import_module(name)
