@@ -22,6 +22,7 @@ from .compare import anova, bayes_R2, hypothesis, loo, loo_compare, waic
 from .fit import BrmsFit
 from .ml import glmer, lmer
 from .mlfit import MerFit
+from .plots import conditional_effects, plot_ranef, plot_trace, pp_check
 from .priors import Prior, prior
 from .record import load, save
 
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "brm", "make_stancode", "make_standata", "get_prior", "prior", "Prior", "families", "BrmsFit",
     "lmer", "glmer", "MerFit", "loo", "waic", "loo_compare", "bayes_R2", "hypothesis", "anova",
-    "save", "load",
+    "save", "load", "plot_trace", "pp_check", "conditional_effects", "plot_ranef",
     "StanhierError", "FormulaError", "DataError", "FamilyError", "PriorError", "ArgumentError",
     "BackendError", "StanCompileError", "SamplingError", "StanhierWarning", "__version__",
 ]

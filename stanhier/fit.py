@@ -103,6 +103,12 @@ def _summary_stats(values: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _column_summary(name: str, v: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+    """brms's per-level columns (Estimate, Est.Error, Q2.5, Q97.5) of (draws, levels) draws."""
+    return {(name, "Estimate"): v.mean(0), (name, "Est.Error"): v.std(0, ddof=1),
+            (name, "Q2.5"): np.quantile(v, 0.025, axis=0), (name, "Q97.5"): np.quantile(v, 0.975, axis=0)}
+
+
 class BrmsFit(BayesPostestimation):
     """A Bayesian fit (``brm``): draws, names, summaries and post-estimation.
 
@@ -249,11 +255,7 @@ class BrmsFit(BayesPostestimation):
             levels = dict((gg, lv) for gg, _, lv in self.names.groups)[g]
             cols = {}
             for m, c in enumerate(coefs):
-                v = flat[:, :, m]
-                cols[(c, "Estimate")] = v.mean(0)
-                cols[(c, "Est.Error")] = v.std(0, ddof=1)
-                cols[(c, "Q2.5")] = np.quantile(v, 0.025, axis=0)
-                cols[(c, "Q97.5")] = np.quantile(v, 0.975, axis=0)
+                cols.update(_column_summary(c, flat[:, :, m]))
             out[g] = pd.DataFrame(cols, index=pd.Index(levels, name=g))
         return out
 
@@ -270,10 +272,7 @@ class BrmsFit(BayesPostestimation):
                 v = np.repeat(beta[:, [j]], len(levels), axis=1)
                 if name in coefs:
                     v = v + flat[:, :, coefs.index(name)]
-                cols[(name, "Estimate")] = v.mean(0)
-                cols[(name, "Est.Error")] = v.std(0, ddof=1)
-                cols[(name, "Q2.5")] = np.quantile(v, 0.025, axis=0)
-                cols[(name, "Q97.5")] = np.quantile(v, 0.975, axis=0)
+                cols.update(_column_summary(name, v))
             out[g] = pd.DataFrame(cols, index=pd.Index(levels, name=g))
         return out
 

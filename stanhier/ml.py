@@ -37,7 +37,7 @@ from scipy import optimize as sopt
 from scipy import sparse
 
 from .backends import get_backend
-from .backends.base import CompiledModel, LogDensity
+from .backends.base import CompiledModel, LogDensity, fd_hessian
 from .design import Design, check_gaussian_groups, make_design
 from .errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
 from .family import Family, get_family
@@ -360,19 +360,6 @@ class OptimumInfo:
     seconds: float
 
 
-def _fd_hessian(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray,
-                step: float = 1e-4) -> np.ndarray:
-    """Central differences of the gradient; steps relative to the parameter's size."""
-    n = len(x)
-    H = np.empty((n, n))
-    for i in range(n):
-        h = step * max(1.0, abs(x[i]))
-        e = np.zeros(n)
-        e[i] = h
-        H[:, i] = (fun(x + e)[1] - fun(x - e)[1]) / (2 * h)
-    return (H + H.T) / 2
-
-
 def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *,
              tol: float = 1e-8,
              native: Callable[[np.ndarray], np.ndarray] | None = None) -> OptimumInfo:
@@ -439,7 +426,7 @@ def _newton_polish(value_grad, x: np.ndarray, tol: float, max_iter: int = 20):
     lp, g = value_grad(x)
     H = None
     for _ in range(max_iter):
-        H = _fd_hessian(value_grad, x)
+        H = fd_hessian(value_grad, x, 1e-4)
         negH = -H
         try:
             C = np.linalg.cholesky(negH)
@@ -468,7 +455,7 @@ def _newton_polish(value_grad, x: np.ndarray, tol: float, max_iter: int = 20):
             break
         x, lp, g = x_new, lp_new, g_new
     if H is None:
-        H = _fd_hessian(value_grad, x)
+        H = fd_hessian(value_grad, x, 1e-4)
     try:
         np.linalg.cholesky(-H)
         step = np.linalg.solve(-H, g)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from scipy import optimize as sopt
@@ -26,7 +26,7 @@ from ..errors import ArgumentError
 
 __all__ = [
     "SampleSettings", "RawSample", "OptimizeResult", "LogDensity", "CompiledModel", "Backend",
-    "reshape_flat", "SAMPLER_STATS",
+    "reshape_flat", "fd_hessian", "SAMPLER_STATS",
 ]
 
 #: Stan's per-draw sampler statistics, in Stan's order.
@@ -143,17 +143,24 @@ class LogDensity(abc.ABC):
 
     def hessian(self, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
         """Hessian by central differences of the gradient (Jacobian off)."""
-        theta = np.asarray(theta, float)
-        n = len(theta)
-        H = np.empty((n, n))
-        for i in range(n):
-            h = step * max(1.0, abs(theta[i]))
-            e = np.zeros(n)
-            e[i] = h
-            gp = self.log_prob_grad(theta + e)[1]
-            gm = self.log_prob_grad(theta - e)[1]
-            H[:, i] = (gp - gm) / (2 * h)
-        return (H + H.T) / 2
+        return fd_hessian(self.log_prob_grad, np.asarray(theta, float), step)
+
+
+def fd_hessian(value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray,
+               step: float = 1e-5) -> np.ndarray:
+    """Symmetrised central differences of a gradient; steps relative to each parameter's size.
+
+    >>> fd_hessian(lambda x: (0.0, -2 * x), np.array([1.0, 2.0])).round(6).tolist()
+    [[-2.0, 0.0], [0.0, -2.0]]
+    """
+    n = len(x)
+    H = np.empty((n, n))
+    for i in range(n):
+        h = step * max(1.0, abs(x[i]))
+        e = np.zeros(n)
+        e[i] = h
+        H[:, i] = (value_grad(x + e)[1] - value_grad(x - e)[1]) / (2 * h)
+    return (H + H.T) / 2
 
 
 def lbfgs(density: LogDensity, theta0: np.ndarray, gtol: float = 1e-6, maxiter: int = 5000) -> OptimizeResult:

@@ -144,7 +144,7 @@ class _PystanModel(CompiledModel):
     def sample(self, data: dict, settings: SampleSettings) -> RawSample:
         import stan
 
-        data = _plain(data)
+        data = _numeric(data)  # pystan's JSON encoder takes numpy arrays
         kwargs = dict(num_chains=settings.chains, num_samples=settings.iter - settings.warmup,
                       num_warmup=settings.warmup, num_thin=settings.thin,
                       delta=float(settings.adapt_delta), max_depth=int(settings.max_treedepth))
@@ -236,21 +236,6 @@ def _stop_workers() -> None:
         old.shutdown(wait=False, cancel_futures=True)
     stub.executor = concurrent.futures.ProcessPoolExecutor(mp_context=mp.get_context("fork"),
                                                            initializer=stub.init_worker)
-
-
-def _plain(data: dict) -> dict:
-    """numpy -> lists/ints/floats, as httpstan's JSON layer expects."""
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, np.ndarray):
-            out[key] = value.tolist()
-        elif isinstance(value, (np.integer,)):
-            out[key] = int(value)
-        elif isinstance(value, (np.floating,)):
-            out[key] = float(value)
-        else:
-            out[key] = value
-    return out
 
 
 class PystanBackend(Backend):
