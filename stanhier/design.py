@@ -264,17 +264,36 @@ class Design:
             news.append(tuple(":".join(u) for u in unseen))
             Jn.append(np.array([new_index.get(key, -1) for key in keys], dtype=int))
         trials = None
-        if self.formula.response.kind != "plain" and self.formula.response.column2 in df.columns:
+        resp = self.formula.response
+        if resp.kind != "plain" and all(v in df.columns for part in resp.columns
+                                        for v in _response_variables(part)):
             trials = _trials(self.formula, df)
         return NewDesign(X=X, Z=tuple(Zs), J=tuple(Js), new_levels=tuple(news), J_new=tuple(Jn),
                          trials=trials)
 
 
+def _response_variables(expr: str) -> list[str]:
+    """Columns an lme4 response part reads: a column name, or an expression such as ``n - y``."""
+    if not any(op in expr for op in "+-*/()"):
+        return [expr]
+    return _formula_variables(f"0 + I({expr})")
+
+
+def _response_values(df: pd.DataFrame, expr: str, role: str) -> np.ndarray:
+    """Values of a response part; expressions (``cbind(y, n - y)``) are evaluated by formulaic."""
+    if expr in df.columns:
+        return _numeric(df, expr, role)
+    values = np.asarray(_model_matrix(f"0 + I({expr})", df, f"the {role}"), dtype=float)[:, 0]
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"The {role} {expr!r} has non-finite values.")
+    return values
+
+
 def _trials(formula: ParsedFormula, df: pd.DataFrame) -> np.ndarray:
     resp = formula.response
     if resp.kind == "cbind":
-        return (df[resp.column].to_numpy(float) + df[resp.column2].to_numpy(float))
-    return df[resp.column2].to_numpy(float)
+        return _response_values(df, resp.column, "response") + _response_values(df, resp.column2, "failures")
+    return _response_values(df, resp.column2, "trials")
 
 
 def _numeric(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
@@ -354,9 +373,10 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
         raise DataError("The data has zero rows: nothing to fit.")
     resp = formula.response
     fixed_vars = _formula_variables(formula.fixed)
-    _check_columns(list(resp.columns), df, f"the response of {formula.text!r}")
+    resp_vars = [v for part in resp.columns for v in _response_variables(part)]
+    _check_columns(resp_vars, df, f"the response of {formula.text!r}")
     _check_columns(fixed_vars, df, f"the population-level part {formula.fixed!r}")
-    used = list(resp.columns) + fixed_vars
+    used = resp_vars + fixed_vars
     for term in formula.random:
         _check_columns(_formula_variables(term.expr) + list(term.group), df, f"term {term.text!r}")
         used += _formula_variables(term.expr) + list(term.group)
@@ -385,11 +405,8 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
                     f"{int(np.flatnonzero(np.isinf(values.to_numpy(dtype=float)))[0])}): remove or replace them."
                 )
 
-    y = _numeric(df, resp.column, "response")
-    trials = None
-    if resp.kind != "plain":
-        _numeric(df, resp.column2, "trials" if resp.kind == "trials" else "failures")
-        trials = _trials(formula, df)
+    y = _response_values(df, resp.column, "response")
+    trials = _trials(formula, df) if resp.kind != "plain" else None
 
     mm = _model_matrix(formula.fixed, df, "the population-level part")
     X = np.asarray(mm, dtype=float)

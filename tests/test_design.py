@@ -130,3 +130,11 @@ def test_binomial_trial_errors():
 def test_unknown_family():
     with pytest.raises(sh.FamilyError, match="Did you mean 'poisson'"):
         sh.make_stancode("y ~ x", {"y": [1.0, 2.0, 3.0], "x": [0.0, 1.0, 2.0]}, family="poison")
+
+
+def test_cbind_with_an_expression_as_lme4():
+    df = pd.DataFrame({"y": [1.0, 4.0, 2.0], "n": [5.0, 6.0, 2.0], "x": [0.0, 1.0, 2.0], "g": list("aab")})
+    d = design("cbind(y, n - y) ~ x + (1 | g)", df)
+    assert d.y.tolist() == [1.0, 4.0, 2.0] and d.trials.tolist() == [5.0, 6.0, 2.0]
+    with pytest.raises(sh.FormulaError, match="'m'"):
+        design("cbind(y, m - y) ~ x", df)

@@ -138,3 +138,32 @@ def test_non_identifier_column_names(sleep, sleep_fit):
     assert "b_lower" in post and "sd_sujet.ü__lower" in post and "r_sujet.ü" in post
     assert fit.fixef().loc["lower", "Estimate"] == pytest.approx(10.5, abs=2.0)
     assert "~sujet.ü (Number of levels: 18)" in str(fit)
+
+
+ML = """
+    import json, numpy as np, pandas as pd, stanhier as sh
+    sleep = pd.read_csv("tests/data/sleepstudy.csv")
+    m = sh.lmer("Reaction ~ Days + (Days | Subject)", data=sleep, REML=False)
+    g = sh.glmer("cbind(y, n - y) ~ x + (1 | g)", data=pd.DataFrame({{
+        "y": [3, 5, 2, 8, 6, 1, 4, 7, 2, 5, 6, 3], "n": [10] * 12,
+        "x": np.linspace(-1, 1, 12), "g": list("aabbccddeeff")}}), family="binomial")
+    print(json.dumps({{"lmer": m.fixef().tolist() + m.theta.tolist() + [m.logLik()],
+                       "glmer": g.fixef().tolist() + g.theta.tolist() + [g.logLik()]}}))
+"""
+
+
+def test_ml_estimates_identical_across_processes():
+    outs = []
+    for _ in range(2):
+        proc = run_py(ML.format())
+        assert proc.returncode == 0, proc.stderr
+        outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert outs[0] == outs[1]  # bit for bit: no randomness in the optimizer's path
+
+
+def test_non_identifier_column_names_ml(sleep):
+    df = sleep.rename(columns={"Reaction": "reaction time", "Days": "lower", "Subject": "sujet.ü"})
+    m = sh.lmer("`reaction time` ~ lower + (lower | `sujet.ü`)", data=df, REML=False)
+    assert list(m.fixef().index) == ["(Intercept)", "lower"]
+    assert m.logLik() == pytest.approx(-875.9697, abs=0.01)
+    assert "sujet.ü" in str(m)
