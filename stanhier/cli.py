@@ -201,34 +201,16 @@ def _ml_fit(formula: str, data: pd.DataFrame, family: str, reml: bool, nagq: int
 
 
 def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, priors: list, command: str, out: TextIO) -> int:
-    from .record import data_sha256, package_versions, to_jsonable, write_stan_data
-
     if priors:
         raise ArgumentError("--prior applies to --method bayes only; ML fits (lmer/glmer) have no priors.")
     fit = _ml_fit(args.formula, data, args.family, not args.ml, args.nagq, args.backend)
     text = str(fit)
     print(text, file=out)
     if args.out:
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.txt").write_text(text + "\n")
-        (folder / "command.txt").write_text(command + "\n")
-        (folder / "model.stan").write_text(fit.stancode())
-        write_stan_data(fit.standata(), folder / "model.data.json")
-        if not args.no_data:
-            data.to_csv(folder / "data.csv", index=False)
-        fixef = fit.fixef()
-        pd.DataFrame({"Estimate": np.asarray(fixef, float)}, index=list(getattr(fixef, "index", []))
-                     or None).to_csv(folder / "fixef.csv")
-        record = {"format": 1, "kind": "lmer" if args.family in ("gaussian",) else "glmer",
-                  "command": command, "formula": args.formula, "family": args.family,
-                  "REML": not args.ml, "nAGQ": args.nagq, "backend": args.backend,
-                  "versions": package_versions(),
-                  "data": {"rows": int(len(data)), "sha256": data_sha256(data),
-                           "included": not args.no_data},
-                  "input_file": None if args.command == "example" else
-                  {"path": args.data, "sha256": data_sha256(Path(args.data))}}
-        (folder / "record.json").write_text(json.dumps(to_jsonable(record), indent=1))
+        from .record import save
+
+        save(fit, args.out, include_data=not args.no_data, command=command,
+             input_file=None if args.command == "example" else args.data)
         print(f"\nRun record written to {args.out}", file=out)
     return 0
 
@@ -256,27 +238,26 @@ def _stancode(args: argparse.Namespace, out: TextIO) -> int:
 def _load_record(folder: str):
     from .record import _read_record, load
 
-    record = _read_record(Path(folder))
-    if record.get("kind", "brm") != "brm":
-        return record, None
-    return record, load(folder)
+    return _read_record(Path(folder)), load(folder)
 
 
 def _summary(args: argparse.Namespace, out: TextIO) -> int:
-    record, fit = _load_record(args.run)
-    if fit is None:  # ML record: its printed summary
-        print((Path(args.run) / "summary.txt").read_text().rstrip("\n"), file=out)
-    else:
-        print(fit.summary(), file=out)
+    _record, fit = _load_record(args.run)
+    print(fit.summary().rstrip("\n"), file=out)
     return 0
 
 
 def _predict(args: argparse.Namespace, out: TextIO) -> int:
     record, fit = _load_record(args.run)
     newdata = read_data(args.newdata)
-    if fit is None:
-        raise DataError(f"{args.run!r} holds an ML ({record.get('kind')}) run record; 'stanhier predict' "
-                        "works from Bayesian run records (stanhier fit --method bayes).")
+    if record.get("kind") in ("lmer", "glmer"):  # point predictions from estimates and conditional modes
+        re_formula = args.re_formula
+        if re_formula is not None and re_formula.upper() in ("NA", "NONE", "~0"):
+            re_formula = "NA"
+        values = fit.predict(newdata, re_formula=re_formula, type="response",
+                             allow_new_levels=args.allow_new_levels)
+        table = pd.DataFrame({"Estimate": np.asarray(values, float)})
+        return _write_table(table, args, out)
     method = getattr(fit, "fitted" if args.type == "fitted" else "predict", None)
     if method is None:
         raise DataError(f"This stanhier has no {args.type}() on Bayesian fits yet.")
@@ -287,8 +268,10 @@ def _predict(args: argparse.Namespace, out: TextIO) -> int:
         kwargs["re_formula"] = "NA" if args.re_formula.upper() in ("NA", "NONE", "~0") else args.re_formula
     if args.seed is not None:
         kwargs["seed"] = args.seed
-    result = method(**kwargs)
-    table = _as_table(result, len(newdata))
+    return _write_table(_as_table(method(**kwargs), len(newdata)), args, out)
+
+
+def _write_table(table: pd.DataFrame, args: argparse.Namespace, out: TextIO) -> int:
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"Wrote {len(table)} rows to {args.out}", file=out)

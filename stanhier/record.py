@@ -197,7 +197,7 @@ def python_call(fit: Any) -> str:
 # ------------------------------------------------------------------ save
 def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str | None = None,
          input_file: str | Path | None = None, overwrite: bool = True) -> Path:
-    """Write the run record of a Bayesian fit to the folder ``path`` (created if needed).
+    """Write the run record of a fit (``brm``, ``lmer`` or ``glmer``) to the folder ``path``.
 
     Parameters
     ----------
@@ -227,15 +227,18 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
     PosixPath('runs/fish')
     """
     from .fit import BrmsFit
+    from .mlfit import MerFit
 
-    if not isinstance(fit, BrmsFit):
-        raise ArgumentError(f"save() takes a Bayesian fit (BrmsFit from sh.brm), got {type(fit).__name__}.")
+    if not isinstance(fit, (BrmsFit, MerFit)):
+        raise ArgumentError(f"save() takes a fit from sh.brm, sh.lmer or sh.glmer, got {type(fit).__name__}.")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"{str(out)!r} exists and is not a folder; give a folder for the run record.")
     if (out / "record.json").exists() and not overwrite:
         raise ArgumentError(f"{str(out)!r} already holds a run record; pass overwrite=True or another folder.")
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(fit, MerFit):
+        return _save_ml(fit, out, include_data=include_data, command=command, input_file=input_file)
     spec, raw = fit.spec, fit.raw
     data = spec.design.data
     csv_bytes = _canonical_csv(data)
@@ -301,6 +304,71 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
     return out
 
 
+def _ml_call(fit: Any) -> str:
+    """The ``sh.lmer(...)``/``sh.glmer(...)`` call that reproduces an ML fit."""
+    if fit.kind == "lmm":
+        return f"sh.lmer({fit.formula!r}, data={fit.data_name}, REML={fit.REML}, backend={fit.model.backend!r})"
+    return (f"sh.glmer({fit.formula!r}, data={fit.data_name}, family={fit.family.name!r}, "
+            f"nAGQ={fit.nAGQ}, backend={fit.model.backend!r})")
+
+
+def _save_ml(fit: Any, out: Path, *, include_data: bool, command: str | None,
+             input_file: str | Path | None) -> Path:
+    """Run record of an ML fit: program, data, estimates, summary, diagnostics, versions."""
+    data = fit.design.data
+    csv_bytes = _canonical_csv(data)
+    (out / "model.stan").write_text(fit.stancode())
+    write_stan_data(fit.standata(), out / "model.data.json")
+    if include_data:
+        (out / "data.csv").write_bytes(csv_bytes)
+    fit.fixef().to_frame("Estimate").to_csv(out / "fixef.csv")
+    summary = fit.summary()
+    (out / "summary.txt").write_text(summary + ("" if summary.endswith("\n") else "\n"))
+    diag = {**fit.diagnostics(), "messages": fit.diagnostic_messages()}
+    (out / "diagnostics.json").write_text(json.dumps(to_jsonable(diag), indent=1))
+    call = command or _ml_call(fit)
+    (out / "command.txt").write_text(call + "\n")
+    record = {
+        "format": RECORD_FORMAT,
+        "kind": "lmer" if fit.kind == "lmm" else "glmer",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": call, "formula": fit.formula, "family": fit.family.name, "REML": bool(fit.REML),
+        "nAGQ": int(fit.nAGQ), "backend": fit.model.backend, "stan_version": _stan_version(fit.model.backend),
+        "versions": package_versions(), "data_name": fit.data_name,
+        "data": {"rows": int(len(data)), "columns": list(map(str, data.columns)),
+                 "dtypes": {c: str(t) for c, t in data.dtypes.items()}, "categories": {},
+                 "sha256": hashlib.sha256(csv_bytes).hexdigest(), "included": bool(include_data)},
+        "estimates": {"beta": fit.fixef().tolist(), "theta": fit.theta.tolist(), "logLik": fit.logLik()},
+        "files": sorted(p.name for p in out.iterdir()) + ["record.json"],
+    }
+    if input_file is not None:
+        record["input_file"] = {"path": str(input_file), "sha256": data_sha256(Path(input_file))}
+    (out / "record.json").write_text(json.dumps(to_jsonable(record), indent=1))
+    return out
+
+
+def _load_ml(folder: Path, record: dict[str, Any], df: pd.DataFrame) -> Any:
+    """Re-run the deterministic optimizer from the recorded optimum and check it is the same."""
+    from .ml import glmer, lmer
+
+    est = record["estimates"]
+    start = {"beta": est["beta"], "theta": est["theta"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StanhierWarning)
+        if record["kind"] == "lmer":
+            fit = lmer(record["formula"], df, REML=record["REML"], backend=record["backend"], start=start)
+        else:
+            fit = glmer(record["formula"], df, family=record["family"], nAGQ=record["nAGQ"],
+                        backend=record["backend"], start=start)
+    if abs(fit.logLik() - est["logLik"]) > 1e-6 * max(1.0, abs(est["logLik"])):
+        raise DataError(f"Restoring {str(folder)!r} reached logLik {fit.logLik():.6f}, not the recorded "
+                        f"{est['logLik']:.6f} (different data or stanhier version).")
+    fit.data_name = record.get("data_name", fit.data_name)
+    fit.record = record  # type: ignore[attr-defined]
+    fit.record_path = folder  # type: ignore[attr-defined]
+    return fit
+
+
 # ------------------------------------------------------------------ load
 def _read_record(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
@@ -328,7 +396,12 @@ def _restore_dtypes(df: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
 
 
 def load(path: str | Path, data: Any = None) -> Any:
-    """Restore a :class:`~stanhier.fit.BrmsFit` from a run record, without compiling or sampling.
+    """Restore a fit from a run record.
+
+    Bayesian fits come back without compiling or sampling (the saved draws). ML fits
+    (``lmer``/``glmer``) are restored by re-running the deterministic optimizer from
+    the recorded optimum (a fraction of a second with the compiled program cached),
+    and the log-likelihood is checked against the recorded one.
 
     ``data``: the fit's data, needed only if the record was saved with
     ``include_data=False`` (it must hash to the recorded sha256).
@@ -349,8 +422,8 @@ def load(path: str | Path, data: Any = None) -> Any:
 
     folder = Path(path)
     record = _read_record(folder)
-    if record.get("kind", "brm") != "brm":
-        raise DataError(f"Run record {str(folder)!r} holds a {record.get('kind')!r} fit; load() restores brm fits.")
+    if record.get("kind", "brm") not in ("brm", "lmer", "glmer"):
+        raise DataError(f"Run record {str(folder)!r} holds a {record.get('kind')!r} fit, which load() does not know.")
     if data is None:
         if not (folder / "data.csv").exists():
             raise DataError(f"Run record {str(folder)!r} was saved without its data (include_data=False); "
@@ -364,6 +437,8 @@ def load(path: str | Path, data: Any = None) -> Any:
         raise DataError(f"data.csv in run record {str(folder)!r} does not match its recorded sha256: "
                         "the file was changed after the fit.")
 
+    if record["kind"] in ("lmer", "glmer"):
+        return _load_ml(folder, record, df)
     fam = get_family(record["family"])
     if fam.link != record.get("link", fam.link):
         fam = dataclasses.replace(fam, link=record["link"])

@@ -145,6 +145,16 @@ def test_fit_ml_path(fish_csv, tmp_path):
     assert (tmp_path / "ml" / "model.stan").exists() and (tmp_path / "ml" / "record.json").exists()
     code, out2, _ = run(["summary", str(tmp_path / "ml")])
     assert code == 0 and out2.strip() == out.split("\nRun record")[0].strip()
+    # predictions from the ML record: estimates and conditional modes, as a direct glmer fit gives
+    data = pd.read_csv(fish_csv)
+    data.head(5).to_csv(tmp_path / "new.csv", index=False)
+    code, out3, err = run(["predict", str(tmp_path / "ml"), "--newdata", str(tmp_path / "new.csv")])
+    assert code == 0, err
+    direct = sh.glmer("fish_num ~ 1 + temperature + (1 | weather)", data=data, family="poisson")
+    np.testing.assert_allclose(pd.read_csv(io.StringIO(out3))["Estimate"],
+                               direct.predict(data.head(5), type="response"), rtol=1e-6)
+    restored = sh.load(tmp_path / "ml")
+    assert restored.logLik() == pytest.approx(direct.logLik(), abs=1e-8)
 
 
 def test_predict_types_and_population_level(fish_fit, fish, tmp_path):
