@@ -80,7 +80,10 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     ``warmup`` (default ``iter // 2``), ``thin``, ``seed``, ``cores``, ``init``
     (None: uniform(-2, 2) unconstrained; a number r: uniform(-r, r); dict(s)),
     ``control={"adapt_delta": 0.95, "max_treedepth": 12}``. Same seed and backend
-    give identical draws. ``na_action="drop"`` drops rows with missing values (with a
+    give identical draws. ``cores`` is CmdStan's ``parallel_chains``; the pystan
+    backend always runs the chains in parallel processes (one per core).
+    ``parameterization="centered"`` samples the group-level effects directly (better
+    for grouping factors with few levels and much data per level). ``na_action="drop"`` drops rows with missing values (with a
     warning; ``"raise"`` errors); ``collinear="error"`` names constant or collinear
     predictors (``"drop"`` drops them with a warning).
 
