@@ -193,25 +193,12 @@ class BrmsFit(BayesPostestimation):
             return np.column_stack([self.raw.draws["b_Intercept"].reshape(-1), b])
         return b
 
-    def linpred(self, X: np.ndarray | None = None, Zs=None, Js=None, draws: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """(S, N) linear predictor draws for the fit's data (or given design pieces)."""
-        d = self.spec.design
-        X = d.X if X is None else X
-        beta = self._fixed_draws()[draws]
-        eta = beta @ X.T
-        if Zs is None:
-            Zs = [gt.Z for gt in d.terms]
-            Js = [gt.J for gt in d.terms]
-        for k, (Z, J) in enumerate(zip(Zs, Js), start=1):
-            r = self.raw.draws[f"r_{k}"]
-            r = r.reshape((-1,) + r.shape[2:])[draws]  # (S, levels, M)
-            eta += np.einsum("snm,nm->sn", r[:, J, :], Z)
-        return eta
-
     def log_lik(self) -> np.ndarray:
         """(chain, draw, N) pointwise log-likelihood."""
+        from .postestimation import prepare
+
         d = self.spec.design
-        eta = self.linpred()
+        eta = prepare(self).eta(slice(None))  # (S, N): every group-level term, all draws
         aux = {k: v[:, None] for k, v in self._aux_draws().items()}
         ll = self.spec.family.loglik(d.y[None, :], eta, aux, None if d.trials is None else d.trials[None, :])
         c, n = self.raw.stats["lp__"].shape if "lp__" in self.raw.stats else (1, eta.shape[0])
