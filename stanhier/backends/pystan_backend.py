@@ -156,6 +156,7 @@ class _PystanModel(CompiledModel):
         start = time.perf_counter()
         seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         console = io.StringIO()
+        self._drop_cached_fits()  # never serve a stored fit: every call really samples
         try:
             with _quiet(settings.progress, console):
                 posterior = stan.build(self.code, data=data, random_seed=int(seed))
@@ -192,7 +193,7 @@ class _PystanModel(CompiledModel):
         import httpstan.cache
 
         folder = httpstan.cache.model_directory(self.model_name)
-        for path in folder.glob("*.jsonlines.gz"):
+        for path in folder.glob("**/*.jsonlines.gz"):
             with contextlib.suppress(OSError):
                 path.unlink()
 
