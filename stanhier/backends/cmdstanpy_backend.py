@@ -43,7 +43,9 @@ class _CmdStanDensity(LogDensity):
 
     def __init__(self, model, data: dict) -> None:
         self._model = model
-        self._tmp = Path(tempfile.mkdtemp(prefix="stanhier-"))
+        scratch = cache.cache_dir() / "cmdstanpy" / "scratch"  # stays inside stanhier's cache
+        scratch.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix="density-", dir=scratch))
         self._data_file = self._tmp / "data.json"
         self._data_file.write_text(json.dumps(_jsonable(data)))
         self.shapes = self._parameter_shapes()
