@@ -11,7 +11,6 @@ True
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping, Sequence
 
 import pandas as pd

@@ -25,7 +25,6 @@ Prior(dist='normal', args=(0.0, 1.0), class_='b', coef='temperature', group='')
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import traceback

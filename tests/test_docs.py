@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
-import shutil
 import subprocess
 import sys
 from pathlib import Path

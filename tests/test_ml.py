@@ -21,7 +21,7 @@ import pytest
 
 os.environ.setdefault("STANHIER_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "stanhier"))
 
-from stanhier.errors import ArgumentError, DataError, FamilyError, FormulaError, StanhierWarning  # noqa: E402
+from stanhier.errors import ArgumentError, DataError, FamilyError, FormulaError  # noqa: E402
 from stanhier.ml import glmer, lmer, stan_program  # noqa: E402
 
 HERE = Path(__file__).parent

@@ -10,11 +10,9 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import stanhier as sh
