@@ -437,15 +437,16 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
         Z = np.asarray(zm, dtype=float)
         if Z.shape[1] == 0:
             raise FormulaError(f"Term {term.text!r} has no coefficients: write '(1 | g)' for an intercept.")
-        codes = [df[c] for c in term.group]
-        per_col = [{v: i for i, v in enumerate(_level_sort_key(c))} for c in codes]
-        keys = list(zip(*[c.map(m).to_numpy() for c, m in zip(codes, per_col)]))
-        uniq = sorted(set(keys))
-        pos = {k: i for i, k in enumerate(uniq)}
-        inv = [dict((i, v) for v, i in m.items()) for m in per_col]
-        levels = tuple(tuple(_label(inv[j][k[j]]) for j in range(len(k))) for k in uniq)
-        J = np.fromiter((pos[k] for k in keys), dtype=int, count=len(keys))
-        _check_grouping(term, codes, len(levels), len(df))
+        columns = [df[c] for c in term.group]
+        orders = [_level_sort_key(c) for c in columns]  # each column's levels in R's order
+        codes = [pd.Categorical(c, categories=o).codes.astype(np.int64) for c, o in zip(columns, orders)]
+        # an interaction a:b is ordered by a's level, then b's (lme4's order); only observed pairs
+        combined = np.ravel_multi_index(codes, [len(o) for o in orders]) if len(codes) > 1 else codes[0]
+        present, J = np.unique(combined, return_inverse=True)
+        parts = np.unravel_index(present, [len(o) for o in orders])
+        levels = tuple(tuple(_label(orders[j][parts[j][i]]) for j in range(len(orders)))
+                       for i in range(len(present)))
+        _check_grouping(term, columns, len(levels), len(df))
         terms.append(GroupTerm(term=term, coef_formulaic=tuple(zm.model_spec.column_names),
                                levels=levels, Z=Z, J=J, spec=zm.model_spec))
 
