@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -29,14 +30,19 @@ def main() -> None:
     parser.add_argument("--iter", type=int, default=4000)
     parser.add_argument("--chains", type=int, default=4)
     args = parser.parse_args()
+    # diagnostics are printed in each summary; don't repeat them as Python warnings
+    warnings.simplefilter("ignore", sh.StanhierWarning)
 
     fish = pd.read_csv(HERE / "fish.csv")
     fish["weather"] = (fish["weather"] == "sunny").astype(int)  # 1 = sunny, 0 = otherwise
+    fish.attrs["name"] = "fish"  # the name summaries print after 'Data:'
     formula = "fish_num ~ 1 + temperature + (temperature | weather)"
 
     start = time.perf_counter()
+    print(f"brm: {formula} (Poisson), {args.chains} chains x {args.iter} iterations, seed 1 "
+          "(the first run compiles the Stan program, about a minute)...", flush=True)
     fit = sh.brm(formula, data=fish, family="poisson", chains=args.chains, iter=args.iter,
-                 warmup=args.iter // 2, seed=1, data_name="fish")
+                 warmup=args.iter // 2, seed=1, progress=False)
     print(fit)
     print(f"\n(compile {'cache hit' if fit.cache_hit else f'{fit.compile_seconds:.1f} s'}, "
           f"sampling {fit.sample_seconds:.1f} s, total {time.perf_counter() - start:.1f} s)")
@@ -48,7 +54,7 @@ def main() -> None:
               f"transitions and max Rhat {diag['max_rhat']:.2f}: weather has only 2 levels with 50 counts "
               "each,\nthe case for the centred parameterization. The same model, centred:\n")
         fit = sh.brm(formula, data=fish, family="poisson", chains=args.chains, iter=args.iter,
-                     warmup=args.iter // 2, seed=1, data_name="fish", parameterization="centered")
+                     warmup=args.iter // 2, seed=1, parameterization="centered", progress=False)
         print(fit)
 
     out = Path(args.out)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .backends import SampleSettings, get_backend
 from .codegen import ModelSpec, build_model
+from .design import data_label
 from .errors import ArgumentError
 from .family import Family
 from .fit import BrmsFit
@@ -103,6 +104,6 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     model = be.compile(spec.code, progress=progress)
     raw = model.sample(spec.standata(), settings)
     fit = BrmsFit(spec, raw, backend=be.name, cache_hit=model.cache_hit,
-                  compile_seconds=model.compile_seconds, data_name=data_name or "data")
+                  compile_seconds=model.compile_seconds, data_name=data_name or data_label(data))
     fit._warn_diagnostics()
     return fit

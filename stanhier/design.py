@@ -32,7 +32,7 @@ from .errors import DataError, FormulaError, StanhierWarning
 from .formula import ParsedFormula, RandomTerm
 
 __all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name",
-           "check_gaussian_groups"]
+           "check_gaussian_groups", "data_label"]
 
 
 # --------------------------------------------------------------------------- names
@@ -89,6 +89,19 @@ def as_dataframe(data: Any) -> pd.DataFrame:
     raise DataError(
         f"data must be a pandas DataFrame or a dict of columns, not {type(data).__name__}."
     )
+
+
+def data_label(data: Any) -> str:
+    """The name printed after ``Data:`` in summaries: a DataFrame's ``attrs["name"]`` if set.
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"y": [1.0]}); df.attrs["name"] = "sleepstudy"; data_label(df)
+    'sleepstudy'
+    """
+    attrs = getattr(data, "attrs", None)
+    if isinstance(attrs, dict) and isinstance(attrs.get("name"), str):
+        return attrs["name"]
+    return "data"
 
 
 def _check_columns(names: list[str], df: pd.DataFrame, where: str) -> None:

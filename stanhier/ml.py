@@ -38,7 +38,7 @@ from scipy import sparse
 
 from .backends import get_backend
 from .backends.base import CompiledModel, LogDensity, fd_hessian
-from .design import Design, check_gaussian_groups, make_design
+from .design import Design, check_gaussian_groups, data_label, make_design
 from .errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
 from .family import Family, get_family
 from .formula import parse_formula
@@ -528,7 +528,7 @@ def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ
                     tol=float((control or {}).get("tol", 1e-8)), native=native)
     fit = MerFit(kind=kind, formula=formula, design=design, layout=lay, family=family, REML=REML,
                  nAGQ=nAGQ, problem=problem, model=model, density=density, optimum=info,
-                 data_name=_data_name(data))
+                 data_name=data_label(data))
     if not info.converged:
         warnings.warn(
             f"Model failed to converge: {info.message} (max |gradient| {np.max(np.abs(info.grad)):.2g} "
@@ -551,14 +551,6 @@ def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndar
             raise ArgumentError(f"start[{key!r}] must be 'theta' (length {problem.n_theta}) or "
                                 f"'beta' (length {problem.K}).")
     return x
-
-
-def _data_name(data: Any) -> str:
-    """The name printed after ``Data:`` (a DataFrame's ``attrs["name"]`` if set)."""
-    attrs = getattr(data, "attrs", None)
-    if isinstance(attrs, dict) and isinstance(attrs.get("name"), str):
-        return attrs["name"]
-    return "data"
 
 
 def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
