@@ -90,9 +90,15 @@ class _PystanDensity(LogDensity):
         self.n_params = self._count_unconstrained()
 
     def _count_unconstrained(self) -> int:
-        """httpstan does not expose the size; it is at most the number of constrained values."""
-        upper = len(self._module.constrained_param_names(self._data))
-        for n in range(upper + 1):
+        """httpstan does not expose the size: find the length ``log_prob`` accepts.
+
+        Each try passes the whole data set to C++, so likely sizes come first: the
+        running totals of the variables' sizes (exact when every parameter is
+        unconstrained or simply bounded, as in stanhier's ML programs), then the rest.
+        """
+        sizes = [int(np.prod(d)) if d else 1 for d in self.dims]
+        likely = list(dict.fromkeys(np.cumsum([0] + sizes).tolist()))
+        for n in likely + [n for n in range(int(sum(sizes)) + 1) if n not in set(likely)]:
             try:
                 self._module.log_prob(self._data, [0.0] * n, False)
                 return n
