@@ -73,7 +73,8 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
         warmup: int | None = None, thin: int = 1, seed: int | None = None, cores: int | None = None,
         init: Any = None, control: Mapping[str, Any] | None = None, backend: str = "auto",
         parameterization: str = "noncentered", progress: bool = True, na_action: str = "drop",
-        collinear: str = "error", data_name: str | None = None) -> BrmsFit:
+        collinear: str = "error", sufficient_stats: bool = False,
+        data_name: str | None = None) -> BrmsFit:
     """Fit a Bayesian hierarchical model with Stan's NUTS, as brms's ``brm``.
 
     Arguments follow brms: ``chains``, ``iter`` (warmup + sampling per chain),
@@ -83,7 +84,10 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     give identical draws. ``cores`` is CmdStan's ``parallel_chains``; the pystan
     backend always runs the chains in parallel processes (one per core).
     ``parameterization="centered"`` samples the group-level effects directly (better
-    for grouping factors with few levels and much data per level). ``na_action="drop"`` drops rows with missing values (with a
+    for grouping factors with few levels and much data per level).
+    ``sufficient_stats=True`` (Gaussian, one group-level term): the same posterior, with
+    the likelihood computed from per-group cross-products, so a gradient costs
+    O(groups) instead of O(rows) — for very large data. ``na_action="drop"`` drops rows with missing values (with a
     warning; ``"raise"`` errors); ``collinear="error"`` names constant or collinear
     predictors (``"drop"`` drops them with a warning).
 
@@ -99,7 +103,7 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
                               init=init, adapt_delta=ctrl.get("adapt_delta", 0.8),
                               max_treedepth=ctrl.get("max_treedepth", 10), progress=progress)
     spec: ModelSpec = build_model(formula, data, family, prior, parameterization, na_action=na_action,
-                                  collinear=collinear)
+                                  collinear=collinear, sufficient_stats=sufficient_stats)
     be = get_backend(backend)
     model = be.compile(spec.code, progress=progress)
     raw = model.sample(spec.standata(), settings)

@@ -57,6 +57,8 @@ class ModelStructure:
     terms: tuple[tuple[bool, bool], ...]  #: per term: (correlated, centered)
     priors: tuple[tuple, ...]  #: PriorStatement.structure() of each statement
     family_aux: tuple[str, ...] = ()
+    #: Gaussian likelihood from per-group cross-products (one grouping term): exact, O(groups)
+    suffstat: bool = False
 
     @property
     def glm(self) -> str | None:
@@ -78,9 +80,11 @@ class ModelSpec:
         return make_standata(self)
 
 
-def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str) -> ModelStructure:
+def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
+                 suffstat: bool = False) -> ModelStructure:
     centered = parameterization == "centered"
     return ModelStructure(
+        suffstat=suffstat,
         family=family.name, link=family.link, discrete=family.is_discrete,
         has_intercept=design.has_intercept,
         terms=tuple((gt.correlated, centered) for gt in design.terms),
@@ -97,7 +101,8 @@ def _render(structure: ModelStructure, statements: Sequence[PriorStatement]) -> 
 
 def build_model(formula: str, data: Any, family: str | Family = "gaussian",
                 prior: Sequence[Prior] | Prior | None = None, parameterization: str = "noncentered",
-                na_action: str = "drop", collinear: str = "error") -> ModelSpec:
+                na_action: str = "drop", collinear: str = "error",
+                sufficient_stats: bool = False) -> ModelSpec:
     """Parse, build the design, resolve priors and render the program (no compiling)."""
     if parameterization not in ("noncentered", "centered"):
         raise ArgumentError(
@@ -119,7 +124,12 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
         )
     fam.check_response(design.y, parsed.response.column, design.trials, parsed.response.column2)
     priors = resolve_priors(design, fam, [] if prior is None else prior)
-    structure = structure_of(design, fam, priors, parameterization)
+    if sufficient_stats and (fam.name != "gaussian" or len(design.terms) != 1):
+        raise ArgumentError(
+            "sufficient_stats=True needs family 'gaussian' and exactly one group-level term such as "
+            f"'(x | g)'; this model has family {fam.name!r} and {len(design.terms)} term(s)."
+        )
+    structure = structure_of(design, fam, priors, parameterization, suffstat=sufficient_stats)
     code = _render(structure, priors.statements)
     return ModelSpec(design=design, family=fam, priors=priors, structure=structure,
                      parameterization=parameterization, code=code)
@@ -128,6 +138,8 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
 def make_standata(spec: ModelSpec) -> dict[str, Any]:
     """The data dict the program of ``spec`` reads (sizes, matrices, prior hyperparameters)."""
     d = spec.design
+    if spec.structure.suffstat:
+        return _suffstat_standata(spec)
     data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "X": d.X}
     if spec.family.is_discrete:
         data["Y"] = np.round(d.y).astype(int)
@@ -142,6 +154,33 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
         data[f"Z_{k}"] = gt.Z
         if gt.correlated:
             data[f"NC_{k}"] = gt.M * (gt.M - 1) // 2
+    data.update(spec.priors.standata())
+    data["prior_only"] = 0
+    return data
+
+
+def _suffstat_standata(spec: ModelSpec) -> dict[str, Any]:
+    """Per-group cross-products of A = [1, Xc, Z] and y (the Gaussian likelihood's sufficient
+    statistics): the program's cost per gradient then grows with the groups, not the rows."""
+    d = spec.design
+    (gt,) = d.terms
+    if d.has_intercept:
+        means = d.X[:, 1:].mean(axis=0)
+        A = np.column_stack([np.ones(d.N), d.X[:, 1:] - means, gt.Z])
+    else:
+        means = np.zeros(0)
+        A = np.column_stack([d.X, gt.Z])
+    P, G = A.shape[1], gt.n_levels
+    order = np.argsort(gt.J, kind="stable")
+    starts = np.searchsorted(gt.J[order], np.arange(G))
+    As, ys = A[order], d.y[order]
+    AtA = np.einsum("gi,gj->gij", As, As)
+    AtA = np.add.reduceat(AtA, starts, axis=0) if len(starts) else AtA[:0]
+    Aty = np.add.reduceat(As * ys[:, None], starts, axis=0)
+    data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "means_X": means, "P": P,
+                            "N_1": G, "M_1": gt.M, "AtA": AtA, "Aty": Aty, "yty": float(d.y @ d.y)}
+    if gt.correlated:
+        data["NC_1"] = gt.M * (gt.M - 1) // 2
     data.update(spec.priors.standata())
     data["prior_only"] = 0
     return data
