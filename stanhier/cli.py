@@ -257,9 +257,7 @@ def _predict(args: argparse.Namespace, out: TextIO) -> int:
                              allow_new_levels=args.allow_new_levels)
         table = pd.DataFrame({"Estimate": np.asarray(values, float)})
         return _write_table(table, args, out)
-    method = getattr(fit, "fitted" if args.type == "fitted" else "predict", None)
-    if method is None:
-        raise DataError(f"This stanhier has no {args.type}() on Bayesian fits yet.")
+    method = fit.fitted if args.type == "fitted" else fit.predict
     kwargs: dict[str, Any] = {"newdata": newdata}
     if args.allow_new_levels:
         kwargs["allow_new_levels"] = True

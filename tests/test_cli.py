@@ -113,8 +113,6 @@ def test_fit_summary_from_record(fish_fit, fish_csv, tmp_path):
 
 
 def test_predict_from_record(fish_fit, fish, tmp_path):
-    if not hasattr(sh.BrmsFit, "fitted"):
-        pytest.skip("BrmsFit.fitted(newdata=...) (stanhier/postestimation.py) has not landed yet")
     folder = save(fish_fit, tmp_path / "run")
     new = fish.head(5)
     new.to_csv(tmp_path / "new.csv", index=False)
