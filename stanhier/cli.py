@@ -187,13 +187,8 @@ def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, warned: "_W
 
 def _ml_fit(formula: str, data: pd.DataFrame, family: str, reml: bool, nagq: int, backend: str):
     from .family import get_family
+    from .ml import glmer, lmer
 
-    import stanhier as sh
-
-    lmer = getattr(sh, "lmer", None)
-    glmer = getattr(sh, "glmer", None)
-    if lmer is None or glmer is None:
-        from .ml import glmer, lmer  # not exported yet
     if get_family(family).name == "gaussian":
         return lmer(formula, data, REML=reml, backend=backend)
     return glmer(formula, data, family=family, nAGQ=nagq, backend=backend)
