@@ -135,13 +135,13 @@ class BrmsFit(BayesPostestimation):
         arr = self.raw.draws[entry.stan]
         return arr[(slice(None), slice(None)) + entry.index]
 
-    def _r_draws(self) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
-        """Per group: (chain, draw, level, coef) draws of the group-level effects and coef names."""
+    def _r_draws(self) -> dict[str, tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]]:
+        """Per group: (chain, draw, level, coef) draws of the group-level effects, coef names, level names."""
         out = {}
-        for g, items, _levels in self.names.groups:
+        for g, items, levels in self.names.groups:
             arrays = [self.raw.draws[f"r_{k}"] for k, _ in items]
             coefs = tuple(c for _, cs in items for c in cs)
-            out[g] = (np.concatenate(arrays, axis=-1), coefs)
+            out[g] = (np.concatenate(arrays, axis=-1), coefs, levels)
         return out
 
     def _make_idata(self):
@@ -152,9 +152,8 @@ class BrmsFit(BayesPostestimation):
         dims: dict[str, list[str]] = {}
         for e in self.names.entries:
             posterior[e.name] = self.draws_of(e)
-        for g, (arr, coefs) in self._r_draws().items():
+        for g, (arr, coefs, levels) in self._r_draws().items():
             name = f"r_{g}"
-            levels = dict((gg, lv) for gg, _, lv in self.names.groups)[g]
             posterior[name] = arr
             coords[g] = list(levels)
             coords[f"{g}__coef"] = list(coefs)
@@ -237,9 +236,8 @@ class BrmsFit(BayesPostestimation):
     def ranef(self) -> dict[str, pd.DataFrame]:
         """Group-level effects per grouping factor: rows level, columns (coef, statistic)."""
         out = {}
-        for g, (arr, coefs) in self._r_draws().items():
+        for g, (arr, coefs, levels) in self._r_draws().items():
             flat = arr.reshape((-1,) + arr.shape[2:])
-            levels = dict((gg, lv) for gg, _, lv in self.names.groups)[g]
             cols = {}
             for m, c in enumerate(coefs):
                 cols.update(_column_summary(c, flat[:, :, m]))
@@ -251,9 +249,8 @@ class BrmsFit(BayesPostestimation):
         fixed_names = list(self.fixef().index)
         beta = self._fixed_draws()
         out = {}
-        for g, (arr, coefs) in self._r_draws().items():
+        for g, (arr, coefs, levels) in self._r_draws().items():
             flat = arr.reshape((-1,) + arr.shape[2:])
-            levels = dict((gg, lv) for gg, _, lv in self.names.groups)[g]
             cols = {}
             for j, name in enumerate(fixed_names):
                 v = np.repeat(beta[:, [j]], len(levels), axis=1)

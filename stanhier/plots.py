@@ -290,9 +290,8 @@ def _ranef_long(fit: Any, prob: float) -> pd.DataFrame:
     rows = []
     if _is_bayes(fit):
         lo_q, hi_q = (1 - prob) / 2, 1 - (1 - prob) / 2
-        for g, (arr, coefs) in fit._r_draws().items():
+        for g, (arr, coefs, levels) in fit._r_draws().items():
             flat = arr.reshape((-1,) + arr.shape[2:])
-            levels = dict((gg, lv) for gg, _, lv in fit.names.groups)[g]
             for m, c in enumerate(coefs):
                 v = flat[:, :, m]
                 est = v.mean(0)
