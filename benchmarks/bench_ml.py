@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("STANHIER_CACHE_DIR", str(ROOT / ".pytest_cache" / "stanhier"))
 
-from stanhier.ml import glmer, lmer  # noqa: E402
+from stanhier.ml.api import glmer, lmer  # noqa: E402
 
 
 def machine() -> str:

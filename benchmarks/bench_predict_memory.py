@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     import stanhier as sh
-    from stanhier.postestimation import CHUNK_ELEMENTS
+    from stanhier.bayes.predict import CHUNK_ELEMENTS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)

@@ -18,12 +18,13 @@ from . import families
 from .api import brm, get_prior, make_standata, make_stancode
 from .errors import (ArgumentError, BackendError, DataError, FamilyError, FormulaError, PriorError,
                      SamplingError, StanCompileError, StanhierError, StanhierWarning)
-from .compare import anova, bayes_R2, hypothesis, loo, loo_compare, waic
-from .fit import BrmsFit
-from .ml import glmer, lmer
-from .mlfit import MerFit
-from .plots import conditional_effects, plot_ranef, plot_trace, pp_check
-from .priors import Prior, prior
+from .bayes.compare import bayes_R2, hypothesis, loo, loo_compare, waic
+from .bayes.fit import BrmsFit
+from .ml.anova import anova
+from .ml.api import glmer, lmer
+from .ml.fit import MerFit
+from .bayes.plots import conditional_effects, plot_ranef, plot_trace, pp_check
+from .model.priors import Prior, prior
 from .record import load, save
 
 __version__ = "0.1.0"

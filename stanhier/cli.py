@@ -62,7 +62,7 @@ def parse_prior(text: str):
     >>> parse_prior("lkj(2):cor").class_
     'cor'
     """
-    from .priors import prior
+    from .model.priors import prior
 
     text = text.strip()
     close = text.rfind(")")
@@ -186,8 +186,8 @@ def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, warned: "_W
 
 
 def _ml_fit(formula: str, data: pd.DataFrame, family: str, reml: bool, nagq: int, backend: str):
-    from .family import get_family
-    from .ml import glmer, lmer
+    from .families import get_family
+    from .ml.api import glmer, lmer
 
     if get_family(family).name == "gaussian":
         return lmer(formula, data, REML=reml, backend=backend)

@@ -226,8 +226,8 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
     >>> save(fit, "runs/fish")              # doctest: +SKIP
     PosixPath('runs/fish')
     """
-    from .fit import BrmsFit
-    from .mlfit import MerFit
+    from .bayes.fit import BrmsFit
+    from .ml.fit import MerFit
 
     if not isinstance(fit, (BrmsFit, MerFit)):
         raise ArgumentError(f"save() takes a fit from sh.brm, sh.lmer or sh.glmer, got {type(fit).__name__}.")
@@ -349,7 +349,7 @@ def _save_ml(fit: Any, out: Path, *, include_data: bool, command: str | None,
 
 def _load_ml(folder: Path, record: dict[str, Any], df: pd.DataFrame) -> Any:
     """Re-run the deterministic optimizer from the recorded optimum and check it is the same."""
-    from .ml import glmer, lmer
+    from .ml.api import glmer, lmer
 
     est = record["estimates"]
     start = {"beta": est["beta"], "theta": est["theta"]}
@@ -415,10 +415,10 @@ def load(path: str | Path, data: Any = None) -> Any:
     >>> print(fit)                     # doctest: +SKIP
     """
     from .backends.base import RawSample, SampleSettings
-    from .codegen import build_model
-    from .family import get_family
-    from .fit import BrmsFit
-    from .priors import Prior
+    from .stan.codegen import build_model
+    from .families import get_family
+    from .bayes.fit import BrmsFit
+    from .model.priors import Prior
 
     folder = Path(path)
     record = _read_record(folder)
@@ -430,7 +430,7 @@ def load(path: str | Path, data: Any = None) -> Any:
                             "pass the data: load(folder, data=df).")
         df = _restore_dtypes(pd.read_csv(folder / "data.csv"), record)
     else:
-        from .design import as_dataframe
+        from .model.design import as_dataframe
 
         df = as_dataframe(data)
     if data is None and data_sha256(folder / "data.csv") != record["data"]["sha256"]:

@@ -156,7 +156,7 @@ def test_bad_arguments_fail_before_compiling(sleep, kwargs, match):
 def test_sufficient_statistics_same_posterior(sleep, sleep_fit):
     """sufficient_stats=True: the same log density (to rounding) at any point, and the same posterior."""
     from stanhier.backends import get_backend
-    from stanhier.codegen import build_model
+    from stanhier.stan.codegen import build_model
 
     f = "Reaction ~ Days + (Days | Subject)"
     full, fast = build_model(f, sleep), build_model(f, sleep, sufficient_stats=True)

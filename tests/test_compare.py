@@ -9,7 +9,8 @@ import pytest
 from scipy import special, stats
 
 import stanhier as sh
-from stanhier.compare import anova, bayes_R2, hypothesis, loo, loo_compare, waic
+from stanhier.ml.anova import anova
+from stanhier.bayes.compare import bayes_R2, hypothesis, loo, loo_compare, waic
 from conftest import quiet_brm
 
 
@@ -140,7 +141,7 @@ def test_hypothesis(sleep_fit):
 
 # --------------------------------------------------------------------------- anova (ML)
 def _lmer(formula, data, REML):
-    from stanhier.ml import lmer
+    from stanhier.ml.api import lmer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import stanhier as sh
-from stanhier.design import make_design
-from stanhier.formula import parse_formula
+from stanhier.model.design import make_design
+from stanhier.model.formula import parse_formula
 
 LEVELS = json.loads((Path(__file__).parent / "data" / "factor_levels.json").read_text())
 

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 #: modules whose docstring examples need no sampling
-DOCTEST_MODULES = ["stanhier", "stanhier.formula", "stanhier.design", "stanhier.priors", "stanhier.family",
-                   "stanhier.api", "stanhier.errors", "stanhier.codegen", "stanhier.record", "stanhier.cli",
+DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design", "stanhier.model.priors", "stanhier.families",
+                   "stanhier.api", "stanhier.errors", "stanhier.stan.codegen", "stanhier.record", "stanhier.cli",
                    "stanhier.backends.base"]
 
 
@@ -30,7 +30,7 @@ def test_mkdocs_build_strict(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "site" / "reference" / "api" / "index.html").exists()
     html = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
-    assert "stanhier.api.brm" in html and "Fit a Bayesian hierarchical model" in html
+    assert "stanhier.bayes.brm.brm" in html and "Fit a Bayesian hierarchical model" in html
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

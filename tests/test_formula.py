@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stanhier.errors import FormulaError
-from stanhier.formula import parse_formula
+from stanhier.model.formula import parse_formula
 
 
 def test_seed_formula():

@@ -22,7 +22,8 @@ import pytest
 os.environ.setdefault("STANHIER_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "stanhier"))
 
 from stanhier.errors import ArgumentError, DataError, FamilyError, FormulaError  # noqa: E402
-from stanhier.ml import glmer, lmer, stan_program  # noqa: E402
+from stanhier.ml.api import glmer, lmer
+from stanhier.ml.problem import stan_program  # noqa: E402
 
 HERE = Path(__file__).parent
 REF = json.loads((HERE / "reference" / "ml_reference.json").read_text())["cases"]

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from scipy.stats import gaussian_kde  # noqa: E402
 
 import stanhier as sh  # noqa: E402
-from stanhier.plots import conditional_effects, plot_ranef, pp_check  # noqa: E402
+from stanhier.bayes.plots import conditional_effects, plot_ranef, pp_check  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +124,7 @@ def test_ranef_caterpillar_bayes(sleep_fit, tmp_path):
 
 
 def test_ranef_caterpillar_ml(sleep, tmp_path):
-    from stanhier.ml import lmer
+    from stanhier.ml.api import lmer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -140,7 +140,7 @@ def test_ranef_caterpillar_ml(sleep, tmp_path):
 
 
 def test_conditional_effects_ml_point_line(sleep):
-    from stanhier.ml import lmer
+    from stanhier.ml.api import lmer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 import stanhier as sh
-from stanhier.ml import glmer, lmer
+from stanhier.ml.api import glmer, lmer
 
 D = pd.DataFrame({"y": [1.0, 2.0, 4.0, 3.0, 5.0, 2.5], "x": [0.0, 1.0, 0.0, 1.0, 2.0, 2.0],
                   "n": [3, 4, 5, 4, 6, 3], "g": list("aabbcc")})

@@ -17,7 +17,7 @@ import warnings
 import pandas as pd
 
 import stanhier as sh
-from stanhier.ml import glmer, lmer
+from stanhier.ml.api import glmer, lmer
 
 warnings.simplefilter("ignore")
 fish = pd.read_csv("tests/data/fish.csv")

@@ -26,11 +26,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .design import Design, check_gaussian_groups, make_design
-from .errors import ArgumentError
-from .family import Family, get_family
-from .formula import parse_formula
-from .priors import Prior, PriorSet, PriorStatement, resolve_priors
+from ..model.design import Design, check_gaussian_groups, make_design
+from ..errors import ArgumentError
+from ..families import Family, get_family
+from ..model.formula import parse_formula
+from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from .templating import render
 
 __all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata",
@@ -116,7 +116,7 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
     if fam.uses_trials and design.trials is None:
         fam.check_response(design.y, parsed.response.column)  # raises: needs trials
     if not fam.uses_trials and design.trials is not None:
-        from .errors import FamilyError
+        from ..errors import FamilyError
 
         raise FamilyError(
             f"The response {parsed.response.kind}(...) gives trials, which only family 'binomial' uses; "

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from .design import Design
-from .errors import PriorError
-from .family import Family
+from ..errors import PriorError
+from ..families import Family
 
 __all__ = ["Prior", "prior", "PriorStatement", "PriorSet", "resolve_priors", "DISTRIBUTIONS",
            "default_scale_prior"]

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .backends.base import RawSample
-from .codegen import ModelSpec
-from .errors import StanhierWarning
-from .postestimation import BayesPostestimation
+from ..backends.base import RawSample
+from ..stan.codegen import ModelSpec
+from ..errors import StanhierWarning
+from .predict import BayesPostestimation
 
 __all__ = ["NameEntry", "NameTable", "BrmsFit", "make_names"]
 
@@ -194,7 +194,7 @@ class BrmsFit(BayesPostestimation):
 
     def log_lik(self) -> np.ndarray:
         """(chain, draw, N) pointwise log-likelihood."""
-        from .postestimation import prepare
+        from .predict import prepare
 
         d = self.spec.design
         eta = prepare(self).eta(slice(None))  # (S, N): every group-level term, all draws
@@ -289,7 +289,7 @@ class BrmsFit(BayesPostestimation):
 
         ``sh.load(path)`` restores the fit without compiling or sampling; see :func:`stanhier.record.save`.
         """
-        from .record import save
+        from ..record import save
 
         return save(self, path, **kwargs)
 

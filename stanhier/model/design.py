@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, FormulaError, StanhierWarning
+from ..errors import DataError, FormulaError, StanhierWarning
 from .formula import ParsedFormula, RandomTerm
 
 __all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name",

@@ -1,4 +1,4 @@
-"""The Jinja2 environment that renders ``stan_templates/`` (shipped in the wheel).
+"""The Jinja2 environment that renders ``stanhier/stan/templates/`` (shipped in the wheel).
 
 Example
 -------
@@ -19,7 +19,7 @@ __all__ = ["render", "environment"]
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    folder = resources.files("stanhier.stan_templates")
+    folder = resources.files("stanhier.stan") / "templates"
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         undefined=jinja2.StrictUndefined,
@@ -30,7 +30,7 @@ def environment() -> jinja2.Environment:
 
 
 def render(template: str, **context) -> str:
-    """Render ``stan_templates/<template>``; blank-line runs are squeezed to one."""
+    """Render ``templates/<template>``; blank-line runs are squeezed to one."""
     text = environment().get_template(template).render(**context)
     lines, blank = [], False
     for line in text.splitlines():

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import FormulaError
+from ..errors import FormulaError
 
 __all__ = ["Response", "RandomTerm", "ParsedFormula", "parse_formula"]
 

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from scipy import special, stats
 
-from .errors import FamilyError
+from ..errors import FamilyError
 
 __all__ = [
     "Family", "get_family", "gaussian", "poisson", "binomial", "bernoulli",

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ArgumentError, DataError
+from ..errors import ArgumentError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fit import BrmsFit
@@ -96,7 +96,7 @@ def re_selection(design: Any, re_formula: Any) -> dict[int, np.ndarray]:
         )
     from formulaic import model_matrix
 
-    from .formula import parse_formula
+    from ..model.formula import parse_formula
 
     text = re_formula.strip()
     if not text.startswith("~"):
@@ -256,7 +256,7 @@ def prepare(fit: "BrmsFit", newdata: Any = None, *, re_formula: Any = None,
             seed: int | np.random.Generator | None = None, need_trials: bool = False,
             rng: np.random.Generator | None = None) -> Prepared:
     """Encode ``newdata`` with the fit's formula state and select the draws to use."""
-    from .design import _formula_variables, as_dataframe
+    from ..model.design import _formula_variables, as_dataframe
 
     if sample_new_levels not in _NEW_LEVEL_METHODS:
         raise ArgumentError(

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ArgumentError, DataError
+from ..errors import ArgumentError, DataError
 
 __all__ = ["plot_trace", "pp_check", "conditional_effects", "plot_ranef"]
 
@@ -190,7 +190,7 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
     by = parts[1] if len(parts) == 2 else by
     d = _design(fit)
     data = d.data
-    from .design import _formula_variables
+    from ..model.design import _formula_variables
 
     fixed_vars = _formula_variables(d.formula.fixed)
     group_cols = [c for gt in d.terms for c in gt.term.group]

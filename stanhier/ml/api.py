@@ -1,0 +1,198 @@
+"""Maximum likelihood on the marginalized model: ``lmer`` and ``glmer`` (as R's lme4).
+
+The random effects are integrated out of the likelihood and Stan's log density of
+the *marginal* model is maximized over the fixed effects ``beta``, the relative
+covariance factor's free elements ``theta`` (lme4's parameterization) and
+``log(sigma)``:
+
+* Gaussian (``lmer``): exact marginal likelihood (or REML criterion) from per-group
+  cross-products computed once in Python (``stan_templates/ml_lmm.stan``); the cost
+  of a gradient does not depend on the number of observations.
+* Other families (``glmer``): Laplace approximation (``nAGQ=1``) or adaptive
+  Gauss-Hermite quadrature (``nAGQ>1``, one scalar random effect) with Newton
+  iterations for the random-effect modes inside the Stan program
+  (``stan_templates/ml_glmm.stan``).
+
+Two programs serve every model: sizes, the layout of the covariance factor and
+the family are data, so a compiled model is reused by every later fit.
+
+Example
+-------
+>>> import pandas as pd, stanhier as sh                       # doctest: +SKIP
+>>> sleep = pd.read_csv("tests/data/sleepstudy.csv")          # doctest: +SKIP
+>>> m = sh.lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False)  # doctest: +SKIP
+>>> round(m.logLik(), 2)                                      # doctest: +SKIP
+-875.97
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from scipy import optimize as sopt
+from scipy import sparse
+
+from ..backends import get_backend
+from ..backends.base import CompiledModel, LogDensity, fd_hessian
+from ..model.design import Design, check_gaussian_groups, data_label, make_design
+from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
+from ..families import Family, get_family
+from ..model.formula import parse_formula
+from ..stan.templating import render
+from .layout import build_layout
+from .optimizer import maximize
+from .problem import _FAMILY_CODE, MLProblem, _starts, glmm_problem, lmm_problem, stan_program
+
+__all__ = ["lmer", "glmer"]
+
+# --------------------------------------------------------------------------- entry points
+def _check_backend(backend: str) -> None:
+    if not isinstance(backend, str):
+        raise ArgumentError(f"backend must be 'auto', 'pystan' or 'cmdstanpy', not {backend!r}.")
+
+
+def _compile(kind: str, backend: str, progress: bool) -> CompiledModel:
+    _check_backend(backend)
+    return get_backend(backend).compile(stan_program(kind), progress=progress)
+
+
+def _scale(problem: MLProblem, design: Design) -> np.ndarray:
+    """Rough parameter scales for the optimizer (OLS-like SEs for beta, 1 elsewhere)."""
+    X = design.X
+    sd = np.std(design.y) if problem.kind == "lmm" else 1.0
+    try:
+        se = 10 * np.sqrt(np.diag(np.linalg.pinv(X.T @ X))) * max(sd, 1e-8)
+    except np.linalg.LinAlgError:  # pragma: no cover
+        se = np.ones(X.shape[1])
+    se = np.where(np.isfinite(se) & (se > 0), se, 1.0)
+    return np.concatenate([np.minimum(se, 1e6), np.ones(problem.n_theta + problem.n_aux)])
+
+
+def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ: int,
+         backend: str, progress: bool, start: dict | None, control: dict | None,
+         na_action: str = "drop", collinear: str = "drop"):
+    from .fit import MerFit
+
+    if not isinstance(formula, str):
+        raise FormulaError(f"formula must be a string such as 'y ~ x + (1 | g)', not {type(formula).__name__}.")
+    parsed = parse_formula(formula)
+    design = make_design(parsed, data, na_action=na_action, collinear=collinear)
+    if family.has_sigma:
+        check_gaussian_groups(design)
+    resp = parsed.response
+    family.check_response(design.y, resp.column, design.trials,
+                          resp.column2 if resp.kind == "trials" else None)
+    if kind == "glmm" and family.name == "binomial" and resp.kind == "plain":
+        raise FamilyError("Family 'binomial' needs 'cbind(successes, failures) ~ ...' or "
+                          "'y | trials(n) ~ ...'; for a 0/1 response use family='bernoulli'.")
+    lay = build_layout(design)
+    if kind == "glmm" and nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
+        raise ArgumentError(
+            f"nAGQ = {nAGQ} > 1 needs a single scalar random-effects term such as '(1 | g)', as in lme4 "
+            f"(this model has {len(lay.slots)} term(s) with {sum(s.M for s in lay.slots)} coefficient(s)); "
+            "use nAGQ=1 (Laplace approximation)."
+        )
+    problem = lmm_problem(design, lay, REML) if kind == "lmm" else glmm_problem(design, lay, family, nAGQ)
+    model = _compile(kind, backend, progress)
+    density = model.log_density(problem.data)
+    if density.n_params != problem.n_params:  # pragma: no cover - a programming error
+        raise SamplingError(f"Internal error: Stan has {density.n_params} parameters, expected {problem.n_params}.")
+    starts = _starts(problem, design, lay, family)
+    if start is not None:
+        starts.insert(0, _user_start(start, problem, starts[0]))
+    native = None
+    if model.backend == "cmdstanpy":  # CmdStan's L-BFGS, Jacobian off, from our start
+        def native(x0: np.ndarray) -> np.ndarray:
+            return density.flatten(model.optimize(problem.data, density.to_dict(x0)).params)
+    info = maximize(density, starts, _scale(problem, design),
+                    tol=float((control or {}).get("tol", 1e-8)), native=native)
+    fit = MerFit(kind=kind, formula=formula, design=design, layout=lay, family=family, REML=REML,
+                 nAGQ=nAGQ, problem=problem, model=model, density=density, optimum=info,
+                 data_name=data_label(data))
+    if not info.converged:
+        warnings.warn(
+            f"Model failed to converge: {info.message} (max |gradient| {np.max(np.abs(info.grad)):.2g} "
+            f"after {info.n_starts} start(s)); rescale predictors or simplify the random effects.",
+            StanhierWarning, stacklevel=3)
+    if fit.is_singular():
+        warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
+    return fit
+
+
+def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndarray:
+    x = default.copy()
+    for key, value in start.items():
+        value = np.atleast_1d(np.asarray(value, float))
+        if key == "theta" and len(value) == problem.n_theta:
+            x[problem.K:problem.K + problem.n_theta] = value
+        elif key in ("beta", "fixef") and len(value) == problem.K:
+            x[:problem.K] = value
+        else:
+            raise ArgumentError(f"start[{key!r}] must be 'theta' (length {problem.n_theta}) or "
+                                f"'beta' (length {problem.K}).")
+    return x
+
+
+def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
+         progress: bool = False, start: dict | None = None, control: dict | None = None,
+         na_action: str = "drop", collinear: str = "drop"):
+    """Fit a linear mixed model by maximum likelihood or REML, as lme4's ``lmer``.
+
+    The Gaussian marginal likelihood is exact and computed from per-group
+    cross-products, so a gradient costs the same for 1,000 or 1,000,000 rows.
+
+    Parameters
+    ----------
+    formula : lme4 formula, e.g. ``"Reaction ~ Days + (Days | Subject)"``.
+    data : pandas DataFrame (or dict of columns).
+    REML : ``True`` (lme4's default) for the REML criterion, ``False`` for maximum likelihood.
+    backend : ``"auto"``, ``"pystan"`` or ``"cmdstanpy"``.
+    start : optional ``{"theta": [...]}`` starting values (lme4's relative covariance factor).
+    na_action : ``"drop"`` rows with missing values (with a warning) or ``"raise"``.
+    collinear : ``"drop"`` (lme4's behaviour, with a warning) or ``"error"`` for constant or
+        linearly dependent fixed-effect columns.
+
+    Returns
+    -------
+    MerFit
+
+    Example
+    -------
+    >>> m = lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False)  # doctest: +SKIP
+    >>> print(m)                                                        # doctest: +SKIP
+    """
+    if not isinstance(REML, (bool, np.bool_)):
+        raise ArgumentError(f"REML must be True or False, not {REML!r}.")
+    return _fit("lmm", formula, data, family=get_family("gaussian"), REML=bool(REML), nAGQ=0,
+                backend=backend, progress=progress, start=start, control=control,
+                na_action=na_action, collinear=collinear)
+
+
+def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
+          backend: str = "auto", progress: bool = False, start: dict | None = None,
+          control: dict | None = None, na_action: str = "drop", collinear: str = "drop"):
+    """Fit a generalized linear mixed model by (approximate) maximum likelihood, as lme4's ``glmer``.
+
+    ``nAGQ=1``: Laplace approximation; ``nAGQ>1``: adaptive Gauss-Hermite quadrature
+    with that many nodes (one scalar random-effects term only, as lme4).
+    Families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
+    ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``).
+
+    Example
+    -------
+    >>> g = glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson")  # doctest: +SKIP
+    >>> g20 = glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, "poisson", nAGQ=20)  # doctest: +SKIP
+    """
+    fam = get_family(family)
+    if fam.name == "gaussian":
+        raise FamilyError("family='gaussian' is a linear mixed model: use lmer() (exact likelihood).")
+    if fam.name not in _FAMILY_CODE:
+        raise FamilyError(f"glmer supports the families {', '.join(_FAMILY_CODE)}; not {fam.name!r}.")
+    if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or not (1 <= nAGQ <= 100):
+        raise ArgumentError(f"nAGQ must be an integer between 1 and 100 (1 = Laplace), got {nAGQ!r}.")
+    return _fit("glmm", formula, data, family=fam, REML=False, nAGQ=int(nAGQ), backend=backend,
+                progress=progress, start=start, control=control, na_action=na_action,
+                collinear=collinear)
