@@ -139,7 +139,10 @@ class LogDensity(abc.ABC):
     def log_prob_grad(self, theta: np.ndarray, jacobian: bool = False) -> tuple[float, np.ndarray]: ...
 
     @abc.abstractmethod
-    def constrain(self, theta: np.ndarray) -> dict[str, np.ndarray]: ...
+    def constrain(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Every variable of the program at ``theta`` (unconstrained): parameters,
+        transformed parameters and generated quantities, by Stan name, with Stan's shapes
+        (size-0 and size-1 variables included as arrays of that shape)."""
 
     def hessian(self, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
         """Hessian by central differences of the gradient (Jacobian off)."""
@@ -199,6 +202,15 @@ class CompiledModel(abc.ABC):
 
     @abc.abstractmethod
     def log_density(self, data: dict) -> LogDensity: ...
+
+    def native_optimizer(self, data: dict) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The backend's own optimizer for ``data``, if it has one: a function taking an
+        unconstrained start vector and returning the unconstrained optimum (Jacobian off).
+
+        ``None`` (the default) means callers run scipy's L-BFGS on :meth:`log_density`.
+        Callers never branch on the backend's name; they ask this method.
+        """
+        return None
 
     def optimize(self, data: dict, theta0: np.ndarray | None = None, *, seed: int = 1) -> OptimizeResult:
         """Maximize the log density with the Jacobian off (L-BFGS)."""
