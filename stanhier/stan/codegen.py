@@ -33,22 +33,12 @@ from ..model.formula import parse_formula
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from .templating import render
 
-__all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata",
-           "structure_of", "GLM_FAMILIES"]
-
-#: families whose likelihood uses one of Stan's GLM functions
-GLM_FAMILIES = {
-    "gaussian": "normal_id_glm_lpdf",
-    "poisson": "poisson_log_glm_lpmf",
-    "bernoulli": "bernoulli_logit_glm_lpmf",
-    "negbinomial": "neg_binomial_2_log_glm_lpmf",
-    "binomial": "binomial_logit_glm_lpmf",
-}
+__all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata", "structure_of"]
 
 
 @dataclass(frozen=True)
 class ModelStructure:
-    """Everything that decides the Stan program's text."""
+    """Everything that decides the Stan program's text (hashable: equal structures, equal programs)."""
 
     family: str
     link: str
@@ -61,8 +51,9 @@ class ModelStructure:
     suffstat: bool = False
 
     @property
-    def glm(self) -> str | None:
-        return GLM_FAMILIES.get(self.family)
+    def family_object(self) -> Family:
+        """The :class:`~stanhier.families.Family` whose Stan snippets the program uses."""
+        return get_family(self.family).with_link(self.link)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +87,7 @@ def structure_of(design: Design, family: Family, priors: PriorSet, parameterizat
 def _render(structure: ModelStructure, statements: Sequence[PriorStatement]) -> str:
     terms = [{"k": k, "correlated": c, "centered": cen}
              for k, (c, cen) in enumerate(structure.terms, start=1)]
-    return render("brm.stan", s=structure, terms=terms, priors=list(statements))
+    return render("brm.stan", s=structure, fam=structure.family_object, terms=terms, priors=list(statements))
 
 
 def build_model(formula: str, data: Any, family: str | Family = "gaussian",

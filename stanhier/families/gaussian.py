@@ -1,0 +1,41 @@
+"""The gaussian (normal) family: identity link, residual SD ``sigma``.
+
+>>> from stanhier.families import gaussian
+>>> fam = gaussian()
+>>> float(fam.loglik(0.0, 0.0, {"sigma": 1.0}).round(4))
+-0.9189
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import SIGMA, Family, register
+
+__all__ = ["Gaussian"]
+
+
+@register
+class Gaussian(Family):
+    """Normal response; auxiliary ``sigma``. ``sh.families.gaussian()``"""
+
+    name = "gaussian"
+    links = ("identity",)
+    aliases = ("normal",)
+    aux_params = (SIGMA,)
+    support = "real"
+    stan_likelihood = "target += normal_id_glm_lpdf(Y | Xc, mu, b, sigma);"
+
+    def loglik(self, y, eta, aux, trials=None):
+        z = (np.asarray(y) - eta) / aux["sigma"]
+        return -0.5 * z ** 2 - np.log(aux["sigma"]) - 0.5 * np.log(2 * np.pi)
+
+    def rng(self, eta, aux, rng, trials=None):
+        return rng.normal(eta, aux["sigma"])
+
+    def variance(self, eta, aux, trials=None):
+        return np.ones_like(eta, dtype=float) * np.asarray(aux["sigma"], float) ** 2
+
+    def unit_deviance(self, y, eta, aux, trials=None):
+        """Squared residual (R's ``gaussian()$dev.resids``: the deviance is without sigma)."""
+        return (np.asarray(y) - eta) ** 2

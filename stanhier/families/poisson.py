@@ -1,0 +1,42 @@
+"""The poisson family: counts with log link (brm and glmer).
+
+>>> from stanhier.families import poisson
+>>> float(poisson().loglik(2, 0.0, {}).round(4))
+-1.6931
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from .base import Family, register
+
+__all__ = ["Poisson"]
+
+
+@register
+class Poisson(Family):
+    """Poisson counts with log link. ``sh.families.poisson()``"""
+
+    name = "poisson"
+    links = ("log",)
+    support = "count"
+    stan_data = ("array[N] int<lower=0> Y;  // response",)
+    stan_likelihood = "target += poisson_log_glm_lpmf(Y | Xc, mu, b);"
+    glmm_code = 1
+    glmm_lpmf = "poisson_log_lpmf(y | eta)"
+    glmm_derivatives = "vector[n] mu = exp(eta);\nd[:, 1] = to_vector(y) - mu;\nd[:, 2] = mu;"
+
+    def loglik(self, y, eta, aux, trials=None):
+        return special.xlogy(y, np.exp(eta)) - np.exp(eta) - special.gammaln(np.asarray(y, float) + 1)
+
+    def rng(self, eta, aux, rng, trials=None):
+        return rng.poisson(np.exp(eta)).astype(float)
+
+    def variance(self, eta, aux, trials=None):
+        return np.exp(eta)
+
+    def unit_deviance(self, y, eta, aux, trials=None):
+        mu = np.exp(eta)
+        return 2 * (special.xlogy(y, y / mu) - (y - mu))
