@@ -28,14 +28,17 @@ def sim_data(n: int = 60, seed: int = 3) -> pd.DataFrame:
         "y_bin": rng.binomial(1, 1 / (1 + np.exp(-eta))),
         "y_succ": rng.binomial(size, 1 / (1 + np.exp(-eta))),
         "size": size,
+        "y_unit": 1 / (1 + np.exp(-eta - rng.normal(0, 0.3, n))),
     })
 
 
-FAMILY_RESPONSE = {
-    "gaussian": "y_real", "student": "y_real", "lognormal": "y_pos", "Gamma": "y_pos",
-    "poisson": "y_count", "negbinomial": "y_count", "bernoulli": "y_bin",
-    "binomial": "y_succ | trials(size)",
+#: a response column of sim_data() for each kind of support
+SUPPORT_RESPONSE = {
+    "real": "y_real", "positive": "y_pos", "count": "y_count", "binary": "y_bin",
+    "binomial": "y_succ | trials(size)", "unit": "y_unit",
 }
+#: every registered family (a new family module is checked here without editing this file)
+FAMILY_RESPONSE = {name: SUPPORT_RESPONSE[cls.support] for name, cls in sh.families.FAMILIES.items()}
 STRUCTURES = {
     "none": "x",
     "corr": "x + (x | g)",

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .design import Design
 from ..errors import PriorError
-from ..families import Family
+from ..families import Family, aux_names
 
 __all__ = ["Prior", "prior", "PriorStatement", "PriorSet", "resolve_priors", "DISTRIBUTIONS",
            "default_scale_prior"]
@@ -42,8 +42,9 @@ DISTRIBUTIONS: dict[str, tuple[int, str]] = {
     "lkj": (1, "corr"), "lkj_corr_cholesky": (1, "corr"),
 }
 
-CLASSES = ("Intercept", "b", "sd", "cor", "L", "sigma", "shape", "nu")
-_AUX_LB = {"sigma": 0.0, "shape": 0.0, "nu": 1.0}
+#: prior classes: the model's own and every family's auxiliary parameters (``sigma``, ``shape``...)
+AUX_CLASSES = aux_names()
+CLASSES = ("Intercept", "b", "sd", "cor", "L") + AUX_CLASSES
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _mad(x: np.ndarray) -> float:
 def default_scale_prior(design: Design, family: Family, center: bool = True) -> tuple[float, float]:
     """brms's ``def_scale_prior``: (location, scale) of ``student_t(3, location, scale)``."""
     location, scale = 0.0, 2.5
-    link = "log" if family.name == "lognormal" else family.link
+    link = family.scale_link
     if link in ("identity", "log"):
         y = np.asarray(design.y, float)
         if link == "log":
@@ -339,14 +340,14 @@ def resolve_priors(design: Design, family: Family, user: Sequence[Prior] = ()) -
                                               lb="0", source="user" if p.coef else "(vectorized)"))
             rows.extend(sorted(coef_rows, key=lambda r: r.coef))
     # family parameters
-    for aux in family.aux:
-        default = {"sigma": Prior("student_t", (3.0, 0.0, scale), "sigma"),
-                   "shape": Prior("gamma", (0.01, 0.01), "shape"),
-                   "nu": Prior("gamma", (2.0, 0.1), "nu")}[aux]
-        p = pick(aux) or default
+    for ap in family.aux_params:
+        aux = ap.name
+        p = pick(aux) or Prior(*ap.default_prior(scale), aux)
         _check_support(p, aux)
-        rows.append(PriorRow(p.text, aux, lb=_fmt(_AUX_LB[aux]), source="user" if pick(aux) else "default"))
-        statements.append(PriorStatement(0, aux, p.dist, len(p.args), True, _AUX_LB[aux],
+        lb = None if ap.lower is None else float(ap.lower)
+        rows.append(PriorRow(p.text, aux, lb="" if lb is None else _fmt(lb),
+                             source="user" if pick(aux) else "default"))
+        statements.append(PriorStatement(0, aux, p.dist, len(p.args), True, lb,
                                          f"family parameter {aux}", args=(p.args,)))
 
     for (param, dist, scalar, lb), (comment, items) in pending.items():
@@ -372,7 +373,7 @@ def _validate_user(user: Iterable[Prior], design: Design, family: Family, slopes
     for gt in design.terms:
         coefs_by_group.setdefault(gt.term.group_name, set()).update(gt.coef_names)
     for p in user:
-        if p.class_ in ("sigma", "shape", "nu") and p.class_ not in family.aux:
+        if p.class_ in AUX_CLASSES and p.class_ not in family.aux:
             raise PriorError(
                 f"Prior on {p.class_!r}: family {family.name!r} has no such parameter "
                 f"(its parameters: {', '.join(family.aux) or 'none'})."
@@ -398,5 +399,5 @@ def _validate_user(user: Iterable[Prior], design: Design, family: Family, slopes
                     f"Prior on sd coef {p.coef!r}: not a group-level coefficient"
                     f"{' of ' + repr(p.group) if p.group else ''}; the model has {', '.join(sorted(allowed))}."
                 )
-        if p.class_ in ("Intercept", "sigma", "shape", "nu", "cor") and p.coef:
+        if p.class_ in ("Intercept", "cor") + AUX_CLASSES and p.coef:
             raise PriorError(f"Prior on class {p.class_!r} takes no coef (got {p.coef!r}).")
