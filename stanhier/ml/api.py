@@ -39,12 +39,12 @@ from ..backends import get_backend
 from ..backends.base import CompiledModel, LogDensity, fd_hessian
 from ..model.design import Design, check_gaussian_groups, data_label, make_design
 from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
-from ..families import Family, get_family
+from ..families import Family, get_family, glmm_families
 from ..model.formula import parse_formula
 from ..stan.templating import render
 from .layout import build_layout
 from .optimizer import maximize
-from .problem import _FAMILY_CODE, MLProblem, _starts, glmm_problem, lmm_problem, stan_program
+from .problem import MLProblem, _starts, glmm_problem, lmm_problem, stan_program
 
 __all__ = ["lmer", "glmer"]
 
@@ -189,8 +189,9 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
     fam = get_family(family)
     if fam.name == "gaussian":
         raise FamilyError("family='gaussian' is a linear mixed model: use lmer() (exact likelihood).")
-    if fam.name not in _FAMILY_CODE:
-        raise FamilyError(f"glmer supports the families {', '.join(_FAMILY_CODE)}; not {fam.name!r}.")
+    if not fam.glmm_capable:
+        raise FamilyError(f"glmer supports the families {', '.join(f.name for f in glmm_families())}; "
+                          f"not {fam.name!r}.")
     if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or not (1 <= nAGQ <= 100):
         raise ArgumentError(f"nAGQ must be an integer between 1 and 100 (1 = Laplace), got {nAGQ!r}.")
     return _fit("glmm", formula, data, family=fam, REML=False, nAGQ=int(nAGQ), backend=backend,

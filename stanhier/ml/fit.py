@@ -95,7 +95,16 @@ class MerFit:
     @property
     def shape(self) -> float | None:
         """Negative binomial shape (lme4's ``getME(fit, "glmer.nb.theta")``)."""
-        return float(np.exp(self._aux[0])) if self.family.name == "negbinomial" else None
+        return float(np.exp(self._aux[0])) if self.family.glmm_aux == "shape" else None
+
+    def _family_aux(self) -> dict[str, float]:
+        """The family's auxiliary parameters at the optimum. lmer: sigma = 1, as lme4's
+        Pearson residuals use the variance function (the dispersion is left out)."""
+        if self.kind == "lmm":
+            return {"sigma": 1.0}
+        if self.family.glmm_aux:
+            return {self.family.glmm_aux: float(np.exp(self._aux[0]))}
+        return {}
 
     def sigma(self) -> float:
         """Residual standard deviation (1 for GLMMs, as lme4)."""
@@ -378,45 +387,21 @@ class MerFit:
     def residuals(self, type: str | None = None, scaled: bool = False) -> np.ndarray:
         """Residuals: ``"response"`` (lmer's default), ``"pearson"``, ``"deviance"`` (glmer's default)."""
         type = type or ("response" if self.kind == "lmm" else "deviance")
-        y, mu = self.design.y, self.fitted()
-        fam = self.family.name
-        n = self.design.trials if fam == "binomial" else None
-        if fam == "binomial":
-            y = y / n
+        d, fam, aux = self.design, self.family, self._family_aux()
+        eta = self._eta(d.X, [gt.Z for gt in d.terms], [gt.J for gt in d.terms])
+        y, n = d.y, (d.trials if fam.uses_trials else None)
+        resid = y - fam.mean(eta, aux, n)  # on y's scale (binomial: successes)
         if type == "response":
-            r = y - mu
+            r = resid / n if n is not None else resid  # binomial: proportions, as lme4
         elif type == "pearson":
-            r = (y - mu) / np.sqrt(self._variance(mu, n))
+            r = resid / np.sqrt(fam.variance(eta, aux, n))
         elif type == "deviance":
-            r = np.sign(y - mu) * np.sqrt(np.maximum(self._unit_deviance(y, mu, n), 0))
+            r = np.sign(resid) * np.sqrt(np.maximum(fam.unit_deviance(y, eta, aux, n), 0))
         else:
             raise ArgumentError(f"Unknown residual type {type!r}: use 'response', 'pearson' or 'deviance'.")
         if scaled:
             r = r / self.sigma()
         return r
-
-    def _variance(self, mu: np.ndarray, n: np.ndarray | None) -> np.ndarray:
-        fam = self.family.name
-        if fam == "gaussian":
-            return np.ones_like(mu)
-        if fam == "poisson":
-            return mu
-        if fam in ("binomial", "bernoulli"):
-            w = n if n is not None else 1.0
-            return mu * (1 - mu) / w
-        return mu + mu ** 2 / self.shape  # negbinomial
-
-    def _unit_deviance(self, y: np.ndarray, mu: np.ndarray, n: np.ndarray | None) -> np.ndarray:
-        fam = self.family.name
-        if fam == "gaussian":
-            return (y - mu) ** 2
-        if fam == "poisson":
-            return 2 * (special.xlogy(y, y / mu) - (y - mu))
-        if fam in ("binomial", "bernoulli"):
-            w = n if n is not None else 1.0
-            return 2 * w * (special.xlogy(y, y / mu) + special.xlogy(1 - y, (1 - y) / (1 - mu)))
-        k = self.shape
-        return 2 * (special.xlogy(y, y / mu) - (y + k) * np.log((y + k) / (mu + k)))
 
     def predict(self, newdata: Any = None, re_formula: str | None = None, type: str = "link",
                 allow_new_levels: bool = False) -> np.ndarray:
@@ -508,9 +493,7 @@ class MerFit:
         """lme4's ``summary()`` printout."""
         lines = [self._title()]
         if self.kind == "glmm":
-            fam = {"bernoulli": "binomial"}.get(self.family.name, self.family.name)
-            if self.family.name == "negbinomial":
-                fam = f"Negative Binomial({self.shape:.4g})"
+            fam = self.family.lme4_label(self._family_aux())
             lines.append(f" Family: {fam}  ( {self.family.link} )")
         lines += [f"Formula: {self.formula}", f"   Data: {self.data_name}", ""]
         if self.REML:

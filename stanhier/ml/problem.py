@@ -16,18 +16,18 @@ from ..backends import get_backend
 from ..backends.base import CompiledModel, LogDensity, fd_hessian
 from ..model.design import Design, check_gaussian_groups, data_label, make_design
 from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
-from ..families import Family, get_family
+from ..families import Family, get_family, glmm_families
 from ..model.formula import parse_formula
 from ..stan.templating import render
 from .layout import RandomLayout
 
 __all__ = ["MLProblem", "stan_program", "lmm_problem", "glmm_problem", "lmm_crossproducts",
-           "gauss_hermite", "starts", "MAX_DENSE_CELLS"]
+           "gauss_hermite", "starts", "MAX_DENSE_CELLS",
+           "glmm_template_context"]
 
 #: Largest N * q for a GLMM's dense per-observation random-effects design.
 MAX_DENSE_CELLS = 20_000_000
 
-_FAMILY_CODE = {"poisson": 1, "binomial": 2, "bernoulli": 3, "negbinomial": 4}
 _NEWTON_TOL = 1e-10
 _NEWTON_MAX_ITER = 50
 
@@ -56,7 +56,19 @@ def stan_program(kind: str) -> str:
     >>> "marginal_gaussian_lpdf" in stan_program("lmm")
     True
     """
-    return render({"lmm": "ml_lmm.stan", "glmm": "ml_glmm.stan"}[kind])
+    if kind == "lmm":
+        return render("ml_lmm.stan")
+    return render("ml_glmm.stan", **glmm_template_context())
+
+
+def glmm_template_context() -> dict:
+    """What ``ml_glmm.stan`` needs from the families: every glmer family's Stan snippets
+    (the family code is data, so one program serves them all)."""
+    fams = glmm_families()
+    with_aux = [f for f in fams if f.glmm_aux]
+    return dict(families=fams,
+                phi_condition=" || ".join(f"family == {f.glmm_code}" for f in with_aux) or "0",
+                phi_names=", ".join(f"{f.name}'s {f.glmm_aux}" for f in with_aux) or "nothing")
 
 
 def _lam_data(lay: RandomLayout) -> dict:
@@ -117,35 +129,24 @@ def glmm_problem(design: Design, lay: RandomLayout, family: Family, nAGQ: int) -
     Zb = lay.Zb.toarray() if sparse.issparse(lay.Zb) else lay.Zb
     trials = design.trials if design.trials is not None else np.ones(N)
     x, logw = gauss_hermite(nAGQ)
-    data = dict(N=N, K=design.X.shape[1], family=_FAMILY_CODE[family.name],
+    data = dict(N=N, K=design.X.shape[1], family=family.glmm_code,
                 y=np.round(design.y[order]).astype(int), trials=np.round(trials[order]).astype(int),
                 X=design.X[order], G=lay.G, q=lay.q, Zb=Zb[order],
                 block_start=(starts + 1).astype(int), block_size=sizes.astype(int),
                 n_agq=int(nAGQ), gh_x=x, gh_logw=logw, newton_tol=_NEWTON_TOL,
                 newton_max_iter=_NEWTON_MAX_ITER, **_lam_data(lay))
     return MLProblem(kind="glmm", template="ml_glmm.stan", data=data, K=design.X.shape[1],
-                     n_theta=lay.n_theta, n_aux=int(family.name == "negbinomial"), order=order)
+                     n_theta=lay.n_theta, n_aux=int(family.glmm_aux is not None), order=order)
 
 
 # --------------------------------------------------------------------------- starts
 def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None) -> np.ndarray:
     """Fixed-effects GLM by IRLS (starting values for glmer)."""
-    n = trials if (family.name == "binomial" and trials is not None) else np.ones_like(y)
-    if family.link == "log":
-        mu = y + 0.5
-        eta = np.log(mu)
-    else:
-        p = (y + 0.5) / (n + 1)
-        eta = np.log(p / (1 - p))
+    n = trials if (family.uses_trials and trials is not None) else np.ones_like(y)
+    eta = family.irls_start(y, n)
     beta = np.zeros(X.shape[1])
     for _ in range(50):
-        if family.link == "log":
-            mu = np.exp(eta)
-            w, z = mu, eta + (y - mu) / mu
-        else:
-            p = 1 / (1 + np.exp(-eta))
-            w = np.maximum(n * p * (1 - p), 1e-10)
-            z = eta + (y - n * p) / w
+        w, z = family.irls_working(y, eta, n)
         XtW = X.T * w
         try:
             new = np.linalg.solve(XtW @ X + 1e-10 * np.eye(X.shape[1]), XtW @ z)
@@ -171,11 +172,7 @@ def _starts(problem: MLProblem, design: Design, lay: RandomLayout, family: Famil
         log_sigma = np.log(max(np.std(resid), 1e-8 * max(np.std(y), 1.0), 1e-300))
         return [np.concatenate([beta, diag * s, [log_sigma]]) for s in (1.0, 0.3, 3.0)]
     beta = _irls(X, y, family, design.trials)
-    aux: list[float] = []
-    if family.name == "negbinomial":
-        mu = np.exp(X @ beta)
-        excess = np.mean((y - mu) ** 2 - mu)
-        aux = [float(np.log(np.clip(np.mean(mu ** 2) / excess, 1e-2, 1e4))) if excess > 0 else np.log(100.0)]
+    aux = family.glmm_aux_start(y, family.inverse_link(X @ beta))
     return [np.concatenate([beta, diag * s, aux]) for s in (1.0, 0.3, 2.0)]
 
 

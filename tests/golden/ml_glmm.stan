@@ -13,8 +13,9 @@
 // parameter is unconstrained and the likelihood keeps its constants, so `target`
 // at the optimum IS the (approximate) marginal log-likelihood.
 //
-// The family is data (1 poisson/log, 2 binomial/logit, 3 bernoulli/logit,
-// 4 negative binomial/log), so one compiled program serves every family.
+// The family is data (1 poisson/log, 2 binomial/logit, 3 bernoulli/logit, 4 negbinomial/log),
+// so one compiled program serves every family; each family's branch below is the
+// Stan text its module in stanhier/families/ holds.
 // Layout: observations are sorted by block; a block is one level of the grouping
 // factor when all terms share one factor, else one stacked block with every
 // random effect (crossed or nested factors).
@@ -31,30 +32,41 @@ functions {
 
   // log p(y | eta) with all normalizing constants
   real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, real phi) {
-    if (family == 1) {
+    if (family == 1) {  // poisson
       return poisson_log_lpmf(y | eta);
-    } else if (family == 2) {
+    }
+    if (family == 2) {  // binomial
       return binomial_logit_lpmf(y | trials, eta);
-    } else if (family == 3) {
+    }
+    if (family == 3) {  // bernoulli
       return bernoulli_logit_lpmf(y | eta);
     }
-    return neg_binomial_2_log_lpmf(y | eta, phi);
+    if (family == 4) {  // negbinomial
+      return neg_binomial_2_log_lpmf(y | eta, phi);
+    }
+    reject("glm_lpmf: unknown family code ", family);
   }
 
   // d log p / d eta (column 1) and -d^2 log p / d eta^2 (column 2) per observation
   matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, real phi) {
     int n = rows(eta);
     matrix[n, 2] d;
-    if (family == 1) {
+    if (family == 1) {  // poisson
       vector[n] mu = exp(eta);
       d[:, 1] = to_vector(y) - mu;
       d[:, 2] = mu;
-    } else if (family == 2 || family == 3) {
+    }
+    if (family == 2) {  // binomial
       vector[n] p = inv_logit(eta);
-      vector[n] n_trials = family == 2 ? to_vector(trials) : rep_vector(1, n);
-      d[:, 1] = to_vector(y) - n_trials .* p;
-      d[:, 2] = n_trials .* p .* (1 - p);
-    } else {
+      d[:, 1] = to_vector(y) - to_vector(trials) .* p;
+      d[:, 2] = to_vector(trials) .* p .* (1 - p);
+    }
+    if (family == 3) {  // bernoulli
+      vector[n] p = inv_logit(eta);
+      d[:, 1] = to_vector(y) - p;
+      d[:, 2] = p .* (1 - p);
+    }
+    if (family == 4) {  // negbinomial
       vector[n] mu = exp(eta);
       vector[n] yv = to_vector(y);
       d[:, 1] = yv - (yv + phi) .* mu ./ (phi + mu);
@@ -115,7 +127,7 @@ functions {
 data {
   int<lower=1> N;                       // observations (sorted by block)
   int<lower=1> K;                       // columns of the fixed-effects design X
-  int<lower=1, upper=4> family;         // 1 poisson, 2 binomial, 3 bernoulli, 4 negative binomial
+  int<lower=1, upper=4> family;         // 1 poisson, 2 binomial, 3 bernoulli, 4 negbinomial
   array[N] int<lower=0> y;
   array[N] int<lower=0> trials;         // binomial trials (unused otherwise)
   matrix[N, K] X;
@@ -141,7 +153,7 @@ data {
 parameters {
   vector[K] beta;                       // fixed effects (population-level part of the formula)
   vector[n_theta] theta;                // free elements of Lambda, term by term (lme4's theta)
-  vector[family == 4 ? 1 : 0] log_shape;  // negative binomial: log shape (phi)
+  vector[family == 4 ? 1 : 0] log_shape;  // log of negbinomial's shape (phi)
 }
 model {
   matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);

@@ -13,8 +13,9 @@
 // parameter is unconstrained and the likelihood keeps its constants, so `target`
 // at the optimum IS the (approximate) marginal log-likelihood.
 //
-// The family is data (1 poisson/log, 2 binomial/logit, 3 bernoulli/logit,
-// 4 negative binomial/log), so one compiled program serves every family.
+// The family is data ({% for f in families %}{{ f.glmm_code }} {{ f.name }}/{{ f.link }}{{ ", " if not loop.last }}{% endfor %}),
+// so one compiled program serves every family; each family's branch below is the
+// Stan text its module in stanhier/families/ holds.
 // Layout: observations are sorted by block; a block is one level of the grouping
 // factor when all terms share one factor, else one stacked block with every
 // random effect (crossed or nested factors).
@@ -31,35 +32,25 @@ functions {
 
   // log p(y | eta) with all normalizing constants
   real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, real phi) {
-    if (family == 1) {
-      return poisson_log_lpmf(y | eta);
-    } else if (family == 2) {
-      return binomial_logit_lpmf(y | trials, eta);
-    } else if (family == 3) {
-      return bernoulli_logit_lpmf(y | eta);
+{% for f in families %}
+    if (family == {{ f.glmm_code }}) {  // {{ f.name }}
+      return {{ f.glmm_lpmf }};
     }
-    return neg_binomial_2_log_lpmf(y | eta, phi);
+{% endfor %}
+    reject("glm_lpmf: unknown family code ", family);
   }
 
   // d log p / d eta (column 1) and -d^2 log p / d eta^2 (column 2) per observation
   matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, real phi) {
     int n = rows(eta);
     matrix[n, 2] d;
-    if (family == 1) {
-      vector[n] mu = exp(eta);
-      d[:, 1] = to_vector(y) - mu;
-      d[:, 2] = mu;
-    } else if (family == 2 || family == 3) {
-      vector[n] p = inv_logit(eta);
-      vector[n] n_trials = family == 2 ? to_vector(trials) : rep_vector(1, n);
-      d[:, 1] = to_vector(y) - n_trials .* p;
-      d[:, 2] = n_trials .* p .* (1 - p);
-    } else {
-      vector[n] mu = exp(eta);
-      vector[n] yv = to_vector(y);
-      d[:, 1] = yv - (yv + phi) .* mu ./ (phi + mu);
-      d[:, 2] = (yv + phi) .* mu * phi ./ square(phi + mu);
+{% for f in families %}
+    if (family == {{ f.glmm_code }}) {  // {{ f.name }}
+{% for line in f.glmm_derivatives.splitlines() %}
+      {{ line }}
+{% endfor %}
     }
+{% endfor %}
     return d;
   }
 
@@ -115,7 +106,8 @@ functions {
 data {
   int<lower=1> N;                       // observations (sorted by block)
   int<lower=1> K;                       // columns of the fixed-effects design X
-  int<lower=1, upper=4> family;         // 1 poisson, 2 binomial, 3 bernoulli, 4 negative binomial
+  int<lower=1, upper={{ families | map(attribute="glmm_code") | max }}> family;         // {% for f in families %}{{ f.glmm_code }} {{ f.name }}{{ ", " if not loop.last }}{% endfor %}
+
   array[N] int<lower=0> y;
   array[N] int<lower=0> trials;         // binomial trials (unused otherwise)
   matrix[N, K] X;
@@ -141,11 +133,11 @@ data {
 parameters {
   vector[K] beta;                       // fixed effects (population-level part of the formula)
   vector[n_theta] theta;                // free elements of Lambda, term by term (lme4's theta)
-  vector[family == 4 ? 1 : 0] log_shape;  // negative binomial: log shape (phi)
+  vector[{{ phi_condition }} ? 1 : 0] log_shape;  // log of {{ phi_names }} (phi)
 }
 model {
   matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);
-  real phi = family == 4 ? exp(log_shape[1]) : 1;
+  real phi = {{ phi_condition }} ? exp(log_shape[1]) : 1;
   vector[N] eta_fixed = X * beta;
   matrix[N, q] ZL = Zb * Lambda;
   for (g in 1:G) {
