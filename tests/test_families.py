@@ -1,0 +1,258 @@
+"""Families: numpy helpers against scipy.stats, Stan snippets against numpy, and beta end to end.
+
+Each family module of ``stanhier/families/`` is checked here; a new family needs a
+scipy reference in ``SCIPY`` (the test ``test_every_family_has_a_reference`` says so).
+The Stan likelihood of each family is checked inside its real ``brm`` program: the
+log density with the likelihood on minus the one with ``prior_only = 1`` is the
+likelihood alone (priors and Jacobians cancel), compared with the numpy sum.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special, stats
+
+import stanhier as sh
+import stanhier.families as fams
+from stanhier.backends import get_backend
+from stanhier.errors import FamilyError, PriorError
+from stanhier.stan.codegen import build_model
+from conftest import quiet_brm
+
+
+def _mu(eta):
+    return np.exp(eta)
+
+
+#: family -> scipy frozen distribution of y given (eta, aux, trials): independent of stanhier's formulas
+SCIPY = {
+    "gaussian": lambda eta, a, n: stats.norm(eta, a["sigma"]),
+    "student": lambda eta, a, n: stats.t(a["nu"], eta, a["sigma"]),
+    "lognormal": lambda eta, a, n: stats.lognorm(a["sigma"], scale=np.exp(eta)),
+    "Gamma": lambda eta, a, n: stats.gamma(a["shape"], scale=_mu(eta) / a["shape"]),
+    "poisson": lambda eta, a, n: stats.poisson(_mu(eta)),
+    "negbinomial": lambda eta, a, n: stats.nbinom(a["shape"], a["shape"] / (a["shape"] + _mu(eta))),
+    "bernoulli": lambda eta, a, n: stats.bernoulli(special.expit(eta)),
+    "binomial": lambda eta, a, n: stats.binom(n, special.expit(eta)),
+    "beta": lambda eta, a, n: stats.beta(special.expit(eta) * a["phi"], (1 - special.expit(eta)) * a["phi"]),
+}
+
+#: random auxiliary values in a range where each family is well defined (student: nu > 2 for a variance)
+AUX_DRAW = {
+    "sigma": lambda r, k: r.uniform(0.3, 3.0, k),
+    "nu": lambda r, k: r.uniform(2.5, 30.0, k),
+    "shape": lambda r, k: r.uniform(0.5, 20.0, k),
+    "phi": lambda r, k: r.uniform(1.0, 50.0, k),
+}
+
+#: dispersion of the unit deviance: deviance = 2 * dispersion * (loglik(saturated) - loglik)
+DISPERSION = {"gaussian": lambda a: a["sigma"] ** 2, "Gamma": lambda a: 1 / a["shape"]}
+
+NAMES = sorted(fams.FAMILIES)
+
+
+def random_point(name: str, k: int = 50, seed: int = 0):
+    """Random eta, aux, trials and y (drawn from scipy, not from the family) for one family."""
+    r = np.random.default_rng(seed)
+    fam = sh.families.get_family(name)
+    eta = r.normal(0, 1, k) + (0.5 if fam.link == "log" else 0.0)
+    aux = {p: AUX_DRAW[p](r, k) for p in fam.aux}
+    trials = r.integers(1, 30, k) if fam.uses_trials else None
+    y = np.asarray(SCIPY[name](eta, aux, trials).rvs(random_state=r), float)
+    if fam.support == "unit":
+        y = np.clip(y, 1e-6, 1 - 1e-6)
+    return fam, eta, aux, trials, y
+
+
+def test_every_family_has_a_reference():
+    assert set(SCIPY) == set(fams.FAMILIES), "add a scipy reference for each new family"
+    assert all(p in AUX_DRAW for cls in fams.FAMILIES.values() for p in (a.name for a in cls.aux_params))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loglik_mean_variance_against_scipy(name):
+    fam, eta, aux, trials, y = random_point(name)
+    ref = SCIPY[name](eta, aux, trials)
+    ll_ref = ref.logpmf(y) if fam.is_discrete else ref.logpdf(y)
+    np.testing.assert_allclose(fam.loglik(y, eta, aux, trials), ll_ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(fam.mean(eta, aux, trials), ref.mean(), rtol=1e-9)
+    np.testing.assert_allclose(fam.variance(eta, aux, trials), ref.var(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rng_matches_mean_and_variance(name):
+    """50,000 draws at one point: sample mean within 5 standard errors of scipy's mean,
+    sample variance within 5% of scipy's variance."""
+    fam, eta, aux, trials, _ = random_point(name, k=1, seed=3)
+    ref = SCIPY[name](eta, aux, trials)
+    n = 50_000
+    draws = fam.rng(np.repeat(eta, n), {a: np.repeat(v, n) for a, v in aux.items()}, np.random.default_rng(1),
+                    None if trials is None else np.repeat(trials, n))
+    assert draws.shape == (n,)
+    mean, var = float(ref.mean()[0]), float(ref.var()[0])
+    assert abs(draws.mean() - mean) < 5 * np.sqrt(var / n), (draws.mean(), mean)
+    if name != "student":  # heavy tails: the sample variance converges slowly
+        assert draws.var() == pytest.approx(var, rel=0.05)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unit_deviance_is_twice_the_loglik_gap_to_the_saturated_model(name):
+    fam, eta, aux, trials, y = random_point(name)
+    try:
+        dev = fam.unit_deviance(y, eta, aux, trials)
+    except FamilyError:
+        assert not fam.glmm_capable and name != "gaussian", f"{name}: glmer/lmer residuals need a deviance"
+        return
+    with np.errstate(divide="ignore"):
+        eta_sat = fam.linkfun(y / trials if fam.uses_trials else y)
+    ref, sat = SCIPY[name](eta, aux, trials), SCIPY[name](eta_sat, aux, trials)
+    if fam.is_discrete:
+        gap = sat.logpmf(y) - ref.logpmf(y)
+    else:
+        gap = sat.logpdf(y) - ref.logpdf(y)
+    disp = DISPERSION.get(name, lambda a: 1.0)(aux)
+    np.testing.assert_allclose(dev, 2 * disp * gap, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if fams.FAMILIES[n].glmm_lpmf is not None])
+def test_irls_working_quantities_are_the_glm_ones(name):
+    """IRLS weight (dmu/deta)^2 / V(mu) and working response eta + (y - E y) / (dmu/deta),
+    with V from the Poisson (log link) or binomial (logit link) variance, by finite differences."""
+    fam, eta, aux, trials, y = random_point(name)
+    n = trials if trials is not None else np.ones_like(y)
+    w, z = fam.irls_working(y, eta, n)
+    h = 1e-6
+    mean = (lambda e: np.exp(e)) if fam.link == "log" else (lambda e: n * special.expit(e))
+    dmu = (mean(eta + h) - mean(eta - h)) / (2 * h)
+    np.testing.assert_allclose(w, dmu ** 2 / (mean(eta) if fam.link == "log" else dmu), rtol=1e-6)
+    np.testing.assert_allclose(z, eta + (y - mean(eta)) / dmu, rtol=1e-6)
+
+
+def test_response_checks():
+    with pytest.raises(FamilyError, match=r"beta.*outside the open interval \(0, 1\).*row\(s\) 1"):
+        fams.beta().check_response(np.array([0.2, 1.0, 0.5]), "y")
+    with pytest.raises(FamilyError, match="outside the open interval"):
+        fams.beta().check_response(np.array([0.0]), "y")
+    fams.beta().check_response(np.array([0.01, 0.99]), "y")
+    df = pd.DataFrame({"y": [0.2, 0.0, 0.5, 0.7], "x": [1.0, 2.0, 3.0, 4.0], "g": list("aabb")})
+    with pytest.raises(FamilyError, match="column 'y'"):
+        sh.make_stancode("y ~ x + (1 | g)", df, family="beta")
+    with pytest.raises(FamilyError, match="glmer supports the families poisson, binomial, bernoulli, negbinomial"):
+        sh.glmer("y ~ x + (1 | g)", df.assign(y=[0.2, 0.3, 0.5, 0.7]), family="beta")
+    with pytest.raises(FamilyError, match="Link 'log' is not supported for family 'beta'"):
+        fams.beta("log")
+
+
+def test_beta_priors_and_program():
+    df = pd.DataFrame({"y": [0.2, 0.4, 0.5, 0.7], "x": [1.0, 2.0, 3.0, 4.0], "g": list("aabb")})
+    tab = sh.get_prior("y ~ x + (1 | g)", df, family="beta")
+    phi = tab[tab["class"] == "phi"].iloc[0]
+    assert phi["prior"] == "gamma(0.01, 0.01)" and phi["lb"] == "0"
+    assert tab[tab["class"] == "Intercept"].iloc[0]["prior"] == "student_t(3, 0, 2.5)"  # logit link: brms's
+    code = sh.make_stancode("y ~ x + (1 | g)", df, family="beta")
+    assert "real<lower=0> phi;  // precision parameter" in code
+    assert "target += beta_lpdf(Y | mu * phi, (1 - mu) * phi);" in code
+    with pytest.raises(PriorError, match="no such parameter"):
+        sh.get_prior("y ~ x + (1 | g)", df, family="beta", prior=[sh.prior("normal(0, 1)", class_="sigma")])
+
+
+def test_family_module_doctests():
+    """Every family module's examples run (a new module is picked up without listing it)."""
+    for mod in pkgutil.iter_modules(fams.__path__):
+        module = importlib.import_module(f"stanhier.families.{mod.name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and (mod.name == "base" or result.attempted > 0), mod.name
+
+
+# --------------------------------------------------------------------------- Stan snippets
+def snippet_data(fam, seed: int = 11) -> pd.DataFrame:
+    r = np.random.default_rng(seed)
+    n = 40
+    g = np.repeat(np.arange(5), n // 5)
+    x = r.normal(size=n)
+    eta = 0.3 + 0.5 * x + r.normal(0, 0.3, 5)[g]
+    aux = {p: np.full(n, AUX_DRAW[p](r, 1)[0]) for p in fam.aux}
+    trials = r.integers(1, 20, n) if fam.uses_trials else None
+    y = SCIPY[fam.name](eta, aux, trials).rvs(random_state=r).astype(float)
+    if fam.support == "unit":
+        y = np.clip(y, 1e-4, 1 - 1e-4)
+    df = pd.DataFrame({"y": y, "x": x, "g": g})
+    if trials is not None:
+        df["n"] = trials
+    return df
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stan_likelihood_matches_numpy(name):
+    """The family's Stan likelihood in its brm program ``y ~ x + (1 | g)`` (the program the
+    beta and binomial fits use, so compiled once) against the numpy log-likelihood at three
+    random parameter values."""
+    fam = sh.families.get_family(name)
+    df = snippet_data(fam)
+    lhs = "y | trials(n)" if fam.uses_trials else "y"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = build_model(f"{lhs} ~ x + (1 | g)", df, fam)
+    model = get_backend("pystan").compile(spec.code, progress=False)
+    data = spec.standata()
+    full, prior = model.log_density(data), model.log_density({**data, "prior_only": 1})
+    d = spec.design
+    r = np.random.default_rng(5)
+    for _ in range(3):
+        theta = r.uniform(-1.5, 1.5, full.n_params)
+        v = full.constrain(theta)
+        eta = d.X @ np.concatenate([np.atleast_1d(v["b_Intercept"]), np.atleast_1d(v["b"])])
+        gt = d.terms[0]
+        eta = eta + np.sum(gt.Z * np.asarray(v["r_1"])[gt.J], axis=1)
+        aux = {a: float(np.asarray(v[a]).reshape(-1)[0]) for a in fam.aux}
+        expected = float(np.sum(fam.loglik(d.y, eta, aux, d.trials)))
+        got = full.log_prob(theta) - prior.log_prob(theta)
+        assert got == pytest.approx(expected, rel=1e-8, abs=1e-6), (name, got, expected)
+
+
+# --------------------------------------------------------------------------- beta end to end
+@pytest.fixture(scope="module")
+def beta_fit():
+    rng = np.random.default_rng(2024)
+    n_groups, per = 20, 20
+    g = np.repeat(np.arange(n_groups), per)
+    x = rng.normal(size=g.size)
+    u = rng.normal(0, 0.5, n_groups)
+    mu = special.expit(-0.5 + 1.0 * x + u[g])
+    phi = 10.0
+    y = rng.beta(mu * phi, (1 - mu) * phi)
+    df = pd.DataFrame({"y": y, "x": x, "g": [f"g{k:02d}" for k in g]})
+    return quiet_brm("y ~ x + (1 | g)", data=df, family="beta", chains=2, iter=1000, seed=8)
+
+
+def test_beta_against_known_truth(beta_fit):
+    """400 rows, 20 groups: each true value within 3 posterior SDs of the posterior mean."""
+    t = beta_fit.summary_table()
+    for name, truth in [("b_Intercept", -0.5), ("b_x", 1.0), ("sd_g__Intercept", 0.5), ("phi", 10.0)]:
+        est, sd = t.loc[name, "Estimate"], t.loc[name, "Est.Error"]
+        assert abs(est - truth) < 3 * sd, (name, est, sd)
+        assert t.loc[name, "Rhat"] < 1.05, name
+    text = beta_fit.summary()
+    assert " Family: beta " in text and "  Links: mu = logit; phi = identity " in text
+
+
+def test_beta_predictions_and_loo(beta_fit):
+    ep = beta_fit.posterior_epred()
+    assert ep.shape == (1000, 400) and np.all((ep > 0) & (ep < 1))
+    pp = beta_fit.posterior_predict(ndraws=50, seed=1)
+    assert np.all((pp > 0) & (pp < 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = beta_fit.loo()
+    # elpd_loo is the sum of log predictive densities: finite and below the in-sample lpd
+    ll = beta_fit.log_lik()
+    lpd = float(np.sum(special.logsumexp(ll, axis=0) - np.log(ll.shape[0])))
+    assert np.isfinite(res.elpd_loo) and res.elpd_loo < lpd
+    assert lpd - res.elpd_loo == pytest.approx(res.p_loo, rel=1e-6)
