@@ -189,32 +189,58 @@ def snippet_data(fam, seed: int = 11) -> pd.DataFrame:
     return df
 
 
+def harness_program() -> str:
+    """One Stan program holding every registered family's ``brm`` likelihood statements, each
+    inside its own ``_lp`` function, chosen by the data ``family`` (one compile for all).
+    The context is ``brm.stan``'s: ``mu`` is the linear predictor without ``Xc * b``."""
+    aux = sorted(fams.aux_names())
+    funcs, calls = [], []
+    for i, name in enumerate(NAMES, start=1):
+        fam = fams.get_family(name)
+        ytype, ydata = ("array[] int", "Y_int") if fam.is_discrete else ("vector", "Y_real")
+        args = [f"{ytype} Y", "array[] int trials", "vector mu_in", "matrix Xc", "vector b"]
+        args += [f"real {a}" for a in fam.aux]
+        body = "\n".join(f"    {line}" for line in fam.stan_likelihood.splitlines())
+        funcs.append(f"  void lik_{i}_lp({', '.join(args)}) {{  // {name}\n"
+                     f"    vector[rows(mu_in)] mu = mu_in;\n{body}\n  }}")
+        call_args = ", ".join([ydata, "trials", "mu", "Xc", "b"] + list(fam.aux))
+        calls.append(f"  if (family == {i}) {{\n    lik_{i}_lp({call_args});\n  }}")
+    aux_data = "".join(f"  real {a};\n" for a in aux)
+    return (
+        "functions {\n" + "\n".join(funcs) + "\n}\n"
+        "data {\n  int<lower=1> N;\n  int<lower=0> Kc;\n  matrix[N, Kc] Xc;\n  vector[N] mu_re;\n"
+        "  array[N] int Y_int;\n  vector[N] Y_real;\n  array[N] int trials;\n  int family;\n" + aux_data + "}\n"
+        "parameters {\n  vector[Kc] b;\n  real Intercept;\n}\n"
+        "model {\n  vector[N] mu = Intercept + mu_re;\n" + "\n".join(calls) + "\n}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return get_backend("pystan").compile(harness_program(), progress=False)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_stan_likelihood_matches_numpy(name):
-    """The family's Stan likelihood in its brm program ``y ~ x + (1 | g)`` (the program the
-    beta and binomial fits use, so compiled once) against the numpy log-likelihood at three
-    random parameter values."""
-    fam = sh.families.get_family(name)
+def test_stan_likelihood_matches_numpy(name, harness):
+    """Each family's Stan likelihood statements against its numpy log-likelihood, summed over
+    40 rows, at three random (b, Intercept) with random auxiliary values."""
+    fam = fams.get_family(name)
     df = snippet_data(fam)
-    lhs = "y | trials(n)" if fam.uses_trials else "y"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        spec = build_model(f"{lhs} ~ x + (1 | g)", df, fam)
-    model = get_backend("pystan").compile(spec.code, progress=False)
-    data = spec.standata()
-    full, prior = model.log_density(data), model.log_density({**data, "prior_only": 1})
-    d = spec.design
     r = np.random.default_rng(5)
+    y = df["y"].to_numpy()
+    Xc = np.column_stack([df["x"] - df["x"].mean(), r.normal(size=len(df))])
+    offset = r.normal(0, 0.3, len(df))
+    trials = df["n"].to_numpy() if fam.uses_trials else np.ones(len(df), int)
     for _ in range(3):
-        theta = r.uniform(-1.5, 1.5, full.n_params)
-        v = full.constrain(theta)
-        eta = d.X @ np.concatenate([np.atleast_1d(v["b_Intercept"]), np.atleast_1d(v["b"])])
-        gt = d.terms[0]
-        eta = eta + np.sum(gt.Z * np.asarray(v["r_1"])[gt.J], axis=1)
-        aux = {a: float(np.asarray(v[a]).reshape(-1)[0]) for a in fam.aux}
-        expected = float(np.sum(fam.loglik(d.y, eta, aux, d.trials)))
-        got = full.log_prob(theta) - prior.log_prob(theta)
-        assert got == pytest.approx(expected, rel=1e-8, abs=1e-6), (name, got, expected)
+        aux = {a: float(AUX_DRAW[a](r, 1)[0]) for a in fams.aux_names()}
+        data = dict(N=len(df), Kc=2, Xc=Xc, mu_re=offset, Y_int=np.round(y).astype(int) if fam.is_discrete
+                    else np.zeros(len(df), int), Y_real=y if not fam.is_discrete else np.zeros(len(df)),
+                    trials=trials.astype(int), family=NAMES.index(name) + 1, **aux)
+        theta = r.uniform(-1, 1, 3)  # b[1], b[2], Intercept
+        eta = theta[2] + offset + Xc @ theta[:2]
+        expected = float(np.sum(fam.loglik(y, eta, aux, trials if fam.uses_trials else None)))
+        got = harness.log_density(data).log_prob(theta)
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-8), (name, got, expected)
 
 
 # --------------------------------------------------------------------------- beta end to end
@@ -256,3 +282,21 @@ def test_beta_predictions_and_loo(beta_fit):
     lpd = float(np.sum(special.logsumexp(ll, axis=0) - np.log(ll.shape[0])))
     assert np.isfinite(res.elpd_loo) and res.elpd_loo < lpd
     assert lpd - res.elpd_loo == pytest.approx(res.p_loo, rel=1e-6)
+
+
+def test_beta_brm_program_likelihood_matches_numpy(beta_fit):
+    """In the real brm program of the fit (cached: no compile): log density minus the one with
+    prior_only = 1 is the likelihood alone (priors and Jacobian cancel) = the numpy sum."""
+    spec = beta_fit.spec
+    model = get_backend("pystan").compile(spec.code, progress=False)
+    data = spec.standata()
+    full, prior = model.log_density(data), model.log_density({**data, "prior_only": 1})
+    d, gt = spec.design, spec.design.terms[0]
+    r = np.random.default_rng(5)
+    for _ in range(3):
+        theta = r.uniform(-1.5, 1.5, full.n_params)
+        v = full.constrain(theta)
+        eta = d.X @ np.concatenate([np.atleast_1d(v["b_Intercept"]), np.atleast_1d(v["b"])])
+        eta = eta + np.sum(gt.Z * np.asarray(v["r_1"])[gt.J], axis=1)
+        expected = float(np.sum(spec.family.loglik(d.y, eta, {"phi": float(np.ravel(v["phi"])[0])})))
+        assert full.log_prob(theta) - prior.log_prob(theta) == pytest.approx(expected, rel=1e-8)
