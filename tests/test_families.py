@@ -278,7 +278,9 @@ def test_beta_predictions_and_loo(beta_fit):
         warnings.simplefilter("ignore")
         res = beta_fit.loo()
     # elpd_loo is the sum of log predictive densities: finite and below the in-sample lpd
-    ll = beta_fit.log_lik()
+    ll = beta_fit.log_lik()  # (chain, draw, N)
+    assert ll.shape == (2, 500, 400)
+    ll = ll.reshape(-1, 400)
     lpd = float(np.sum(special.logsumexp(ll, axis=0) - np.log(ll.shape[0])))
     assert np.isfinite(res.elpd_loo) and res.elpd_loo < lpd
     assert lpd - res.elpd_loo == pytest.approx(res.p_loo, rel=1e-6)
