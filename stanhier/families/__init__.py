@@ -52,6 +52,7 @@ def _constructor(cls: type[Family]) -> Callable[..., Family]:
 for _name, _cls in FAMILIES.items():
     globals()[_name] = _constructor(_cls)
     __all__.append(_name)
+del _module, _name, _cls
 
 
 def get_family(family: str | Family) -> Family:
