@@ -4,21 +4,14 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from scipy import optimize as sopt
-from scipy import sparse
 
-from ..backends import get_backend
-from ..backends.base import CompiledModel, LogDensity, fd_hessian
-from ..model.design import Design, check_gaussian_groups, data_label, make_design
-from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
-from ..families import Family, get_family
-from ..model.formula import parse_formula
-from ..stan.templating import render
+from ..backends.base import LogDensity, fd_hessian
+from ..errors import SamplingError
 
 __all__ = ["OptimumInfo", "maximize"]
 
