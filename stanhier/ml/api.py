@@ -39,7 +39,7 @@ from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
 from .layout import build_layout
-from .optimizer import maximize
+from .optimizer import evaluate_at, maximize
 from .problem import MLProblem, glmm_families, glmm_problem, lmm_problem, stan_program, start_values
 
 __all__ = ["lmer", "glmer", "fit_ml"]
@@ -79,9 +79,13 @@ def _tolerance(control: dict | None) -> float:
     return float(tol)
 
 
-def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool = False) -> MerFit:
+def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool = False,
+           optimum: np.ndarray | None = None) -> MerFit:
     """Fit the ML model described by ``call`` to ``data`` (``lmer``, ``glmer`` and
     :func:`stanhier.record.load` all build through here).
+
+    ``optimum``: a known optimum (the unconstrained vector of a run record): the fit is
+    built at that point without optimizing, so it reproduces the recorded fit exactly.
 
     >>> call = MLCall(kind="lmm", formula="Reaction ~ Days + (Days | Subject)", REML=False)  # doctest: +SKIP
     >>> fit_ml(call, sleep).logLik()                                                       # doctest: +SKIP
@@ -105,11 +109,18 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
     density = model.log_density(standata)
     if density.n_params != problem.n_params:  # pragma: no cover - a programming error
         raise SamplingError(f"Internal error: Stan has {density.n_params} parameters, expected {problem.n_params}.")
-    starts = start_values(problem, design, family)
-    if start is not None:
-        starts.insert(0, _user_start(start, problem, starts[0]))
-    info = maximize(density, starts, _scale(problem, design), tol=tol,
-                    native=model.native_optimizer(standata))
+    if optimum is not None:
+        optimum = np.asarray(optimum, float)
+        if optimum.shape != (problem.n_params,):
+            raise ArgumentError(f"optimum must have {problem.n_params} values (beta, theta, auxiliary), "
+                                f"not {optimum.size}.")
+        info = evaluate_at(density, optimum, tol=tol)
+    else:
+        starts = start_values(problem, design, family)
+        if start is not None:
+            starts.insert(0, _user_start(start, problem, starts[0]))
+        info = maximize(density, starts, _scale(problem, design), tol=tol,
+                        native=model.native_optimizer(standata))
     fit = MerFit(call=call, design=design, layout=lay, family=family, problem=problem, model=model,
                  density=density, optimum=info)
     if not info.converged:
