@@ -472,3 +472,64 @@ def test_record_keeps_factor_baseline(compiled, tmp_path):
     (folder / "record.json").write_text(json.dumps({**rec, "data": {**rec["data"], "categories": {}}}))
     with pytest.raises(DataError, match="fixed effects"):
         load(folder, data=plain)
+
+
+# --------------------------------------------------------------------------- shared pieces (no Stan)
+def test_grouped_crossprod_against_a_loop():
+    """One routine for lmer's and brm's cross-products: against an explicit per-group loop,
+    with empty groups, a vector right-hand side and sparse input."""
+    from scipy import sparse
+
+    from stanhier.model.crossprod import grouped_crossprod
+
+    rng = np.random.default_rng(3)
+    A, B, v = rng.normal(size=(40, 3)), rng.normal(size=(40, 2)), rng.normal(size=40)
+    group = rng.choice([0, 2, 3, 6], size=40)  # groups 1, 4, 5 are empty
+    want = np.zeros((7, 3, 2))
+    want_v = np.zeros((7, 3))
+    for i in range(40):
+        want[group[i]] += np.outer(A[i], B[i])
+        want_v[group[i]] += A[i] * v[i]
+    np.testing.assert_allclose(grouped_crossprod(A, B, group, 7), want, atol=1e-12)
+    np.testing.assert_allclose(grouped_crossprod(A, v, group, 7), want_v, atol=1e-12)
+    np.testing.assert_allclose(grouped_crossprod(sparse.csr_matrix(A), B, group, 7), want, atol=1e-12)
+    np.testing.assert_allclose(grouped_crossprod(sparse.csr_matrix(A), B, np.zeros(40, int), 1)[0],
+                               A.T @ B, atol=1e-12)
+    with pytest.raises(ValueError, match="0..6"):
+        grouped_crossprod(A, B, group + 1, 7)
+
+
+def test_one_front_end_for_both_paths():
+    """lmer/glmer and brm's build_model run the same data/family checks (model.spec.build_frame)."""
+    from stanhier.stan.codegen import build_model
+
+    germ = data("germination")
+    fish = data("fish")
+    with pytest.raises(FamilyError, match="needs the number of trials"):
+        build_model("fish_num ~ 1 + (1 | weather)", fish, "binomial")
+    with pytest.raises(FamilyError, match="needs the number of trials"):
+        glmer("fish_num ~ 1 + (1 | weather)", fish, family="binomial", backend=BACKEND)
+    with pytest.raises(FamilyError, match="only family 'binomial'"):
+        build_model("cbind(germination, fail) ~ solar + (1 | nutrition)", germ, "poisson")
+    with pytest.raises(FamilyError, match="only family 'binomial'"):
+        glmer("cbind(germination, fail) ~ solar + (1 | nutrition)", germ, family="poisson", backend=BACKEND)
+    with pytest.raises(FormulaError, match="must be a string"):
+        lmer(["Reaction ~ Days + (1 | Subject)"], data("sleepstudy"), backend=BACKEND)
+
+
+def test_problem_data_built_in_one_place():
+    """MLProblem's typed cross-products equal the raw-data sums, and standata() carries them."""
+    from stanhier.ml.layout import build_layout
+    from stanhier.ml.problem import lmm_problem
+    from stanhier.model.spec import build_frame
+
+    df = data("sleepstudy")
+    design = build_frame("Reaction ~ Days + (Days | Subject)", df, "gaussian").design
+    problem = lmm_problem(design, build_layout(design), REML=False)
+    cp = problem.crossproducts
+    first = (df["Subject"] == sorted(df["Subject"].unique())[0]).to_numpy()
+    Z = np.column_stack([np.ones(first.sum()), df["Days"][first]])
+    np.testing.assert_allclose(cp.ZtZ[0], Z.T @ Z)
+    np.testing.assert_allclose(cp.Zty[0], Z.T @ df["Reaction"][first])
+    d = problem.standata()
+    assert d["ZtZ"] is cp.ZtZ and d["REML"] == 0 and d["G"] == 18 and problem.n_params == 6
