@@ -27,10 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..model.crossprod import grouped_crossprod
-from ..model.design import Design, check_gaussian_groups, make_design
+from ..model.design import Design
 from ..errors import ArgumentError
-from ..families import Family, get_family
-from ..model.formula import parse_formula
+from ..families import Family
 from ..model.spec import build_frame
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from .templating import render
