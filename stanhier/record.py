@@ -50,6 +50,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import ArgumentError, DataError, StanhierError, StanhierWarning
+from .ml.api import fit_ml
+from .ml.fit import MerFit, MLCall
 
 __all__ = ["save", "load", "to_jsonable", "write_stan_data", "data_sha256", "package_versions",
            "python_call", "RECORD_FORMAT"]
@@ -227,7 +229,6 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
     PosixPath('runs/fish')
     """
     from .bayes.fit import BrmsFit
-    from .ml.fit import MerFit
 
     if not isinstance(fit, (BrmsFit, MerFit)):
         raise ArgumentError(f"save() takes a fit from sh.brm, sh.lmer or sh.glmer, got {type(fit).__name__}.")
@@ -304,23 +305,47 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
     return out
 
 
-def _ml_call(fit: Any) -> str:
-    """The ``sh.lmer(...)``/``sh.glmer(...)`` call that reproduces an ML fit."""
-    if fit.kind == "lmm":
-        return f"sh.lmer({fit.formula!r}, data={fit.data_name}, REML={fit.REML}, backend={fit.model.backend!r})"
-    return (f"sh.glmer({fit.formula!r}, data={fit.data_name}, family={fit.family.name!r}, "
-            f"nAGQ={fit.nAGQ}, backend={fit.model.backend!r})")
+def _ml_call(fit: MerFit) -> str:
+    """The ``sh.lmer(...)``/``sh.glmer(...)`` call that reproduces an ML fit (every build argument).
+
+    >>> _ml_call  # doctest: +ELLIPSIS
+    <function _ml_call at ...>
+    """
+    call = fit.call
+    args = [repr(call.formula), f"data={fit.data_name}"]
+    if call.kind == "lmm":
+        args.append(f"REML={call.REML}")
+    else:
+        args += [f"family={call.family!r}", f"nAGQ={call.nAGQ}"]
+    args.append(f"backend={fit.model.backend!r}")
+    if call.na_action != "drop":
+        args.append(f"na_action={call.na_action!r}")
+    if call.collinear != "drop":
+        args.append(f"collinear={call.collinear!r}")
+    if call.control:
+        args.append(f"control={dict(call.control)!r}")
+    return f"sh.{'lmer' if call.kind == 'lmm' else 'glmer'}({', '.join(args)})"
 
 
-def _save_ml(fit: Any, out: Path, *, include_data: bool, command: str | None,
+def _categories(data: pd.DataFrame) -> dict[str, list]:
+    """Categories (in order) of the categorical columns: they decide treatment-coding baselines."""
+    return {str(c): [to_jsonable(x) for x in data[c].cat.categories]
+            for c in data.columns if isinstance(data[c].dtype, pd.CategoricalDtype)}
+
+
+def _save_ml(fit: MerFit, out: Path, *, include_data: bool, command: str | None,
              input_file: str | Path | None) -> Path:
-    """Run record of an ML fit: program, data, estimates, summary, diagnostics, versions."""
+    """Run record of an ML fit: program, data, estimates, summary, diagnostics, versions,
+    every build argument (``build``) and the categories of categorical columns."""
     data = fit.design.data
     csv_bytes = _canonical_csv(data)
+    standata_text = json.dumps(to_jsonable(fit.standata()))
     (out / "model.stan").write_text(fit.stancode())
-    write_stan_data(fit.standata(), out / "model.data.json")
+    (out / "model.data.json").write_text(standata_text)
     if include_data:
         (out / "data.csv").write_bytes(csv_bytes)
+    elif (out / "data.csv").exists():
+        (out / "data.csv").unlink()
     fit.fixef().to_frame("Estimate").to_csv(out / "fixef.csv")
     summary = fit.summary()
     (out / "summary.txt").write_text(summary + ("" if summary.endswith("\n") else "\n"))
@@ -328,17 +353,25 @@ def _save_ml(fit: Any, out: Path, *, include_data: bool, command: str | None,
     (out / "diagnostics.json").write_text(json.dumps(to_jsonable(diag), indent=1))
     call = command or _ml_call(fit)
     (out / "command.txt").write_text(call + "\n")
+    build = {**fit.call.to_dict(), "data_name": fit.data_name}
     record = {
         "format": RECORD_FORMAT,
         "kind": "lmer" if fit.kind == "lmm" else "glmer",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": call, "formula": fit.formula, "family": fit.family.name, "REML": bool(fit.REML),
-        "nAGQ": int(fit.nAGQ), "backend": fit.model.backend, "stan_version": _stan_version(fit.model.backend),
+        "command": call, "formula": fit.formula, "family": fit.family.name, "link": fit.family.link,
+        "REML": bool(fit.REML), "nAGQ": int(fit.nAGQ), "na_action": fit.call.na_action,
+        "collinear": fit.call.collinear, "control": dict(fit.call.control),
+        "backend": fit.model.backend, "build": build,
+        "stan_version": _stan_version(fit.model.backend),
         "versions": package_versions(), "data_name": fit.data_name,
         "data": {"rows": int(len(data)), "columns": list(map(str, data.columns)),
-                 "dtypes": {c: str(t) for c, t in data.dtypes.items()}, "categories": {},
-                 "sha256": hashlib.sha256(csv_bytes).hexdigest(), "included": bool(include_data)},
-        "estimates": {"beta": fit.fixef().tolist(), "theta": fit.theta.tolist(), "logLik": fit.logLik()},
+                 "dtypes": {c: str(t) for c, t in data.dtypes.items()}, "categories": _categories(data),
+                 "sha256": hashlib.sha256(csv_bytes).hexdigest(), "included": bool(include_data),
+                 "rows_dropped": int(fit.design.n_dropped)},
+        "stan_data_sha256": hashlib.sha256(standata_text.encode()).hexdigest(),
+        "program_sha256": hashlib.sha256(fit.stancode().encode()).hexdigest(),
+        "estimates": {"names": list(fit.fixef().index), "beta": fit.fixef().tolist(), "theta": fit.theta.tolist(), "logLik": fit.logLik(),
+                      "x": fit.optimum.theta.tolist()},
         "files": sorted(p.name for p in out.iterdir()) + ["record.json"],
     }
     if input_file is not None:
@@ -347,23 +380,40 @@ def _save_ml(fit: Any, out: Path, *, include_data: bool, command: str | None,
     return out
 
 
-def _load_ml(folder: Path, record: dict[str, Any], df: pd.DataFrame) -> Any:
-    """Re-run the deterministic optimizer from the recorded optimum and check it is the same."""
-    from .ml.api import glmer, lmer
+def _ml_build(record: dict[str, Any]) -> MLCall:
+    """The recorded build arguments (records written before ``build`` existed: from the top-level keys)."""
+    build = dict(record.get("build") or {
+        "kind": "lmm" if record["kind"] == "lmer" else "glmm", "formula": record["formula"],
+        "family": record.get("family", "gaussian"), "link": record.get("link"),
+        "REML": record.get("REML", False), "nAGQ": record.get("nAGQ", 0),
+        "na_action": record.get("na_action", "drop"), "collinear": record.get("collinear", "drop"),
+        "control": record.get("control") or {}, "data_name": record.get("data_name", "data")})
+    build["backend"] = record.get("backend", build.get("backend", "auto"))  # the backend that ran
+    return MLCall.from_dict(build)
 
+
+def _load_ml(folder: Path, record: dict[str, Any], df: pd.DataFrame) -> MerFit:
+    """Rebuild with the recorded arguments (the same builder as ``lmer``/``glmer``) at the
+    recorded optimum and check the log-likelihood there is the recorded one."""
     est = record["estimates"]
-    start = {"beta": est["beta"], "theta": est["theta"]}
+    df = _restore_dtypes(df.copy(), record)  # the recorded categories, also for data passed to load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanhierWarning)
-        if record["kind"] == "lmer":
-            fit = lmer(record["formula"], df, REML=record["REML"], backend=record["backend"], start=start)
-        else:
-            fit = glmer(record["formula"], df, family=record["family"], nAGQ=record["nAGQ"],
-                        backend=record["backend"], start=start)
+        try:
+            if "x" in est:  # the optimum itself: rebuilt at that point, no optimizing
+                fit = fit_ml(_ml_build(record), df, optimum=np.asarray(est["x"], float))
+            else:  # older records: re-run the deterministic optimizer from the estimates
+                fit = fit_ml(_ml_build(record), df, start={"beta": est["beta"], "theta": est["theta"]})
+        except ArgumentError as exc:  # the recorded estimates do not fit the rebuilt model
+            raise DataError(f"Restoring {str(folder)!r}: {exc} (different data, factor levels or "
+                            "stanhier version).") from None
+    names = list(fit.fixef().index)
+    if names != list(est.get("names", names)):
+        raise DataError(f"Restoring {str(folder)!r} gives the fixed effects {names}, not the recorded "
+                        f"{est['names']} (different data, factor levels or stanhier version).")
     if abs(fit.logLik() - est["logLik"]) > 1e-6 * max(1.0, abs(est["logLik"])):
         raise DataError(f"Restoring {str(folder)!r} reached logLik {fit.logLik():.6f}, not the recorded "
                         f"{est['logLik']:.6f} (different data or stanhier version).")
-    fit.data_name = record.get("data_name", fit.data_name)
     fit.record = record  # type: ignore[attr-defined]
     fit.record_path = folder  # type: ignore[attr-defined]
     return fit
@@ -399,9 +449,9 @@ def load(path: str | Path, data: Any = None) -> Any:
     """Restore a fit from a run record.
 
     Bayesian fits come back without compiling or sampling (the saved draws). ML fits
-    (``lmer``/``glmer``) are restored by re-running the deterministic optimizer from
-    the recorded optimum (a fraction of a second with the compiled program cached),
-    and the log-likelihood is checked against the recorded one.
+    (``lmer``/``glmer``) are rebuilt with every recorded build argument and the recorded
+    factor levels, at the recorded optimum (no optimizing; a fraction of a second with the
+    compiled program cached), and the log-likelihood there is checked against the recorded one.
 
     ``data``: the fit's data, needed only if the record was saved with
     ``include_data=False`` (it must hash to the recorded sha256).

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,6 +127,20 @@ class _PystanDensity(LogDensity):
         return out
 
 
+#: extension modules loaded in this process, by model name. Every model's module is named
+#: "stan_services": importing the same file a second time returns another model's module
+#: object (CPython's single-phase extension cache), so each file is imported once.
+_LOADED_MODULES: dict[str, Any] = {}
+
+
+def _import_services(model_name: str):
+    if model_name not in _LOADED_MODULES:
+        import httpstan.models
+
+        _LOADED_MODULES[model_name] = httpstan.models.import_services_extension_module(model_name)
+    return _LOADED_MODULES[model_name]
+
+
 class _PystanModel(CompiledModel):
     def __init__(self, code: str, model_name: str, cache_hit: bool, seconds: float) -> None:
         self.code = code
@@ -137,9 +152,7 @@ class _PystanModel(CompiledModel):
 
     def _services(self):
         if self._module is None:
-            import httpstan.models
-
-            self._module = httpstan.models.import_services_extension_module(self.model_name)
+            self._module = _import_services(self.model_name)
         return self._module
 
     def log_density(self, data: dict) -> LogDensity:

@@ -5,15 +5,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..errors import ArgumentError, DataError, StanhierWarning
-from .api import lmer
+from .api import fit_ml
 from .fit import MerFit
 
 __all__ = ["anova"]
@@ -25,13 +26,11 @@ def _ml_version(fit: "MerFit", refit: bool) -> tuple["MerFit", bool]:
         return fit, False
     if not refit:
         return fit, False
-    backend = getattr(getattr(fit, "model", None), "backend", None)
-    kwargs: dict[str, Any] = {}
-    if isinstance(backend, str) and backend in ("pystan", "cmdstanpy"):
-        kwargs["backend"] = backend
+    # the same build arguments (backend that ran, na_action, collinear, control), REML off
+    call = dataclasses.replace(fit.call, REML=False, backend=fit.model.backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanhierWarning)
-        new = lmer(fit.formula, fit.design.data, REML=False, **kwargs)
+        new = fit_ml(call, fit.design.data)
     return new, True
 
 

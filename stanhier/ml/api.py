@@ -6,12 +6,12 @@ covariance factor's free elements ``theta`` (lme4's parameterization) and
 ``log(sigma)``:
 
 * Gaussian (``lmer``): exact marginal likelihood (or REML criterion) from per-group
-  cross-products computed once in Python (``stan_templates/ml_lmm.stan``); the cost
+  cross-products computed once in Python (``stan/templates/ml_lmm.stan``); the cost
   of a gradient does not depend on the number of observations.
 * Other families (``glmer``): Laplace approximation (``nAGQ=1``) or adaptive
   Gauss-Hermite quadrature (``nAGQ>1``, one scalar random effect) with Newton
   iterations for the random-effect modes inside the Stan program
-  (``stan_templates/ml_glmm.stan``).
+  (``stan/templates/ml_glmm.stan``).
 
 Two programs serve every model: sizes, the layout of the covariance factor and
 the family are data, so a compiled model is reused by every later fit.
@@ -26,27 +26,24 @@ Example
 """
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from scipy import optimize as sopt
-from scipy import sparse
 
 from ..backends import get_backend
-from ..backends.base import CompiledModel, LogDensity, fd_hessian
-from ..model.design import Design, check_gaussian_groups, data_label, make_design
-from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
+from ..backends.base import CompiledModel
+from ..errors import ArgumentError, FamilyError, SamplingError, StanhierWarning
 from ..families import Family, get_family, glmm_families
-from ..model.formula import parse_formula
-from ..stan.templating import render
+from ..model.design import Design, data_label
+from ..model.spec import build_frame
+from .fit import MerFit, MLCall
 from .layout import build_layout
-from .optimizer import maximize
-from .problem import MLProblem, _starts, glmm_problem, lmm_problem, stan_program
+from .optimizer import evaluate_at, maximize
+from .problem import MLProblem, glmm_problem, lmm_problem, stan_program, start_values
 
-__all__ = ["lmer", "glmer"]
+__all__ = ["lmer", "glmer", "fit_ml"]
+
 
 # --------------------------------------------------------------------------- entry points
 def _check_backend(backend: str) -> None:
@@ -71,47 +68,61 @@ def _scale(problem: MLProblem, design: Design) -> np.ndarray:
     return np.concatenate([np.minimum(se, 1e6), np.ones(problem.n_theta + problem.n_aux)])
 
 
-def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ: int,
-         backend: str, progress: bool, start: dict | None, control: dict | None,
-         na_action: str = "drop", collinear: str = "drop"):
-    from .fit import MerFit
+def _tolerance(control: dict | None) -> float:
+    control = dict(control or {})
+    unknown = set(control) - {"tol"}
+    if unknown:
+        raise ArgumentError(f"control accepts 'tol' only; got {', '.join(sorted(map(repr, unknown)))}.")
+    tol = control.get("tol", 1e-8)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 < float(tol) < 1:
+        raise ArgumentError(f"control['tol'] must be a number between 0 and 1, got {tol!r}.")
+    return float(tol)
 
-    if not isinstance(formula, str):
-        raise FormulaError(f"formula must be a string such as 'y ~ x + (1 | g)', not {type(formula).__name__}.")
-    parsed = parse_formula(formula)
-    design = make_design(parsed, data, na_action=na_action, collinear=collinear)
-    if family.has_sigma:
-        check_gaussian_groups(design)
-    resp = parsed.response
-    family.check_response(design.y, resp.column, design.trials,
-                          resp.column2 if resp.kind == "trials" else None)
-    if kind == "glmm" and family.name == "binomial" and resp.kind == "plain":
-        raise FamilyError("Family 'binomial' needs 'cbind(successes, failures) ~ ...' or "
-                          "'y | trials(n) ~ ...'; for a 0/1 response use family='bernoulli'.")
+
+def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool = False,
+           optimum: np.ndarray | None = None) -> MerFit:
+    """Fit the ML model described by ``call`` to ``data`` (``lmer``, ``glmer`` and
+    :func:`stanhier.record.load` all build through here).
+
+    ``optimum``: a known optimum (the unconstrained vector of a run record): the fit is
+    built at that point without optimizing, so it reproduces the recorded fit exactly.
+
+    >>> call = MLCall(kind="lmm", formula="Reaction ~ Days + (Days | Subject)", REML=False)  # doctest: +SKIP
+    >>> fit_ml(call, sleep).logLik()                                                       # doctest: +SKIP
+    """
+    kind = call.kind
+    tol = _tolerance(call.control)
+    frame = build_frame(call.formula, data, call.family_object(), na_action=call.na_action,
+                        collinear=call.collinear)
+    design, family = frame.design, frame.family
     lay = build_layout(design)
-    if kind == "glmm" and nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
+    if kind == "glmm" and call.nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
         raise ArgumentError(
-            f"nAGQ = {nAGQ} > 1 needs a single scalar random-effects term such as '(1 | g)', as in lme4 "
+            f"nAGQ = {call.nAGQ} > 1 needs a single scalar random-effects term such as '(1 | g)', as in lme4 "
             f"(this model has {len(lay.slots)} term(s) with {sum(s.M for s in lay.slots)} coefficient(s)); "
             "use nAGQ=1 (Laplace approximation)."
         )
-    problem = lmm_problem(design, lay, REML) if kind == "lmm" else glmm_problem(design, lay, family, nAGQ)
-    model = _compile(kind, backend, progress)
-    density = model.log_density(problem.data)
+    problem = (lmm_problem(design, lay, call.REML) if kind == "lmm"
+               else glmm_problem(design, lay, family, call.nAGQ))
+    model = _compile(kind, call.backend, progress)
+    standata = problem.standata()
+    density = model.log_density(standata)
     if density.n_params != problem.n_params:  # pragma: no cover - a programming error
         raise SamplingError(f"Internal error: Stan has {density.n_params} parameters, expected {problem.n_params}.")
-    starts = _starts(problem, design, lay, family)
-    if start is not None:
-        starts.insert(0, _user_start(start, problem, starts[0]))
-    native = None
-    if model.backend == "cmdstanpy":  # CmdStan's L-BFGS, Jacobian off, from our start
-        def native(x0: np.ndarray) -> np.ndarray:
-            return density.flatten(model.optimize(problem.data, density.to_dict(x0)).params)
-    info = maximize(density, starts, _scale(problem, design),
-                    tol=float((control or {}).get("tol", 1e-8)), native=native)
-    fit = MerFit(kind=kind, formula=formula, design=design, layout=lay, family=family, REML=REML,
-                 nAGQ=nAGQ, problem=problem, model=model, density=density, optimum=info,
-                 data_name=data_label(data))
+    if optimum is not None:
+        optimum = np.asarray(optimum, float)
+        if optimum.shape != (problem.n_params,):
+            raise ArgumentError(f"optimum must have {problem.n_params} values (beta, theta, auxiliary), "
+                                f"not {optimum.size}.")
+        info = evaluate_at(density, optimum, tol=tol)
+    else:
+        starts = start_values(problem, design, family)
+        if start is not None:
+            starts.insert(0, _user_start(start, problem, starts[0]))
+        info = maximize(density, starts, _scale(problem, design), tol=tol,
+                        native=model.native_optimizer(standata))
+    fit = MerFit(call=call, design=design, layout=lay, family=family, problem=problem, model=model,
+                 density=density, optimum=info)
     if not info.converged:
         warnings.warn(
             f"Model failed to converge: {info.message} (max |gradient| {np.max(np.abs(info.grad)):.2g} "
@@ -166,9 +177,10 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
     """
     if not isinstance(REML, (bool, np.bool_)):
         raise ArgumentError(f"REML must be True or False, not {REML!r}.")
-    return _fit("lmm", formula, data, family=get_family("gaussian"), REML=bool(REML), nAGQ=0,
-                backend=backend, progress=progress, start=start, control=control,
-                na_action=na_action, collinear=collinear)
+    call = MLCall(kind="lmm", formula=formula, family="gaussian", REML=bool(REML), nAGQ=0,
+                  backend=backend, na_action=na_action, collinear=collinear, control=control,
+                  data_name=data_label(data))
+    return fit_ml(call, data, start=start, progress=progress)
 
 
 def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
@@ -194,6 +206,7 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
                           f"not {fam.name!r}.")
     if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or not (1 <= nAGQ <= 100):
         raise ArgumentError(f"nAGQ must be an integer between 1 and 100 (1 = Laplace), got {nAGQ!r}.")
-    return _fit("glmm", formula, data, family=fam, REML=False, nAGQ=int(nAGQ), backend=backend,
-                progress=progress, start=start, control=control, na_action=na_action,
-                collinear=collinear)
+    call = MLCall(kind="glmm", formula=formula, family=fam.name, link=fam.link, REML=False,
+                  nAGQ=int(nAGQ), backend=backend, na_action=na_action, collinear=collinear,
+                  control=control, data_name=data_label(data))
+    return fit_ml(call, data, start=start, progress=progress)

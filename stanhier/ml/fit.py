@@ -11,22 +11,81 @@ Linear mixed model fit by maximum likelihood  ['lmerMod']
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
 from ..backends.base import CompiledModel, LogDensity
-from ..model.design import Design
 from ..errors import ArgumentError
-from ..families import Family
+from ..families import Family, get_family
+from ..model.design import Design
 from ..model.formula import parse_formula
+from .layout import RandomLayout
+from .optimizer import OptimumInfo
+from .printing import pval, sig, stars, text_table
+from .problem import MLProblem
 
-__all__ = ["MerFit"]
+__all__ = ["MerFit", "MLCall"]
+
+
+@dataclass(frozen=True)
+class MLCall:
+    """Every argument that decides an ML fit: what a run record stores and what
+    :func:`stanhier.ml.api.fit_ml` (behind ``lmer``, ``glmer`` and ``record.load``) builds from.
+
+    >>> call = MLCall(kind="glmm", formula="y ~ x + (1 | g)", family="poisson", nAGQ=1,
+    ...               control={"tol": 1e-9})
+    >>> MLCall.from_dict(call.to_dict()) == call, call.control
+    (True, (('tol', 1e-09),))
+    """
+
+    kind: str  #: "lmm" (lmer) or "glmm" (glmer)
+    formula: str
+    family: str = "gaussian"
+    link: str | None = None  #: None: the family's default link
+    REML: bool = False
+    nAGQ: int = 0
+    backend: str = "auto"
+    na_action: str = "drop"
+    collinear: str = "drop"
+    control: Any = ()  #: optimizer settings, stored as sorted (key, value) pairs
+    data_name: str = "data"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("lmm", "glmm"):
+            raise ArgumentError(f"kind must be 'lmm' or 'glmm', not {self.kind!r}.")
+        control = self.control
+        if control is None:
+            control = ()
+        elif isinstance(control, Mapping):
+            control = tuple(sorted((str(k), v) for k, v in control.items()))
+        elif not isinstance(control, tuple):
+            raise ArgumentError(f"control must be a dict such as {{'tol': 1e-8}}, not {control!r}.")
+        object.__setattr__(self, "control", control)
+
+    def family_object(self) -> Family:
+        """The :class:`Family` (with the recorded link)."""
+        fam = get_family(self.family)
+        if self.link is not None and fam.link != self.link:
+            fam = dataclasses.replace(fam, link=self.link)
+        return fam
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (``control`` as a dict)."""
+        out = dataclasses.asdict(self)
+        out["control"] = dict(self.control)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "MLCall":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,25 +105,31 @@ class MerFit:
     :meth:`residuals`, :meth:`predict`, :meth:`is_singular`, :meth:`stancode`,
     :meth:`standata`; ``print(fit)`` shows lme4's ``summary()``.
 
+    Quantities at the optimum that need the model's algebra (conditional modes of the
+    random effects and their covariances, ``X' V^-1 X``) are the Stan program's
+    generated quantities, read through ``density.constrain``: the numerics live in
+    the program only.
+
     >>> g = sh.glmer("fish_num ~ temperature + (1 | weather)", fish, family="poisson")  # doctest: +SKIP
     >>> g.fixef(), g.is_singular()                                                    # doctest: +SKIP
     """
 
-    def __init__(self, *, kind: str, formula: str, design: Design, layout: Any, family: Family,
-                 REML: bool, nAGQ: int, problem: Any, model: CompiledModel, density: LogDensity,
-                 optimum: Any, data_name: str = "data") -> None:
-        self.kind = kind
-        self.formula = formula
+    def __init__(self, *, call: MLCall, design: Design, layout: RandomLayout, family: Family,
+                 problem: MLProblem, model: CompiledModel, density: LogDensity,
+                 optimum: OptimumInfo) -> None:
+        self.call = call
+        self.kind = call.kind
+        self.formula = call.formula
+        self.REML = bool(call.REML)
+        self.nAGQ = int(call.nAGQ)
+        self.data_name = call.data_name
         self.design = design
         self.layout = layout
         self.family = family
-        self.REML = REML
-        self.nAGQ = nAGQ
         self.problem = problem
         self.model = model
         self.density = density
         self.optimum = optimum
-        self.data_name = data_name
         self.cache_hit: bool = bool(model.cache_hit)
         self.compile_seconds: float = float(model.compile_seconds)
         self.converged: bool = bool(optimum.converged)
@@ -74,6 +139,11 @@ class MerFit:
         self._theta = self._canonical_theta(x[K:K + T])
         self._aux = x[K + T:].copy()
         self.vcov_method = ""
+
+    @cached_property
+    def _at_optimum(self) -> dict[str, np.ndarray]:
+        """The program's variables (generated quantities included) at the optimum."""
+        return self.density.constrain(self.optimum.theta)
 
     # ------------------------------------------------------------------ parameters
     def _canonical_theta(self, theta: np.ndarray) -> np.ndarray:
@@ -179,7 +249,7 @@ class MerFit:
         if self.kind == "lmm":
             # lme4's formula, conditional on theta: sigma^2 (X' V*^-1 X)^-1
             self.vcov_method = "sigma^2 (X' V^-1 X)^-1 at the optimum (lme4's RX formula)"
-            return self._scale2() * np.linalg.inv(self._XtVX())
+            return self._scale2() * np.linalg.inv(self._at_optimum["XtVX"])
         # GLMM: finite-difference Hessian of the marginal log-likelihood over (beta, theta, ...)
         x = np.concatenate([self._beta, self._theta, self._aux])
         H = self.density.hessian(x, step=1e-4)
@@ -198,16 +268,6 @@ class MerFit:
                 self.vcov_method = ("not available: the Hessian over the fixed effects is not negative "
                                     "definite, so the optimum is not a proper maximum (no standard errors)")
         return (cov + cov.T) / 2
-
-    def _XtVX(self) -> np.ndarray:
-        d = self.problem.data
-        lam = self.layout.Lambda(self._theta)
-        XtVX = np.array(d["XtX"], float)
-        for g in range(self.layout.G):
-            A = np.eye(self.layout.q) + lam.T @ d["ZtZ"][g] @ lam
-            C = np.linalg.solve(np.linalg.cholesky(A), lam.T @ d["ZtX"][g])
-            XtVX -= C.T @ C
-        return XtVX
 
     def vcov(self) -> pd.DataFrame:
         """Covariance matrix of the fixed effects (see ``vcov_method``)."""
@@ -247,31 +307,11 @@ class MerFit:
     # ------------------------------------------------------------------ random effects
     @cached_property
     def _modes(self) -> _Modes:
-        lay, d = self.layout, self.problem.data
-        lam = lay.Lambda(self._theta)
-        G, q = lay.G, lay.q
-        b = np.zeros((G, q))
-        cov = np.zeros((G, q, q))
-        if self.kind == "lmm":
-            s2 = self._scale2()
-            for g in range(G):
-                A = np.eye(q) + lam.T @ d["ZtZ"][g] @ lam
-                Ainv = np.linalg.inv(A)
-                u = Ainv @ (lam.T @ (d["Zty"][g] - d["ZtX"][g] @ self._beta))
-                b[g] = lam @ u
-                cov[g] = s2 * lam @ Ainv @ lam.T
-            return _Modes(b=b, cov=cov)
-        eta0 = d["X"] @ self._beta
-        ZL = d["Zb"] @ lam
-        for g in range(G):
-            s = d["block_start"][g] - 1
-            e = s + d["block_size"][g]
-            u, H = _glmm_mode(self.family, d["y"][s:e], d["trials"][s:e], eta0[s:e], ZL[s:e],
-                              self.shape or 1.0)
-            Hinv = np.linalg.inv(H)
-            b[g] = lam @ u
-            cov[g] = lam @ Hinv @ lam.T
-        return _Modes(b=b, cov=cov)
+        """Conditional modes (G, q) and covariances (G, q, q) per block: the program's
+        generated quantities ``b`` and ``b_cov``."""
+        lay, gq = self.layout, self._at_optimum
+        return _Modes(b=np.asarray(gq["b"], float).reshape(lay.G, lay.q),
+                      cov=np.asarray(gq["b_cov"], float).reshape(lay.G, lay.q, lay.q))
 
     def ranef(self, condVar: bool = True, as_frame: bool = False) -> dict[str, pd.DataFrame] | pd.DataFrame:
         """Conditional modes of the random effects (lme4's ``ranef``), one DataFrame per
@@ -449,7 +489,7 @@ class MerFit:
 
     def standata(self) -> dict:
         """The data passed to Stan."""
-        return dict(self.problem.data)
+        return self.problem.standata()
 
     # ------------------------------------------------------------------ printing
     def _title(self) -> str:
@@ -499,14 +539,14 @@ class MerFit:
         if self.REML:
             lines += [f"REML criterion at convergence: {self.REMLcrit():.1f}", ""]
         else:
-            lines += _table([["AIC", "BIC", "logLik", "deviance", "df.resid"],
+            lines += text_table([["AIC", "BIC", "logLik", "deviance", "df.resid"],
                              [f"{self.AIC():.1f}", f"{self.BIC():.1f}", f"{self.logLik():.1f}",
                               f"{-2 * self.logLik():.1f}", f"{self.df_residual()}"]], right=True)
             lines.append("")
         res = self.residuals(type="pearson", scaled=True)
         q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1])
         lines.append("Scaled residuals: ")
-        lines += _table([["Min", "1Q", "Median", "3Q", "Max"], [_sig(v, 4) for v in q]], right=True)
+        lines += text_table([["Min", "1Q", "Median", "3Q", "Max"], [sig(v, 4) for v in q]], right=True)
         lines += ["", "Random effects:"]
         lines += self._varcorr_lines()
         grp = self.ngrps()
@@ -530,13 +570,13 @@ class MerFit:
                     any_corr = True
                     cors = [f"{cov[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else " NaN"
                             for j in range(i)]
-                rows.append([label if i == 0 else "", name, _sig(cov[i, i], 4), _sig(sd[i], 4), " ".join(cors)])
+                rows.append([label if i == 0 else "", name, sig(cov[i, i], 4), sig(sd[i], 4), " ".join(cors)])
         if self.kind == "lmm":
             s = self.sigma()
-            rows.append(["Residual", "", _sig(s * s, 4), _sig(s, 4), ""])
+            rows.append(["Residual", "", sig(s * s, 4), sig(s, 4), ""])
         if not any_corr:
             rows = [r[:4] for r in rows]
-        return _table(rows, right=False, indent=" ")
+        return text_table(rows, right=False, indent=" ")
 
     def _coef_lines(self) -> list[str]:
         tab = self.coef_table()
@@ -547,11 +587,11 @@ class MerFit:
             for col in tab.columns:
                 v = row[col]
                 if col == "Pr(>|z|)":
-                    cells.append(_pval(v) + " " + _stars(v))
+                    cells.append(pval(v) + " " + stars(v))
                 else:
-                    cells.append(_sig(v, 4 if col != "Estimate" else 5))
+                    cells.append(sig(v, 4 if col != "Estimate" else 5))
             rows.append(cells)
-        out = _table(rows, right=True, first_left=True)
+        out = text_table(rows, right=True, first_left=True)
         if self.kind == "glmm":
             out += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
         return out
@@ -561,46 +601,3 @@ class MerFit:
 
     def __repr__(self) -> str:
         return self.summary()
-
-
-# --------------------------------------------------------------------------- helpers
-def _glmm_mode(family: Family, y, trials, eta0, ZL, phi, tol: float = 1e-10, max_iter: int = 100):
-    """Mode of the spherical random effects of one block and the curvature H there."""
-    q = ZL.shape[1]
-    u = np.zeros(q)
-    y = np.asarray(y, float)
-    n = np.asarray(trials, float)
-
-    def derivs(eta):
-        if family.name == "poisson":
-            mu = np.exp(eta)
-            return y - mu, mu
-        if family.name in ("binomial", "bernoulli"):
-            p = special.expit(eta)
-            m = n if family.name == "binomial" else 1.0
-            return y - m * p, m * p * (1 - p)
-        mu = np.exp(eta)
-        return y - (y + phi) * mu / (phi + mu), (y + phi) * mu * phi / (phi + mu) ** 2
-
-    def h(u):
-        eta = eta0 + ZL @ u
-        return float(np.sum(family.loglik(y if family.name != "binomial" else y, eta,
-                                          {"shape": phi}, n))) - 0.5 * u @ u
-
-    hu = h(u)
-    for _ in range(max_iter):
-        dl, w = derivs(eta0 + ZL @ u)
-        H = np.eye(q) + (ZL * w[:, None]).T @ ZL
-        step = np.linalg.solve(H, ZL.T @ dl - u)
-        t = 1.0
-        while t > 1e-8:
-            new = u + t * step
-            hn = h(new)
-            if hn >= hu - 1e-12 * abs(hu):
-                break
-            t /= 2
-        u, hu = new, hn
-        if np.max(np.abs(t * step)) < tol:
-            break
-    dl, w = derivs(eta0 + ZL @ u)
-    return u, np.eye(q) + (ZL * w[:, None]).T @ ZL

@@ -12,30 +12,20 @@ Example
 
 from __future__ import annotations
 
-import time
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from scipy import optimize as sopt
 from scipy import sparse
 
-from ..backends import get_backend
-from ..backends.base import CompiledModel, LogDensity, fd_hessian
-from ..model.design import Design, check_gaussian_groups, data_label, make_design
-from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
-from ..families import Family, get_family
-from ..model.formula import parse_formula
-from ..stan.templating import render
+from ..errors import DataError, FormulaError
+from ..model.design import Design
 
 __all__ = ["TermSlot", "RandomLayout", "build_layout", "MAX_STACKED_Q"]
 
 #: Largest number of random effects in the stacked (several grouping factors) layout.
 #: The stacked block is a dense q x q matrix: memory q^2 and time q^3 per gradient.
 MAX_STACKED_Q = 1000
-#: Largest N * q for a GLMM's dense per-observation random-effects design.
-MAX_DENSE_CELLS = 20_000_000
 
 # --------------------------------------------------------------------------- layout
 @dataclass(frozen=True, eq=False)
@@ -108,7 +98,8 @@ def build_layout(design: Design, *, max_stacked_q: int = MAX_STACKED_Q) -> Rando
     """Arrange the design's random terms into blocks (see :class:`RandomLayout`).
 
     >>> import pandas as pd
-    >>> from stanhier.formula import parse_formula
+    >>> from stanhier.model.formula import parse_formula
+    >>> from stanhier.model.design import make_design
     >>> df = pd.DataFrame({"y": [1., 2, 3, 4, 5, 6], "x": [0., 1, 0, 1, 0, 1], "g": list("aabbcc")})
     >>> lay = build_layout(make_design(parse_formula("y ~ x + (x | g)"), df))
     >>> lay.layout, lay.G, lay.q, lay.n_theta

@@ -4,23 +4,16 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from scipy import optimize as sopt
-from scipy import sparse
 
-from ..backends import get_backend
-from ..backends.base import CompiledModel, LogDensity, fd_hessian
-from ..model.design import Design, check_gaussian_groups, data_label, make_design
-from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
-from ..families import Family, get_family
-from ..model.formula import parse_formula
-from ..stan.templating import render
+from ..backends.base import LogDensity, fd_hessian
+from ..errors import SamplingError
 
-__all__ = ["OptimumInfo", "maximize"]
+__all__ = ["OptimumInfo", "maximize", "evaluate_at"]
 
 # --------------------------------------------------------------------------- optimizer
 @dataclass(frozen=True, eq=False)
@@ -134,12 +127,32 @@ def _newton_polish(value_grad, x: np.ndarray, tol: float, max_iter: int = 20):
         x, lp, g = x_new, lp_new, g_new
     if H is None:
         H = fd_hessian(value_grad, x, 1e-4)
+    return x, lp, H, _is_optimum(x, g, H, tol)
+
+
+def _is_optimum(x: np.ndarray, g: np.ndarray, H: np.ndarray, tol: float) -> bool:
+    """Newton decrement below ``tol`` (1e-6 at most), or a small scaled gradient where -H is
+    not positive definite (singular fits)."""
     try:
         np.linalg.cholesky(-H)
         step = np.linalg.solve(-H, g)
-        ok = 0.5 * float(g @ step) < max(tol, 1e-6)
+        return 0.5 * float(g @ step) < max(tol, 1e-6)
     except np.linalg.LinAlgError:
-        ok = float(np.max(np.abs(g) * np.maximum(1.0, np.abs(x)))) < 1e-3
-    return x, lp, H, ok
+        return float(np.max(np.abs(g) * np.maximum(1.0, np.abs(x)))) < 1e-3
+
+
+def evaluate_at(density: LogDensity, x: np.ndarray, *, tol: float = 1e-8) -> OptimumInfo:
+    """The optimizer's report at a known optimum ``x`` (a run record's), without moving it:
+    the same convergence test as :func:`maximize`."""
+    t0 = time.perf_counter()
+    x = np.asarray(x, float)
+    lp, g = density.log_prob_grad(x)
+    if not np.isfinite(lp):
+        raise SamplingError("The log-likelihood cannot be evaluated at the recorded optimum.")
+    H = fd_hessian(density.log_prob_grad, x, 1e-4)
+    ok = _is_optimum(x, np.asarray(g, float), H, tol)
+    return OptimumInfo(theta=x, lp=float(lp), grad=np.asarray(g, float), hessian=H, converged=ok,
+                       message="converged" if ok else "the optimizer did not reach a point with zero gradient",
+                       n_evals=1 + 2 * len(x), n_starts=0, seconds=time.perf_counter() - t0)
 
 

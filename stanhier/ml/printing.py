@@ -1,17 +1,17 @@
 """lme4-style number formatting and text tables for ML summaries.
 
->>> _sig(0.000123456, 4), _pval(0.5)
-('1.235e-04', '0.5')
+>>> sig(0.000123456, 4), pval(0.5)
+('0.0001235', '0.5')
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["_sig", "_pval", "_stars", "_table"]
+__all__ = ["sig", "pval", "stars", "text_table"]
 
 
-def _sig(v: float, digits: int) -> str:
+def sig(v: float, digits: int) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "NaN"
     if v == 0:
@@ -23,7 +23,7 @@ def _sig(v: float, digits: int) -> str:
     return f"{v:.{dec}f}"
 
 
-def _pval(p: float) -> str:
+def pval(p: float) -> str:
     if p < 2e-16:
         return "< 2e-16"
     if p < 1e-4:
@@ -31,11 +31,11 @@ def _pval(p: float) -> str:
     return f"{p:.3g}"
 
 
-def _stars(p: float) -> str:
+def stars(p: float) -> str:
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else ""
 
 
-def _table(rows: list[list[str]], right: bool = True, first_left: bool = False, indent: str = "") -> list[str]:
+def text_table(rows: list[list[str]], right: bool = True, first_left: bool = False, indent: str = "") -> list[str]:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:

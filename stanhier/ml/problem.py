@@ -1,29 +1,39 @@
 """The optimization problem of an ML fit: the Stan program, its data and the starting values.
+
+:class:`MLProblem` holds typed inputs (:class:`CrossProducts` for ``lmer``,
+:class:`GLMMBlocks` for ``glmer``, the :class:`~stanhier.ml.layout.RandomLayout`);
+:meth:`MLProblem.standata` is the one place that turns them into the Stan data dict.
+
+Example
+-------
+>>> import pandas as pd
+>>> from stanhier.model.formula import parse_formula
+>>> from stanhier.model.design import make_design
+>>> from stanhier.ml.layout import build_layout
+>>> df = pd.DataFrame({"y": [1., 2, 4, 3, 5, 7], "x": [0., 1, 0, 1, 0, 1], "g": list("aabbcc")})
+>>> design = make_design(parse_formula("y ~ x + (1 | g)"), df)
+>>> problem = lmm_problem(design, build_layout(design), REML=True)
+>>> problem.crossproducts.ZtZ.shape, problem.n_params, problem.standata()["G"]
+((3, 1, 1), 4, 3)
 """
 
 from __future__ import annotations
 
-import time
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from scipy import optimize as sopt
 from scipy import sparse
 
-from ..backends import get_backend
-from ..backends.base import CompiledModel, LogDensity, fd_hessian
-from ..model.design import Design, check_gaussian_groups, data_label, make_design
-from ..errors import ArgumentError, DataError, FamilyError, FormulaError, SamplingError, StanhierWarning
-from ..families import Family, get_family, glmm_families
-from ..model.formula import parse_formula
+from ..errors import DataError
+from ..families import Family, glmm_families
+from ..model.crossprod import crossprod, grouped_crossprod, symmetrize
+from ..model.design import Design
 from ..stan.templating import render
 from .layout import RandomLayout
 
-__all__ = ["MLProblem", "stan_program", "lmm_problem", "glmm_problem", "lmm_crossproducts",
-           "gauss_hermite", "starts", "MAX_DENSE_CELLS",
-           "glmm_template_context"]
+__all__ = ["MLProblem", "CrossProducts", "GLMMBlocks", "stan_program", "lmm_problem", "glmm_problem",
+           "lmm_crossproducts", "gauss_hermite", "start_values", "MAX_DENSE_CELLS", "glmm_template_context"]
 
 #: Largest N * q for a GLMM's dense per-observation random-effects design.
 MAX_DENSE_CELLS = 20_000_000
@@ -34,20 +44,80 @@ _NEWTON_MAX_ITER = 50
 
 # --------------------------------------------------------------------------- problems
 @dataclass(frozen=True, eq=False)
+class CrossProducts:
+    """``lmer``'s data: per-block cross-products (leading axis G) and whole-data totals."""
+
+    XtX: np.ndarray  #: (K, K)
+    Xty: np.ndarray  #: (K,)
+    yty: float
+    ZtZ: np.ndarray  #: (G, q, q)
+    ZtX: np.ndarray  #: (G, q, K)
+    Zty: np.ndarray  #: (G, q)
+
+
+@dataclass(frozen=True, eq=False)
+class GLMMBlocks:
+    """``glmer``'s data: the observations sorted by block (``order``), each block contiguous."""
+
+    y: np.ndarray  #: (N,) int response, sorted
+    trials: np.ndarray  #: (N,) int binomial trials (ones otherwise), sorted
+    X: np.ndarray  #: (N, K) sorted
+    Zb: np.ndarray  #: (N, q) dense, sorted: each observation's row of Z within its block
+    block_start: np.ndarray  #: (G,) 1-based first observation of each block
+    block_size: np.ndarray  #: (G,)
+    order: np.ndarray  #: permutation sorting the design's observations by block
+    family_code: int  #: the program's family switch
+    nAGQ: int
+
+
+@dataclass(frozen=True, eq=False)
 class MLProblem:
-    """Everything one optimization needs: the program, its data and the parameter layout."""
+    """Everything one optimization needs: the program, its typed data and the parameter layout.
+
+    Parameters (the unconstrained vector): ``beta`` (K), ``theta`` (n_theta), then
+    ``n_aux`` auxiliary values (``log_sigma`` for lmer, ``log_shape`` for negbinomial).
+    """
 
     kind: str  #: "lmm" or "glmm"
-    template: str
-    data: dict
+    layout: RandomLayout
+    N: int
     K: int
-    n_theta: int
-    n_aux: int  #: log_sigma (lmm) or log_shape (negbinomial): 1, else 0
-    order: np.ndarray | None  #: GLMM: permutation sorting observations by block
+    n_aux: int
+    REML: bool = False
+    crossproducts: CrossProducts | None = None  #: lmm
+    blocks: GLMMBlocks | None = None  #: glmm
+
+    @property
+    def template(self) -> str:
+        return {"lmm": "ml_lmm.stan", "glmm": "ml_glmm.stan"}[self.kind]
+
+    @property
+    def n_theta(self) -> int:
+        return self.layout.n_theta
 
     @property
     def n_params(self) -> int:
         return self.K + self.n_theta + self.n_aux
+
+    def standata(self) -> dict[str, Any]:
+        """The data dict of the Stan program (the only place Stan data names are written)."""
+        lay = self.layout
+        data: dict[str, Any] = dict(N=self.N, K=self.K)
+        if self.kind == "lmm":
+            cp = self.crossproducts
+            data.update(REML=int(self.REML), XtX=cp.XtX, Xty=cp.Xty, yty=cp.yty, G=lay.G, q=lay.q,
+                        ZtZ=cp.ZtZ, ZtX=cp.ZtX, Zty=cp.Zty, lambda_diagonal=int(lay.lambda_diagonal))
+        else:
+            bl = self.blocks
+            x, logw = gauss_hermite(bl.nAGQ)
+            data.update(family=bl.family_code, y=bl.y, trials=bl.trials, X=bl.X, G=lay.G, q=lay.q,
+                        Zb=bl.Zb, block_start=bl.block_start, block_size=bl.block_size)
+        data.update(n_theta=lay.n_theta, n_lam=len(lay.lam_row), lam_row=lay.lam_row.astype(int),
+                    lam_col=lay.lam_col.astype(int), lam_par=lay.lam_par.astype(int))
+        if self.kind == "glmm":
+            data.update(n_agq=int(bl.nAGQ), gh_x=x, gh_logw=logw, newton_tol=_NEWTON_TOL,
+                        newton_max_iter=_NEWTON_MAX_ITER)
+        return data
 
 
 def stan_program(kind: str) -> str:
@@ -71,39 +141,20 @@ def glmm_template_context() -> dict:
                 phi_names=", ".join(f"{f.name}'s {f.glmm_aux}" for f in with_aux) or "nothing")
 
 
-def _lam_data(lay: RandomLayout) -> dict:
-    return dict(n_theta=lay.n_theta, n_lam=len(lay.lam_row), lam_row=lay.lam_row.astype(int),
-                lam_col=lay.lam_col.astype(int), lam_par=lay.lam_par.astype(int))
-
-
-def lmm_crossproducts(design: Design, lay: RandomLayout) -> dict[str, np.ndarray]:
+def lmm_crossproducts(design: Design, lay: RandomLayout) -> CrossProducts:
     """Per-block cross-products Z'Z, Z'X, Z'y (shape (G, ...)) and the totals X'X, X'y, y'y."""
     X, y = design.X, design.y
-    out = {"XtX": X.T @ X, "Xty": X.T @ y, "yty": float(y @ y)}
-    if lay.layout == "blocks":
-        order = np.argsort(lay.block, kind="stable")
-        starts = np.searchsorted(lay.block[order], np.arange(lay.G))
-        Z, Xs, ys = lay.Zb[order], X[order], y[order]
-        out["ZtZ"] = np.add.reduceat(Z[:, :, None] * Z[:, None, :], starts, axis=0)
-        out["ZtX"] = np.add.reduceat(Z[:, :, None] * Xs[:, None, :], starts, axis=0)
-        out["Zty"] = np.add.reduceat(Z * ys[:, None], starts, axis=0)
-    else:
-        Z = lay.Zb
-        out["ZtZ"] = np.asarray((Z.T @ Z).todense())[None]
-        out["ZtX"] = np.asarray(Z.T @ X)[None]
-        out["Zty"] = np.asarray(Z.T @ y)[None]
-    out["ZtZ"] = (out["ZtZ"] + np.swapaxes(out["ZtZ"], 1, 2)) / 2
-    out["XtX"] = (out["XtX"] + out["XtX"].T) / 2
-    return out
+    return CrossProducts(
+        XtX=crossprod(X), Xty=crossprod(X, y), yty=float(y @ y),
+        ZtZ=symmetrize(grouped_crossprod(lay.Zb, lay.Zb, lay.block, lay.G)),
+        ZtX=grouped_crossprod(lay.Zb, X, lay.block, lay.G),
+        Zty=grouped_crossprod(lay.Zb, y, lay.block, lay.G),
+    )
 
 
 def lmm_problem(design: Design, lay: RandomLayout, REML: bool) -> MLProblem:
-    cp = lmm_crossproducts(design, lay)
-    data = dict(N=design.N, K=design.X.shape[1], REML=int(REML), XtX=cp["XtX"], Xty=cp["Xty"],
-                yty=cp["yty"], G=lay.G, q=lay.q, ZtZ=cp["ZtZ"], ZtX=cp["ZtX"], Zty=cp["Zty"],
-                lambda_diagonal=int(lay.lambda_diagonal), **_lam_data(lay))
-    return MLProblem(kind="lmm", template="ml_lmm.stan", data=data, K=design.X.shape[1],
-                     n_theta=lay.n_theta, n_aux=1, order=None)
+    return MLProblem(kind="lmm", layout=lay, N=design.N, K=design.X.shape[1], n_aux=1, REML=bool(REML),
+                     crossproducts=lmm_crossproducts(design, lay))
 
 
 def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,15 +179,12 @@ def glmm_problem(design: Design, lay: RandomLayout, family: Family, nAGQ: int) -
     sizes = np.diff(np.append(starts, N))
     Zb = lay.Zb.toarray() if sparse.issparse(lay.Zb) else lay.Zb
     trials = design.trials if design.trials is not None else np.ones(N)
-    x, logw = gauss_hermite(nAGQ)
-    data = dict(N=N, K=design.X.shape[1], family=family.glmm_code,
-                y=np.round(design.y[order]).astype(int), trials=np.round(trials[order]).astype(int),
-                X=design.X[order], G=lay.G, q=lay.q, Zb=Zb[order],
-                block_start=(starts + 1).astype(int), block_size=sizes.astype(int),
-                n_agq=int(nAGQ), gh_x=x, gh_logw=logw, newton_tol=_NEWTON_TOL,
-                newton_max_iter=_NEWTON_MAX_ITER, **_lam_data(lay))
-    return MLProblem(kind="glmm", template="ml_glmm.stan", data=data, K=design.X.shape[1],
-                     n_theta=lay.n_theta, n_aux=int(family.glmm_aux is not None), order=order)
+    bl = GLMMBlocks(y=np.round(design.y[order]).astype(int), trials=np.round(trials[order]).astype(int),
+                    X=design.X[order], Zb=Zb[order], block_start=(starts + 1).astype(int),
+                    block_size=sizes.astype(int), order=order, family_code=family.glmm_code,
+                    nAGQ=int(nAGQ))
+    return MLProblem(kind="glmm", layout=lay, N=N, K=design.X.shape[1],
+                     n_aux=int(family.glmm_aux is not None), blocks=bl)
 
 
 # --------------------------------------------------------------------------- starts
@@ -160,7 +208,9 @@ def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | Non
     return beta
 
 
-def _starts(problem: MLProblem, design: Design, lay: RandomLayout, family: Family) -> list[np.ndarray]:
+def start_values(problem: MLProblem, design: Design, family: Family) -> list[np.ndarray]:
+    """Starting points for the optimizer: least squares / IRLS fixed effects, Lambda = s * I."""
+    lay = problem.layout
     X, y = design.X, design.y
     diag = np.zeros(lay.n_theta)
     for slot in lay.slots:

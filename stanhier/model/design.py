@@ -218,6 +218,9 @@ class Design:
     fixed_spec: Any = field(repr=False)
     terms: tuple[GroupTerm, ...] = ()
     n_dropped: int = 0
+    #: positions (in ``fixed_spec``'s columns) of the columns of X; ``None``: all of them.
+    #: ``collinear="drop"`` keeps a subset, and new data is encoded to that subset.
+    fixed_kept: tuple[int, ...] | None = None
 
     @property
     def N(self) -> int:
@@ -251,6 +254,8 @@ class Design:
             X = np.asarray(self.fixed_spec.get_model_matrix(df, na_action="ignore"), dtype=float)
         except Exception as exc:
             raise DataError(f"Could not encode newdata for {self.formula.fixed!r}: {exc}") from None
+        if self.fixed_kept is not None:
+            X = X[:, list(self.fixed_kept)]
         Zs, Js, news, Jn = [], [], [], []
         for k, gt in enumerate(self.terms):
             if k not in re_terms:
@@ -428,6 +433,7 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
     names = tuple(mm.model_spec.column_names)
     fixed_spec = mm.model_spec
     dependent = _dependent_columns(X, names)
+    kept: tuple[int, ...] | None = None
     if dependent:
         described = ", ".join(f"{r_name(n)!r} ({why})" for n, why in dependent)
         if collinear == "drop":
@@ -435,6 +441,7 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
                 f"Population-level design is rank deficient: dropping column(s) {described}.",
                 StanhierWarning, stacklevel=3)
             keep = [i for i, n in enumerate(names) if n not in dict(dependent)]
+            kept = tuple(keep)
             X = X[:, keep]
             names = tuple(names[i] for i in keep)
         else:
@@ -465,4 +472,4 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
 
     return Design(formula=formula, data=df, y=y, trials=trials, X=X, fixed_formulaic=names,
                   has_intercept="Intercept" in names, fixed_spec=fixed_spec,
-                  terms=tuple(terms), n_dropped=n_dropped)
+                  terms=tuple(terms), n_dropped=n_dropped, fixed_kept=kept)

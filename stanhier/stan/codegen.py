@@ -26,10 +26,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..model.design import Design, check_gaussian_groups, make_design
+from ..model.crossprod import grouped_crossprod
+from ..model.design import Design
 from ..errors import ArgumentError
-from ..families import Family, get_family
-from ..model.formula import parse_formula
+from ..families import Family
+from ..model.spec import build_frame
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from .templating import render
 
@@ -99,21 +100,8 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
         raise ArgumentError(
             f"parameterization must be 'noncentered' (brms's default) or 'centered', got {parameterization!r}."
         )
-    fam = get_family(family)
-    parsed = parse_formula(formula)
-    design = make_design(parsed, data, na_action=na_action, collinear=collinear)
-    if fam.has_sigma:
-        check_gaussian_groups(design)
-    if fam.uses_trials and design.trials is None:
-        fam.check_response(design.y, parsed.response.column)  # raises: needs trials
-    if not fam.uses_trials and design.trials is not None:
-        from ..errors import FamilyError
-
-        raise FamilyError(
-            f"The response {parsed.response.kind}(...) gives trials, which only family 'binomial' uses; "
-            f"got family {fam.name!r}."
-        )
-    fam.check_response(design.y, parsed.response.column, design.trials, parsed.response.column2)
+    frame = build_frame(formula, data, family, na_action=na_action, collinear=collinear)
+    fam, design = frame.family, frame.design
     priors = resolve_priors(design, fam, [] if prior is None else prior)
     if sufficient_stats and (fam.name != "gaussian" or len(design.terms) != 1):
         raise ArgumentError(
@@ -162,12 +150,8 @@ def _suffstat_standata(spec: ModelSpec) -> dict[str, Any]:
         means = np.zeros(0)
         A = np.column_stack([d.X, gt.Z])
     P, G = A.shape[1], gt.n_levels
-    order = np.argsort(gt.J, kind="stable")
-    starts = np.searchsorted(gt.J[order], np.arange(G))
-    As, ys = A[order], d.y[order]
-    AtA = np.einsum("gi,gj->gij", As, As)
-    AtA = np.add.reduceat(AtA, starts, axis=0) if len(starts) else AtA[:0]
-    Aty = np.add.reduceat(As * ys[:, None], starts, axis=0)
+    AtA = grouped_crossprod(A, A, gt.J, G)
+    Aty = grouped_crossprod(A, d.y, gt.J, G)
     data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "means_X": means, "P": P,
                             "N_1": G, "M_1": gt.M, "AtA": AtA, "Aty": Aty, "yty": float(d.y @ d.y)}
     if gt.correlated:

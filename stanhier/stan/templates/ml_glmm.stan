@@ -20,15 +20,7 @@
 // factor when all terms share one factor, else one stacked block with every
 // random effect (crossed or nested factors).
 functions {
-  // Lambda (q x q, lower triangular) from theta, as lme4's Lambda@x = theta[Lind].
-  matrix relative_factor(int q, vector theta, array[] int lam_row, array[] int lam_col,
-                         array[] int lam_par) {
-    matrix[q, q] Lambda = rep_matrix(0, q, q);
-    for (e in 1:size(lam_row)) {
-      Lambda[lam_row[e], lam_col[e]] = theta[lam_par[e]];
-    }
-    return Lambda;
-  }
+{% include "ml_relative_factor.stan" %}
 
   // log p(y | eta) with all normalizing constants
   real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, real phi) {
@@ -54,22 +46,24 @@ functions {
     return d;
   }
 
-  // Log of the integral over one block's random effects:
-  //   log integral p(y | eta_fixed + ZL * u) N(u | 0, I) du
-  // ZL = Z_block * Lambda. Damped Newton from u = 0 (the integrand is log-concave
-  // for these families), then Laplace (n_agq == 1) or adaptive Gauss-Hermite.
-  real marginal_block_lpmf(array[] int y, array[] int trials, vector eta_fixed, matrix ZL,
-                           int family, real phi, int n_agq, vector gh_x, vector gh_logw,
-                           real tol, int max_iter) {
+  // Cholesky factor of the curvature H = I + ZL' diag(w) ZL (w: -d^2 log p / d eta^2)
+  matrix curvature_cholesky(vector w, matrix ZL) {
+    return cholesky_decompose(add_diag(crossprod(diag_pre_multiply(sqrt(w), ZL)), 1));
+  }
+
+  // Mode u_hat of one block's spherical random effects, where ZL = Z_block * Lambda:
+  // damped Newton from u = 0 on h(u) = log p(y | eta_fixed + ZL * u) - u'u / 2 (concave
+  // for these families). Returns [u_hat; h(u_hat)].
+  vector block_mode(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
+                    real phi, real tol, int max_iter) {
     int n = rows(ZL);
     int q = cols(ZL);
     vector[q] u = rep_vector(0, q);
     real h = glm_lpmf(y | trials, eta_fixed, family, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
-    matrix[q, q] L_H;
     for (iter in 1:max_iter) {
       matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi);
       vector[q] grad = ZL' * d[:, 1] - u;
-      L_H = cholesky_decompose(add_diag(crossprod(diag_pre_multiply(sqrt(d[:, 2]), ZL)), 1));
+      matrix[q, q] L_H = curvature_cholesky(d[:, 2], ZL);
       vector[q] step = mdivide_right_tri_low(mdivide_left_tri_low(L_H, grad)', L_H)';
       real t = 1;
       vector[q] u_new = u + step;
@@ -85,9 +79,26 @@ functions {
         break;
       }
     }
-    // curvature at the mode: H = I + (Z Lambda)' W (Z Lambda)
-    matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi);
-    L_H = cholesky_decompose(add_diag(crossprod(diag_pre_multiply(sqrt(d[:, 2]), ZL)), 1));
+    return append_row(u, h);
+  }
+
+  // Cholesky factor of the curvature H = I + (Z Lambda)' W (Z Lambda) at u
+  matrix block_curvature(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
+                         real phi, vector u) {
+    return curvature_cholesky(col(glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi), 2), ZL);
+  }
+
+  // Log of the integral over one block's random effects:
+  //   log integral p(y | eta_fixed + ZL * u) N(u | 0, I) du
+  // at the mode (block_mode): Laplace (n_agq == 1) or adaptive Gauss-Hermite.
+  real marginal_block_lpmf(array[] int y, array[] int trials, vector eta_fixed, matrix ZL,
+                           int family, real phi, int n_agq, vector gh_x, vector gh_logw,
+                           real tol, int max_iter) {
+    int q = cols(ZL);
+    vector[q + 1] mode = block_mode(y, trials, eta_fixed, ZL, family, phi, tol, max_iter);
+    vector[q] u = mode[1:q];
+    real h = mode[q + 1];
+    matrix[q, q] L_H = block_curvature(y, trials, eta_fixed, ZL, family, phi, u);
     if (n_agq == 1) {
       // Laplace: h(u_hat) - 1/2 log|H| (the (2 pi)^(q/2) factors cancel)
       return h - sum(log(diagonal(L_H)));
@@ -145,5 +156,28 @@ model {
     int e = s + block_size[g] - 1;
     target += marginal_block_lpmf(y[s:e] | trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi,
                                   n_agq, gh_x, gh_logw, newton_tol, newton_max_iter);
+  }
+}
+generated quantities {
+  // What glmer's results need at the optimum, from the same Newton solver as the likelihood
+  // (generated quantities are not evaluated by log_prob: free for the optimizer).
+  array[G] vector[q] b;                 // conditional modes of the random effects: Lambda * u_hat
+  array[G] matrix[q, q] b_cov;          // their conditional covariances: Lambda H^-1 Lambda'
+  {
+    matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);
+    real phi = family == 4 ? exp(log_shape[1]) : 1;
+    vector[N] eta_fixed = X * beta;
+    matrix[N, q] ZL = Zb * Lambda;
+    for (g in 1:G) {
+      int s = block_start[g];
+      int e = s + block_size[g] - 1;
+      vector[q + 1] mode = block_mode(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi,
+                                      newton_tol, newton_max_iter);
+      vector[q] u = mode[1:q];
+      matrix[q, q] W = mdivide_left_tri_low(
+          block_curvature(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi, u), Lambda');
+      b[g] = Lambda * u;
+      b_cov[g] = crossprod(W);
+    }
   }
 }

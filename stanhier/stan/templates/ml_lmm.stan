@@ -18,15 +18,16 @@
 //   * several grouping factors, crossed or nested, e.g. (1 | plate) + (1 | sample):
 //     a single stacked block holding every random effect (q = total count).
 functions {
-  // Lambda (q x q, lower triangular) from its free elements, as lme4's
-  // Lambda@x = theta[Lind]: element e sits at [lam_row[e], lam_col[e]].
-  matrix relative_factor(int q, vector theta, array[] int lam_row, array[] int lam_col,
-                         array[] int lam_par) {
-    matrix[q, q] Lambda = rep_matrix(0, q, q);
-    for (e in 1:size(lam_row)) {
-      Lambda[lam_row[e], lam_col[e]] = theta[lam_par[e]];
+{% include "ml_relative_factor.stan" %}
+
+  // Cholesky factor of one block's A = I + Lambda' Z'Z Lambda
+  matrix block_cholesky(matrix ZtZ_g, matrix Lambda, int lambda_diagonal) {
+    if (lambda_diagonal) {
+      // cheaper O(q^2) product when Lambda is diagonal (scalar terms and `||` terms)
+      vector[rows(Lambda)] lambda = diagonal(Lambda);
+      return cholesky_decompose(add_diag(diag_post_multiply(diag_pre_multiply(lambda, ZtZ_g), lambda), 1));
     }
-    return Lambda;
+    return cholesky_decompose(add_diag(quad_form_sym(ZtZ_g, Lambda), 1));
   }
 
   // Marginal log density of y (REML == 0) or the REML log-likelihood (REML == 1),
@@ -41,19 +42,11 @@ functions {
     int G = size(ZtZ);
     int q = rows(Lambda);
     int K = rows(beta);
-    vector[q] lambda = diagonal(Lambda);
     real quad = yty - 2 * dot_product(beta, Xty) + quad_form(XtX, beta);  // r'r
     real log_det_A = 0;
     matrix[K, K] XtVX = XtX;  // X' (I + Z Lambda Lambda' Z')^-1 X, for REML
     for (g in 1:G) {
-      matrix[q, q] A;
-      if (lambda_diagonal) {
-        // cheaper O(q^2) product when Lambda is diagonal (scalar terms and `||` terms)
-        A = add_diag(diag_post_multiply(diag_pre_multiply(lambda, ZtZ[g]), lambda), 1);
-      } else {
-        A = add_diag(quad_form_sym(ZtZ[g], Lambda), 1);
-      }
-      matrix[q, q] L_A = cholesky_decompose(A);
+      matrix[q, q] L_A = block_cholesky(ZtZ[g], Lambda, lambda_diagonal);
       vector[q] c = mdivide_left_tri_low(L_A, Lambda' * (Zty[g] - ZtX[g] * beta));
       quad -= dot_self(c);
       log_det_A += 2 * sum(log(diagonal(L_A)));
@@ -103,4 +96,21 @@ model {
   matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);
   target += marginal_gaussian_lpdf(yty | Xty, XtX, ZtZ, ZtX, Zty, N, REML, beta, Lambda,
                                    lambda_diagonal, sigma);
+}
+generated quantities {
+  // What lmer's results need at the optimum, computed by the same block algebra as the
+  // likelihood (generated quantities are not evaluated by log_prob: free for the optimizer).
+  // With W = L_A^-1 Lambda' (L_A L_A' = A) and r = Z'y - Z'X beta, per block:
+  array[G] vector[q] b;                // conditional modes of the random effects: W' W r
+  array[G] matrix[q, q] b_cov;         // their conditional covariances: sigma^2 W' W
+  matrix[K, K] XtVX = XtX;             // X' (I + Z Lambda Lambda' Z')^-1 X; vcov(beta) = sigma^2 XtVX^-1
+  {
+    matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);
+    for (g in 1:G) {
+      matrix[q, q] W = mdivide_left_tri_low(block_cholesky(ZtZ[g], Lambda, lambda_diagonal), Lambda');
+      b[g] = W' * (W * (Zty[g] - ZtX[g] * beta));
+      b_cov[g] = square(sigma) * crossprod(W);
+      XtVX -= crossprod(W * ZtX[g]);
+    }
+  }
 }
