@@ -147,6 +147,7 @@ def import_cycle(modules: dict[str, Module]) -> list[str] | None:
 def private_reads(modules: dict[str, Module]) -> list[str]:
     """``obj._x`` reads and ``from m import _x`` in a module that does not define ``_x``
     itself, of a private name another project module defines."""
+    top = min(modules, key=len)
     defined_by: dict[str, set[str]] = {}
     for m in modules.values():
         for n in m.private_defs:
@@ -157,9 +158,10 @@ def private_reads(modules: dict[str, Module]) -> list[str]:
             if isinstance(node, ast.Attribute) and _is_private(node.attr) and isinstance(node.ctx, ast.Load):
                 name = node.attr
             elif isinstance(node, ast.ImportFrom):
-                for alias in node.names:
-                    if _is_private(alias.name):
-                        out.append(f"{m.name}:{node.lineno}: from {node.module or '.'} import {alias.name}")
+                source = "." * node.level + (node.module or "")
+                if node.level or source.split(".")[0] == top:
+                    out += [f"{m.name}:{node.lineno}: from {source} import {alias.name}"
+                            for alias in node.names if _is_private(alias.name)]
                 continue
             else:
                 continue
@@ -235,3 +237,40 @@ def test_no_import_cycle(package):
 def test_no_private_name_read_from_another_module(package):
     found = private_reads(package)
     assert not found, "private names read across modules:\n" + "\n".join(found)
+
+
+# --------------------------------------------------------------------------- Stan names have one owner
+@pytest.mark.parametrize("formula, family, kwargs", [
+    ("y ~ x + (x | g) + (1 || h)", "gaussian", {}),
+    ("y ~ 0 + x + (x || g)", "poisson", {}),
+    ("y ~ x + (x | g)", "gaussian", {"sufficient_stats": True}),
+])
+def test_names_module_spells_the_programs_names(formula, family, kwargs):
+    """Every name stan/names.py makes for a model is declared by the rendered program
+    (the templates spell them too), and make_standata's keys are exactly the data block's."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+
+    from stanhier.stan import names
+    from stanhier.stan.codegen import build_model
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"y": rng.poisson(3, 40).astype(float), "x": rng.normal(size=40),
+                       "g": np.repeat(list("abcd"), 10), "h": np.tile(list("uv"), 20)})
+    spec = build_model(formula, df, family, **kwargs)
+    code = spec.code
+    data_block = code[code.index("data {"):code.index("\n}", code.index("data {"))]
+    declared = set(re.findall(r"(\w+)(?:\[[^\]]*\])?\s*;", data_block))
+    assert set(spec.standata()) == declared
+    table = names.make_names(spec)
+    stan_names = {e.stan for e in table.entries} | {names.LPRIOR}
+    if not spec.sufficient_stats:
+        for info in table.terms:
+            t = names.term(info.index)
+            stan_names |= {t.sd, t.z, t.r} | ({t.L, t.cor} if info.correlated and info.M > 1 else set())
+    if table.has_intercept:
+        stan_names |= {names.INTERCEPT, names.B_INTERCEPT}
+    for name in stan_names:
+        assert re.search(rf"\b{name}\b\s*(=|;|\[)", code) or re.search(rf"\b{name}\s*;", code), name

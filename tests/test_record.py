@@ -112,3 +112,25 @@ def test_fit_save_and_sh_load(fish_fit, tmp_path):
 
     fish_fit.save(tmp_path / "r")
     assert sh.load(tmp_path / "r").summary() == fish_fit.summary()
+
+
+def test_every_build_argument_is_recorded(sleep, tmp_path):
+    """collinear='drop' (and the other builder options) are stored and used again by load:
+    rebuilding with the default collinear='error' would refuse this data."""
+    import stanhier as sh
+    from conftest import quiet_brm
+
+    df = sleep.assign(Days2=2 * sleep["Days"])
+    f = "Reaction ~ Days + Days2 + (Days | Subject)"
+    with pytest.raises(sh.DataError, match="Days2"):
+        sh.make_standata(f, df)
+    fit = quiet_brm(f, data=df, chains=2, iter=300, seed=5, collinear="drop", na_action="raise")
+    assert list(fit.fixef().index) == ["Intercept", "Days"]
+    folder = save(fit, tmp_path / "drop")
+    rec = json.loads((folder / "record.json").read_text())
+    assert (rec["collinear"], rec["na_action"], rec["sufficient_stats"]) == ("drop", "raise", False)
+    assert "collinear='drop'" in rec["command"] and "na_action='raise'" in rec["command"]
+    again = load(folder)
+    assert again.summary() == fit.summary()
+    assert (again.spec.collinear, again.spec.na_action) == ("drop", "raise")
+    np.testing.assert_array_equal(again.posterior_epred(), fit.posterior_epred())
