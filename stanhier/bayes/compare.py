@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..errors import ArgumentError, DataError, StanhierWarning
 from .summary import summarise_draws, summary_frame

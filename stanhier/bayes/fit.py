@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import warnings
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -78,8 +77,11 @@ def make_idata(spec: ModelSpec, raw: RawSample, names: NameTable, draws: Posteri
 class BrmsFit:
     """A Bayesian fit (``brm``): draws, names, summaries and post-estimation.
 
-    Attributes: ``idata`` (ArviZ InferenceData), ``spec`` (the model), ``cache_hit``
-    (whether the compiled program came from the cache), ``sample_seconds``.
+    Attributes: ``spec`` (the model), ``raw`` (positional Stan draws and sampler
+    statistics), ``names`` (brms's names), ``draws`` (the draws read by meaning),
+    ``predictor`` (the prediction engine), ``idata`` (ArviZ InferenceData, made on first
+    use), ``cache_hit`` (whether the compiled program came from the cache),
+    ``sample_seconds``.
     """
 
     def __init__(self, spec: ModelSpec, raw: RawSample, *, backend: str, cache_hit: bool,

@@ -8,6 +8,9 @@
 
 Every function returns the matplotlib ``Figure``, saves it when ``path=`` is given,
 and attaches the plotted numbers as ``fig.stanhier_data`` so they can be checked.
+Fits are taken duck-typed, through their public API only (``posterior_epred``,
+``group_draws``, ``idata``, ``names``, ``spec``/``design``; ML fits: ``predict``,
+``ranef``), so this module imports no fit class.
 
 Example
 -------
