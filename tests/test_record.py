@@ -134,3 +134,17 @@ def test_every_build_argument_is_recorded(sleep, tmp_path):
     assert again.summary() == fit.summary()
     assert (again.spec.collinear, again.spec.na_action) == ("drop", "raise")
     np.testing.assert_array_equal(again.posterior_epred(), fit.posterior_epred())
+
+
+def test_sufficient_stats_fit_reloads_as_itself(sleep, tmp_path):
+    """A sufficient_stats fit comes back with the cross-product program and data, not the plain one
+    (whose Stan data would not match the saved model.data.json)."""
+    from conftest import quiet_brm
+
+    fit = quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=2, iter=300, seed=6,
+                    sufficient_stats=True)
+    folder = save(fit, tmp_path / "ss")
+    assert json.loads((folder / "record.json").read_text())["sufficient_stats"] is True
+    again = load(folder)
+    assert again.spec.sufficient_stats and "AtA" in again.standata()
+    assert again.stancode() == fit.stancode() and again.summary() == fit.summary()
