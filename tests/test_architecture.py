@@ -62,7 +62,14 @@ def _is_private(name: str) -> bool:
 
 
 def read_package(root: Path) -> dict[str, Module]:
-    """Parse every module of the package at ``root`` and resolve its project imports."""
+    """Parse every module of the package at ``root`` and resolve its project imports.
+
+    ``from .x import y`` is an edge to ``x.y`` when that is a module, else to ``x``;
+    ``from . import x`` to ``x``. The implicit import of parent packages (``import a.b.c``
+    first runs ``a/__init__`` and ``a/b/__init__``) is not an edge: the top-level
+    ``__init__`` re-exports the API, so every module would otherwise be on a cycle
+    through it, and Python initialises parents first anyway.
+    """
     modules: dict[str, Module] = {}
     for path in sorted(root.rglob("*.py")):
         name, is_pkg = _module_name(root, path)
