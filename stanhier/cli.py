@@ -35,7 +35,14 @@ from typing import Any, Sequence, TextIO
 import numpy as np
 import pandas as pd
 
-from .errors import ArgumentError, DataError, StanhierError
+from . import __version__
+from .api import brm, glmer, lmer, make_stancode, make_standata
+from .backends.base import SampleSettings
+from .errors import ArgumentError, DataError, StanhierError, StanhierWarning
+from .families import get_family
+from .model.formula import no_random_effects
+from .model.priors import prior
+from .record import load, read_record, save, write_stan_data
 
 __all__ = ["main", "build_parser", "parse_prior", "read_data", "example_data_path"]
 
@@ -62,8 +69,6 @@ def parse_prior(text: str):
     >>> parse_prior("lkj(2):cor").class_
     'cor'
     """
-    from .model.priors import prior
-
     text = text.strip()
     close = text.rfind(")")
     if close >= 0:
@@ -143,8 +148,6 @@ class _Warnings:
     def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
         seen = set(self.shown)
-        from .errors import StanhierWarning
-
         for w in self._caught:
             if issubclass(w.category, StanhierWarning) and str(w.message) not in seen:
                 seen.add(str(w.message))
@@ -167,11 +170,8 @@ def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, warned: "_W
     method = args.method
     if method == "ml":
         return _fit_ml(args, data, priors, command, out)
-    import stanhier as sh
-    from .record import save
-
     control = {"adapt_delta": args.adapt_delta, "max_treedepth": args.max_treedepth}
-    fit = sh.brm(args.formula, data=data, family=args.family, prior=priors or None,
+    fit = brm(args.formula, data=data, family=args.family, prior=priors or None,
                  chains=args.chains, iter=args.iter, warmup=args.warmup, thin=args.thin, seed=args.seed,
                  cores=args.cores, init=args.init, control=control, backend=args.backend,
                  progress=args.progress, data_name=data.attrs.get("name", "data"))
@@ -186,9 +186,6 @@ def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, warned: "_W
 
 
 def _ml_fit(formula: str, data: pd.DataFrame, family: str, reml: bool, nagq: int, backend: str):
-    from .families import get_family
-    from .ml.api import glmer, lmer
-
     if get_family(family).name == "gaussian":
         return lmer(formula, data, REML=reml, backend=backend)
     return glmer(formula, data, family=family, nAGQ=nagq, backend=backend)
@@ -201,8 +198,6 @@ def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, priors: list, command:
     text = str(fit)
     print(text, file=out)
     if args.out:
-        from .record import save
-
         save(fit, args.out, include_data=not args.no_data, command=command,
              input_file=None if args.command == "example" else args.data)
         print(f"\nRun record written to {args.out}", file=out)
@@ -210,9 +205,6 @@ def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, priors: list, command:
 
 
 def _stancode(args: argparse.Namespace, out: TextIO) -> int:
-    from .api import make_stancode, make_standata
-    from .record import write_stan_data
-
     data = read_data(args.data)
     priors = [parse_prior(p) for p in args.prior] or None
     code = make_stancode(args.formula, data, args.family, priors)
@@ -230,9 +222,7 @@ def _stancode(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _load_record(folder: str):
-    from .record import _read_record, load
-
-    return _read_record(Path(folder)), load(folder)
+    return read_record(folder), load(folder)
 
 
 def _summary(args: argparse.Namespace, out: TextIO) -> int:
@@ -245,9 +235,7 @@ def _predict(args: argparse.Namespace, out: TextIO) -> int:
     record, fit = _load_record(args.run)
     newdata = read_data(args.newdata)
     if record.get("kind") in ("lmer", "glmer"):  # point predictions from estimates and conditional modes
-        re_formula = args.re_formula
-        if re_formula is not None and re_formula.upper() in ("NA", "NONE", "~0"):
-            re_formula = "NA"
+        re_formula = "NA" if no_random_effects(args.re_formula) else args.re_formula
         values = fit.predict(newdata, re_formula=re_formula, type="response",
                              allow_new_levels=args.allow_new_levels)
         table = pd.DataFrame({"Estimate": np.asarray(values, float)})
@@ -257,7 +245,7 @@ def _predict(args: argparse.Namespace, out: TextIO) -> int:
     if args.allow_new_levels:
         kwargs["allow_new_levels"] = True
     if args.re_formula is not None:
-        kwargs["re_formula"] = "NA" if args.re_formula.upper() in ("NA", "NONE", "~0") else args.re_formula
+        kwargs["re_formula"] = "NA" if no_random_effects(args.re_formula) else args.re_formula
     if args.seed is not None:
         kwargs["seed"] = args.seed
     return _write_table(_as_table(method(**kwargs), len(newdata)), args, out)
@@ -290,15 +278,15 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("bayes", "ml"), default="bayes",
                    help="bayes: brm (NUTS); ml: lmer/glmer (maximum likelihood, marginalized model)")
     g = p.add_argument_group("bayes (brm) options")
-    g.add_argument("--chains", type=int, default=4)
-    g.add_argument("--iter", type=int, default=2000, help="warmup + sampling iterations per chain")
-    g.add_argument("--warmup", type=int, default=None, help="default iter // 2")
-    g.add_argument("--thin", type=int, default=1)
+    g.add_argument("--chains", type=int, default=SampleSettings.chains)
+    g.add_argument("--iter", type=int, default=SampleSettings.iter, help="warmup + sampling iterations per chain")
+    g.add_argument("--warmup", type=int, default=SampleSettings.warmup, help="default iter // 2")
+    g.add_argument("--thin", type=int, default=SampleSettings.thin)
     g.add_argument("--seed", type=int, default=None, help="random seed (same seed -> same draws)")
     g.add_argument("--cores", type=int, default=None)
     g.add_argument("--init", type=float, default=None, help="inits uniform(-r, r) on the unconstrained scale")
-    g.add_argument("--adapt-delta", type=float, default=0.8)
-    g.add_argument("--max-treedepth", type=int, default=10)
+    g.add_argument("--adapt-delta", type=float, default=SampleSettings.adapt_delta)
+    g.add_argument("--max-treedepth", type=int, default=SampleSettings.max_treedepth)
     g.add_argument("--progress", action="store_true", help="show Stan's progress")
     g2 = p.add_argument_group("ml (lmer/glmer) options")
     g2.add_argument("--ml", action="store_true", help="lmer: maximum likelihood instead of REML")
@@ -314,8 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     >>> build_parser().parse_args(["summary", "runs/fish"]).run
     'runs/fish'
     """
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="stanhier", description=(
         "Hierarchical regression with brms/lme4 formulas on Stan: Bayesian fits (NUTS) and "
         "maximum-likelihood fits on the marginalized model, with reproducible run records."))

@@ -17,8 +17,13 @@ reproduce a fit:
 ``diagnostics.json``   divergences, tree-depth hits, Rhat, ESS and the warnings
 =====================  =========================================================
 
-:func:`load` restores a working :class:`~stanhier.fit.BrmsFit` from the folder:
-it rebuilds the model (formula, data, family, priors: no compiling) and reads
+:func:`save` and :func:`load` dispatch on the kind of fit (``brm``, ``lmer``,
+``glmer``); the files themselves are written and read by :mod:`stanhier.recordfiles`,
+which ``fit.save`` uses too. :func:`load` restores a working
+:class:`~stanhier.bayes.fit.BrmsFit` from the folder:
+it rebuilds the model with the builder ``brm`` uses and every recorded build
+argument (formula, data, family, priors, ``parameterization``, ``na_action``,
+``collinear``, ``sufficient_stats``: no compiling) and reads
 the saved draws (no sampling), so summaries, ``fixef``, ``ranef`` and
 predictions are exactly those of the saved fit.
 
@@ -37,163 +42,29 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import io
 import json
-import platform
-import sys
 import warnings
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import ArgumentError, DataError, StanhierError, StanhierWarning
+from .backends.base import RawSample, SampleSettings
+from .bayes.fit import BrmsFit
+from .errors import ArgumentError, DataError, StanhierWarning
+from .families import get_family
 from .ml.api import fit_ml
 from .ml.fit import MerFit, MLCall
+from .model.design import as_dataframe
+from .model.priors import Prior
+from .recordfiles import (BUILD_DEFAULTS, RECORD_FORMAT, canonical_csv, data_sha256, package_versions,
+                          prepare_folder, python_call, read_record, restore_dtypes, stan_version, to_jsonable,
+                          write_brm_record, write_stan_data)
+from .stan.codegen import build_model
 
 __all__ = ["save", "load", "to_jsonable", "write_stan_data", "data_sha256", "package_versions",
-           "python_call", "RECORD_FORMAT"]
-
-#: version of the folder layout; ``load`` refuses newer formats
-RECORD_FORMAT = 1
-
-_PACKAGES = ("stanhier", "numpy", "pandas", "scipy", "formulaic", "arviz", "xarray", "pystan",
-             "httpstan", "cmdstanpy")
-
-
-# ------------------------------------------------------------------ helpers
-def to_jsonable(value: Any) -> Any:
-    """Numpy values to plain Python: arrays to (nested) lists, numpy scalars to numbers.
-
-    Matrices become lists of rows, which is what CmdStan's JSON reader expects.
-
-    >>> to_jsonable({"N": np.int64(2), "X": np.array([[1.0, 2.0], [3.0, 4.0]])})
-    {'N': 2, 'X': [[1.0, 2.0], [3.0, 4.0]]}
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def write_stan_data(data: Mapping[str, Any], path: str | Path) -> Path:
-    """Write a Stan data dict as JSON readable by CmdStan, cmdstanpy, pystan and BridgeStan.
-
-    >>> import tempfile, os
-    >>> p = write_stan_data({"N": 1, "y": np.array([0.5])}, os.path.join(tempfile.mkdtemp(), "d.json"))
-    >>> p.read_text()
-    '{"N": 1, "y": [0.5]}'
-    """
-    path = Path(path)
-    path.write_text(json.dumps(to_jsonable(data)))
-    return path
-
-
-def _canonical_csv(df: pd.DataFrame) -> bytes:
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, lineterminator="\n")
-    return buf.getvalue().encode("utf-8")
-
-
-def data_sha256(data: pd.DataFrame | bytes | str | Path) -> str:
-    """sha256 of a data set: of a file's bytes (path), raw bytes, or a DataFrame's CSV text.
-
-    >>> data_sha256(b"")[:12]
-    'e3b0c44298fc'
-    """
-    if isinstance(data, pd.DataFrame):
-        raw = _canonical_csv(data)
-    elif isinstance(data, bytes):
-        raw = data
-    else:
-        raw = Path(data).read_bytes()
-    return hashlib.sha256(raw).hexdigest()
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python, stanhier and the packages a fit's numbers depend on.
-
-    >>> "numpy" in package_versions()
-    True
-    """
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = ""
-    out["stan (httpstan)"] = _httpstan_stan_version()
-    return out
-
-
-def _httpstan_stan_version() -> str:
-    """The Stan library version bundled with httpstan (from its ``stan/version.hpp``)."""
-    import importlib.util
-    import re
-
-    spec = importlib.util.find_spec("httpstan")
-    if spec is None or not spec.submodule_search_locations:
-        return ""
-    header = Path(list(spec.submodule_search_locations)[0]) / "include" / "stan" / "version.hpp"
-    try:
-        text = header.read_text()
-    except OSError:
-        return ""
-    parts = [re.search(rf"#define STAN_{k} (\d+)", text) for k in ("MAJOR", "MINOR", "PATCH")]
-    return ".".join(m.group(1) for m in parts) if all(parts) else ""
-
-
-def _stan_version(backend: str) -> str:
-    try:
-        from .backends import get_backend
-
-        return str(get_backend(backend).stan_version)
-    except Exception:  # noqa: BLE001 - a record is still useful without it
-        return ""
-
-
-def _settings_dict(settings: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(settings)
-    init = d.get("init")
-    try:
-        json.dumps(to_jsonable(init))
-        d["init"] = to_jsonable(init)
-    except TypeError:
-        d["init"] = repr(init)
-    return d
-
-
-def python_call(fit: Any) -> str:
-    """The ``sh.brm(...)`` call that reproduces ``fit`` (data given by its name).
-
-    >>> python_call  # doctest: +ELLIPSIS
-    <function python_call at ...>
-    """
-    spec, s = fit.spec, fit.raw.settings
-    priors = [p for p in spec.priors.user]
-    args = [repr(spec.design.formula.text), f"data={fit.data_name}", f"family={spec.family.name!r}"]
-    if priors:
-        ptxt = ", ".join(f"sh.prior({p.text!r}, class_={p.class_!r}"
-                         + (f", coef={p.coef!r}" if p.coef else "")
-                         + (f", group={p.group!r}" if p.group else "") + ")" for p in priors)
-        args.append(f"prior=[{ptxt}]")
-    args += [f"chains={s.chains}", f"iter={s.iter}", f"warmup={s.warmup}", f"thin={s.thin}",
-             f"seed={s.seed}"]
-    if s.init is not None:
-        args.append(f"init={s.init!r}")
-    if s.adapt_delta != 0.8 or s.max_treedepth != 10:
-        args.append(f"control={{'adapt_delta': {s.adapt_delta}, 'max_treedepth': {s.max_treedepth}}}")
-    args.append(f"backend={fit.backend!r}")
-    if spec.parameterization != "noncentered":
-        args.append(f"parameterization={spec.parameterization!r}")
-    return f"sh.brm({', '.join(args)})"
+           "python_call", "read_record", "RECORD_FORMAT"]
 
 
 # ------------------------------------------------------------------ save
@@ -203,8 +74,8 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
 
     Parameters
     ----------
-    fit : BrmsFit
-        A fit from ``sh.brm``.
+    fit : BrmsFit or MerFit
+        A fit from ``sh.brm``, ``sh.lmer`` or ``sh.glmer``.
     path : str or Path
         The folder; files of an earlier record there are replaced (``overwrite=True``).
     include_data : bool
@@ -212,7 +83,7 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
         data is passed to it again).
     command : str, optional
         The call to record (the CLI passes its command line); default: the
-        equivalent ``sh.brm(...)`` call.
+        equivalent ``sh.brm(...)`` / ``sh.lmer(...)`` call.
     input_file : str or Path, optional
         The data file the fit read, whose sha256 is recorded too.
     overwrite : bool
@@ -228,81 +99,13 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
     >>> save(fit, "runs/fish")              # doctest: +SKIP
     PosixPath('runs/fish')
     """
-    from .bayes.fit import BrmsFit
-
-    if not isinstance(fit, (BrmsFit, MerFit)):
+    if isinstance(fit, BrmsFit):
+        return write_brm_record(fit, path, include_data=include_data, command=command, input_file=input_file,
+                                overwrite=overwrite)
+    if not isinstance(fit, MerFit):
         raise ArgumentError(f"save() takes a fit from sh.brm, sh.lmer or sh.glmer, got {type(fit).__name__}.")
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ArgumentError(f"{str(out)!r} exists and is not a folder; give a folder for the run record.")
-    if (out / "record.json").exists() and not overwrite:
-        raise ArgumentError(f"{str(out)!r} already holds a run record; pass overwrite=True or another folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    if isinstance(fit, MerFit):
-        return _save_ml(fit, out, include_data=include_data, command=command, input_file=input_file)
-    spec, raw = fit.spec, fit.raw
-    data = spec.design.data
-    csv_bytes = _canonical_csv(data)
-    standata = to_jsonable(spec.standata())
-    standata_text = json.dumps(standata)
-
-    # program and data first: they are useful even if something later fails
-    (out / "model.stan").write_text(spec.code)
-    (out / "model.data.json").write_text(standata_text)
-    spec.priors.table().to_csv(out / "priors.csv", index=False)
-    if include_data:
-        (out / "data.csv").write_bytes(csv_bytes)
-    elif (out / "data.csv").exists():
-        (out / "data.csv").unlink()
-
-    arrays = {f"draw:{k}": np.asarray(v) for k, v in raw.draws.items()}
-    arrays.update({f"stat:{k}": np.asarray(v) for k, v in raw.stats.items()})
-    np.savez_compressed(out / "stan_draws.npz", **arrays)
-    nc = out / "draws.nc"
-    if nc.exists():
-        nc.unlink()
-    fit.idata.to_netcdf(str(nc))
-
-    summary = fit.summary()
-    (out / "summary.txt").write_text(summary + ("" if summary.endswith("\n") else "\n"))
-    diag = {**fit.diagnostics(), "messages": fit.diagnostic_messages(), "sample_seconds": raw.seconds}
-    (out / "diagnostics.json").write_text(json.dumps(to_jsonable(diag), indent=1))
-
-    call = command or python_call(fit)
-    (out / "command.txt").write_text(call + "\n")
-    dtypes = {c: str(t) for c, t in data.dtypes.items()}
-    categories = {c: [to_jsonable(x) for x in data[c].cat.categories]
-                  for c in data.columns if isinstance(data[c].dtype, pd.CategoricalDtype)}
-    record = {
-        "format": RECORD_FORMAT,
-        "kind": "brm",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": call,
-        "formula": spec.design.formula.text,
-        "family": spec.family.name,
-        "link": spec.family.link,
-        "priors": [{"dist": p.dist, "args": list(p.args), "class": p.class_, "coef": p.coef,
-                    "group": p.group, "text": p.text} for p in spec.priors.user],
-        "parameterization": spec.parameterization,
-        "seed": raw.settings.seed,
-        "settings": _settings_dict(raw.settings),
-        "backend": fit.backend,
-        "stan_version": _stan_version(fit.backend),
-        "versions": package_versions(),
-        "data_name": fit.data_name,
-        "data": {"rows": int(len(data)), "columns": list(map(str, data.columns)), "dtypes": dtypes,
-                 "categories": categories, "sha256": hashlib.sha256(csv_bytes).hexdigest(),
-                 "included": bool(include_data), "rows_dropped": int(spec.design.n_dropped)},
-        "stan_data_sha256": hashlib.sha256(standata_text.encode()).hexdigest(),
-        "program_sha256": hashlib.sha256(spec.code.encode()).hexdigest(),
-        "sample_seconds": raw.seconds,
-        "compile_seconds": fit.compile_seconds,
-        "files": sorted(p.name for p in out.iterdir()) + ["record.json"],
-    }
-    if input_file is not None:
-        record["input_file"] = {"path": str(input_file), "sha256": data_sha256(Path(input_file))}
-    (out / "record.json").write_text(json.dumps(to_jsonable(record), indent=1))
-    return out
+    out = prepare_folder(path, overwrite)
+    return _save_ml(fit, out, include_data=include_data, command=command, input_file=input_file)
 
 
 def _ml_call(fit: MerFit) -> str:
@@ -338,7 +141,7 @@ def _save_ml(fit: MerFit, out: Path, *, include_data: bool, command: str | None,
     """Run record of an ML fit: program, data, estimates, summary, diagnostics, versions,
     every build argument (``build``) and the categories of categorical columns."""
     data = fit.design.data
-    csv_bytes = _canonical_csv(data)
+    csv_bytes = canonical_csv(data)
     standata_text = json.dumps(to_jsonable(fit.standata()))
     (out / "model.stan").write_text(fit.stancode())
     (out / "model.data.json").write_text(standata_text)
@@ -362,7 +165,7 @@ def _save_ml(fit: MerFit, out: Path, *, include_data: bool, command: str | None,
         "REML": bool(fit.REML), "nAGQ": int(fit.nAGQ), "na_action": fit.call.na_action,
         "collinear": fit.call.collinear, "control": dict(fit.call.control),
         "backend": fit.model.backend, "build": build,
-        "stan_version": _stan_version(fit.model.backend),
+        "stan_version": stan_version(fit.model.backend),
         "versions": package_versions(), "data_name": fit.data_name,
         "data": {"rows": int(len(data)), "columns": list(map(str, data.columns)),
                  "dtypes": {c: str(t) for c, t in data.dtypes.items()}, "categories": _categories(data),
@@ -396,7 +199,7 @@ def _load_ml(folder: Path, record: dict[str, Any], df: pd.DataFrame) -> MerFit:
     """Rebuild with the recorded arguments (the same builder as ``lmer``/``glmer``) at the
     recorded optimum and check the log-likelihood there is the recorded one."""
     est = record["estimates"]
-    df = _restore_dtypes(df.copy(), record)  # the recorded categories, also for data passed to load
+    df = restore_dtypes(df.copy(), record)  # the recorded categories, also for data passed to load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanhierWarning)
         try:
@@ -420,38 +223,13 @@ def _load_ml(folder: Path, record: dict[str, Any], df: pd.DataFrame) -> MerFit:
 
 
 # ------------------------------------------------------------------ load
-def _read_record(folder: Path) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise DataError(f"No run record at {str(folder)!r}: it is not a folder.")
-    rec_path = folder / "record.json"
-    if not rec_path.exists():
-        raise DataError(f"{str(folder)!r} is not a stanhier run record (no record.json); "
-                        "make one with fit.save(folder) or 'stanhier fit ... --out folder'.")
-    record = json.loads(rec_path.read_text())
-    if int(record.get("format", 0)) > RECORD_FORMAT:
-        raise DataError(f"Run record {str(folder)!r} has format {record['format']}, newer than this "
-                        f"stanhier reads ({RECORD_FORMAT}); upgrade stanhier.")
-    return record
-
-
-def _restore_dtypes(df: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
-    info = record.get("data", {})
-    for col, cats in info.get("categories", {}).items():
-        if col in df.columns:
-            df[col] = pd.Categorical(df[col], categories=cats)
-    for col, dtype in info.get("dtypes", {}).items():
-        if col in df.columns and dtype in ("bool",) and df[col].dtype != bool:
-            df[col] = df[col].astype(bool)
-    return df
-
-
 def load(path: str | Path, data: Any = None) -> Any:
     """Restore a fit from a run record.
 
     Bayesian fits come back without compiling or sampling (the saved draws). ML fits
-    (``lmer``/``glmer``) are rebuilt with every recorded build argument and the recorded
-    factor levels, at the recorded optimum (no optimizing; a fraction of a second with the
-    compiled program cached), and the log-likelihood there is checked against the recorded one.
+    (``lmer``/``glmer``) are restored by re-running the deterministic optimizer from
+    the recorded optimum (a fraction of a second with the compiled program cached),
+    and the log-likelihood is checked against the recorded one.
 
     ``data``: the fit's data, needed only if the record was saved with
     ``include_data=False`` (it must hash to the recorded sha256).
@@ -464,24 +242,16 @@ def load(path: str | Path, data: Any = None) -> Any:
     >>> fit = load("runs/fish")        # doctest: +SKIP
     >>> print(fit)                     # doctest: +SKIP
     """
-    from .backends.base import RawSample, SampleSettings
-    from .stan.codegen import build_model
-    from .families import get_family
-    from .bayes.fit import BrmsFit
-    from .model.priors import Prior
-
     folder = Path(path)
-    record = _read_record(folder)
+    record = read_record(folder)
     if record.get("kind", "brm") not in ("brm", "lmer", "glmer"):
         raise DataError(f"Run record {str(folder)!r} holds a {record.get('kind')!r} fit, which load() does not know.")
     if data is None:
         if not (folder / "data.csv").exists():
             raise DataError(f"Run record {str(folder)!r} was saved without its data (include_data=False); "
                             "pass the data: load(folder, data=df).")
-        df = _restore_dtypes(pd.read_csv(folder / "data.csv"), record)
+        df = restore_dtypes(pd.read_csv(folder / "data.csv"), record)
     else:
-        from .model.design import as_dataframe
-
         df = as_dataframe(data)
     if data is None and data_sha256(folder / "data.csv") != record["data"]["sha256"]:
         raise DataError(f"data.csv in run record {str(folder)!r} does not match its recorded sha256: "
@@ -496,7 +266,8 @@ def load(path: str | Path, data: Any = None) -> Any:
                     coef=p.get("coef", ""), group=p.get("group", "")) for p in record.get("priors", [])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanhierWarning)
-        spec = build_model(record["formula"], df, fam, priors, record.get("parameterization", "noncentered"))
+        spec = build_model(record["formula"], df, fam, priors, record.get("parameterization", "noncentered"),
+                           **{k: record.get(k, v) for k, v in BUILD_DEFAULTS.items()})
 
     stan_data_text = json.dumps(to_jsonable(spec.standata()))
     if hashlib.sha256(stan_data_text.encode()).hexdigest() != record.get("stan_data_sha256"):
@@ -520,10 +291,3 @@ def load(path: str | Path, data: Any = None) -> Any:
     fit.record = record  # type: ignore[attr-defined]
     fit.record_path = folder  # type: ignore[attr-defined]
     return fit
-
-
-def _is_record(path: str | Path) -> bool:
-    try:
-        return (Path(path) / "record.json").exists()
-    except (OSError, StanhierError):
-        return False

@@ -165,8 +165,29 @@ def test_predict_types_and_population_level(fish_fit, fish, tmp_path):
     ref = fish_fit.fitted(newdata=new, re_formula="NA")
     np.testing.assert_allclose(pop["Estimate"].to_numpy(), np.asarray(ref["Estimate"] if isinstance(ref, pd.DataFrame)
                                                                       else np.asarray(ref)[:, 0]), rtol=1e-12)
+    # every spelling of "no group-level terms" gives the same population-level predictions
+    for spelling in ("~0", "none", "~ NA"):
+        code, out_s, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv"),
+                                "--re-formula", spelling])
+        assert code == 0 and out_s == out, (spelling, err)
     code, out, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv"), "--type", "predict",
                           "--seed", "1"])
     assert code == 0, err
     pred = pd.read_csv(io.StringIO(out))
     assert len(pred) == 4 and (pred["Estimate"] >= 0).all()
+
+
+def test_sampler_defaults_are_brms_and_shared():
+    """brms's defaults (chains = 4, iter = 2000, warmup = iter / 2, thin = 1, adapt_delta = 0.8,
+    max_treedepth = 10) in the CLI, in brm's signature and in the settings made from them."""
+    import inspect
+
+    from stanhier.backends.base import SampleSettings
+
+    brms = {"chains": 4, "iter": 2000, "thin": 1, "adapt_delta": 0.8, "max_treedepth": 10}
+    args = build_parser().parse_args(["fit", "y ~ x", "--data", "d.csv"])
+    assert {k: getattr(args, k) for k in brms} == brms and args.warmup is None
+    sig = inspect.signature(sh.brm).parameters
+    assert {k: sig[k].default for k in ("chains", "iter", "thin")} == {k: brms[k] for k in ("chains", "iter", "thin")}
+    s = SampleSettings()
+    assert {k: getattr(s, k) for k in brms} == brms and s.warmup == 1000

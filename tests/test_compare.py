@@ -23,11 +23,18 @@ def sleep_loo(sleep_fit):
 
 @pytest.fixture(scope="module")
 def sleep_fit_nodays(sleep):
-    """Same Stan program as sleep_fit (gaussian, one correlated term): no compile, ~5 s of sampling.
+    """An intercept-only population part (``b`` has zero columns), same Stan program as
+    sleep_fit (gaussian, intercept, one correlated term): no compile, a few seconds of sampling."""
+    return quiet_brm("Reaction ~ 1 + (Days | Subject)", data=sleep, chains=2, iter=1000, warmup=500, seed=2)
 
-    (An intercept-only fixed part, ``Reaction ~ 1 + (Days | Subject)``, currently fails in
-    ``BrmsFit._fixed_draws`` when ``b`` has zero columns.)"""
-    return quiet_brm("Reaction ~ np.sqrt(Days) + (Days | Subject)", data=sleep, chains=2, iter=1000, warmup=500, seed=2)
+
+@pytest.fixture(scope="module")
+def sleep_fit_outlier(sleep):
+    """sleepstudy with one gross outlier (row 0 moved up by 40 residual SDs): its Pareto k is
+    far above any threshold, whatever the draws. Same program as sleep_fit."""
+    df = sleep.copy()
+    df.loc[0, "Reaction"] += 1000.0
+    return quiet_brm("Reaction ~ Days + (Days | Subject)", data=df, chains=2, iter=1000, warmup=500, seed=4)
 
 
 def test_loo_agrees_with_pointwise_loglik(sleep_fit, sleep_loo):
@@ -58,34 +65,59 @@ def test_waic_close_to_loo(sleep_fit, sleep_loo):
         assert sleep_fit.waic().elpd_waic == pytest.approx(w.elpd_waic)
 
 
-def test_pareto_k_warning_is_surfaced(fish_fit):
+def test_intercept_only_population_part(sleep_fit_nodays, sleep):
+    """``y ~ 1 + (x | g)``: b has no columns; every method still works and agrees with the draws."""
+    fit = sleep_fit_nodays
+    assert fit.raw.draws["b"].shape[-1] == 0
+    b0 = np.asarray(fit.idata.posterior["b_Intercept"]).ravel()
+    np.testing.assert_array_equal(fit.fixed_draws(), b0[:, None])
+    assert list(fit.fixef().index) == ["Intercept"]
+    r = np.asarray(fit.idata.posterior["r_Subject"]).reshape(b0.size, 18, 2)
+    levels = [str(v) for v in fit.idata.posterior["r_Subject"]["Subject"].values]
+    j = np.array([levels.index(str(v)) for v in sleep["Subject"]])
+    days = sleep["Days"].to_numpy(float)
+    np.testing.assert_allclose(fit.posterior_epred(), b0[:, None] + r[:, j, 0] + r[:, j, 1] * days, rtol=1e-10)
+    np.testing.assert_allclose(fit.posterior_epred(sleep.iloc[:3], re_formula="NA"), np.repeat(b0[:, None], 3, 1))
+    coef = fit.coef()["Subject"]
+    np.testing.assert_allclose(coef[("Intercept", "Estimate")], (b0[:, None] + r[:, :, 0]).mean(0))
+    assert hypothesis(fit, "Intercept > 200").iloc[0]["Post.Prob"] == pytest.approx(np.mean(b0 > 200))
+    assert "Population-Level Effects" in fit.summary() and "Intercept" in fit.summary()
+
+
+def test_pareto_k_warning_names_the_outlier(sleep_fit_outlier):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = loo(fish_fit, name="fish")
+        res = loo(sleep_fit_outlier, name="outlier")
+    S = 2 * 500
+    threshold = min(1 - 1 / np.log10(S), 0.7)  # Vehtari et al. (2024): 0.67 for 1000 draws
     k = np.asarray(res.pareto_k)
-    bad = int(np.sum(k > res.good_k))
+    assert k[0] > 1  # the outlier: importance sampling fails for it
+    bad = np.flatnonzero(k > threshold)
     msgs = [str(w.message) for w in caught if issubclass(w.category, sh.StanhierWarning)]
-    if bad:
-        assert any(f"Found {bad} observation(s) with a pareto_k" in m and "'fish'" in m for m in msgs)
-    else:  # pragma: no cover - depends on the draws; the seeds make it deterministic
-        assert not any("pareto_k" in m for m in msgs)
+    assert len(msgs) == 1, msgs
+    assert f"Found {bad.size} observation(s) with a pareto_k > {threshold:.2g} in model 'outlier'" in msgs[0]
+    assert f"(rows {', '.join(map(str, bad[:10]))}" in msgs[0] and "(rows 0" in msgs[0]
 
 
 def test_loo_compare(sleep_fit, sleep_fit_nodays, sleep_loo):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tab = loo_compare(sleep_fit, sleep_fit_nodays, names=["days", "sqrtdays"])
+        tab = loo_compare(sleep_fit_nodays, sleep_fit, names=["nodays", "days"])
         l2 = loo(sleep_fit_nodays)
-    assert list(tab.index) == ["days", "sqrtdays"] or list(tab.index) == ["sqrtdays", "days"]
-    best, other = tab.index
+    # the order and differences follow from the two loo results computed separately
+    elpd = {"days": sleep_loo.elpd_loo, "nodays": l2.elpd_loo}
+    best, other = sorted(elpd, key=elpd.get, reverse=True)
+    assert list(tab.index) == [best, other]
     assert tab.loc[best, "elpd_diff"] == 0 and tab.loc[best, "se_diff"] == 0
-    d = np.asarray(l2.loo_i) - np.asarray(sleep_loo.loo_i)
-    if best == "sqrtdays":
-        d = -d
-    assert tab.loc[other, "elpd_diff"] == pytest.approx(d.sum())
+    assert tab.loc[other, "elpd_diff"] == pytest.approx(elpd[other] - elpd[best], rel=1e-9)
+    pts = {"days": np.asarray(sleep_loo.loo_i), "nodays": np.asarray(l2.loo_i)}
+    d = pts[other] - pts[best]
     assert tab.loc[other, "se_diff"] == pytest.approx(np.sqrt(len(d) * np.var(d)))
-    assert tab.loc["days", "elpd_loo"] == pytest.approx(sleep_loo.elpd_loo)
-    assert tab.loc["days", "looic"] == pytest.approx(-2 * sleep_loo.elpd_loo)
+    assert tab.loc[other, "elpd_diff"] < 0
+    for name, res in (("days", sleep_loo), ("nodays", l2)):
+        assert tab.loc[name, "elpd_loo"] == pytest.approx(res.elpd_loo)
+        assert tab.loc[name, "looic"] == pytest.approx(-2 * res.elpd_loo)
+        assert tab.loc[name, "p_loo"] == pytest.approx(res.p_loo)
     with pytest.raises(sh.ArgumentError):
         loo_compare(sleep_fit)
 

@@ -112,3 +112,39 @@ def test_fit_save_and_sh_load(fish_fit, tmp_path):
 
     fish_fit.save(tmp_path / "r")
     assert sh.load(tmp_path / "r").summary() == fish_fit.summary()
+
+
+def test_every_build_argument_is_recorded(sleep, tmp_path):
+    """collinear='drop' (and the other builder options) are stored and used again by load:
+    rebuilding with the default collinear='error' would refuse this data."""
+    import stanhier as sh
+    from conftest import quiet_brm
+
+    df = sleep.assign(Days2=2 * sleep["Days"])
+    f = "Reaction ~ Days + Days2 + (Days | Subject)"
+    with pytest.raises(sh.DataError, match="Days2"):
+        sh.make_standata(f, df)
+    fit = quiet_brm(f, data=df, chains=2, iter=300, seed=5, collinear="drop", na_action="raise")
+    assert list(fit.fixef().index) == ["Intercept", "Days"]
+    folder = save(fit, tmp_path / "drop")
+    rec = json.loads((folder / "record.json").read_text())
+    assert (rec["collinear"], rec["na_action"], rec["sufficient_stats"]) == ("drop", "raise", False)
+    assert "collinear='drop'" in rec["command"] and "na_action='raise'" in rec["command"]
+    again = load(folder)
+    assert again.summary() == fit.summary()
+    assert (again.spec.collinear, again.spec.na_action) == ("drop", "raise")
+    np.testing.assert_array_equal(again.posterior_epred(), fit.posterior_epred())
+
+
+def test_sufficient_stats_fit_reloads_as_itself(sleep, tmp_path):
+    """A sufficient_stats fit comes back with the cross-product program and data, not the plain one
+    (whose Stan data would not match the saved model.data.json)."""
+    from conftest import quiet_brm
+
+    fit = quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=2, iter=300, seed=6,
+                    sufficient_stats=True)
+    folder = save(fit, tmp_path / "ss")
+    assert json.loads((folder / "record.json").read_text())["sufficient_stats"] is True
+    again = load(folder)
+    assert again.spec.sufficient_stats and "AtA" in again.standata()
+    assert again.stancode() == fit.stancode() and again.summary() == fit.summary()

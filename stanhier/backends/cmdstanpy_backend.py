@@ -122,7 +122,7 @@ class _CmdStanModel(CompiledModel):
         chains = settings.chains
         for name, values in fit.stan_variables().items():
             arr = np.asarray(values)
-            draws[name] = arr.reshape((chains, -1) + arr.shape[1:])
+            draws[name] = arr.reshape((chains, arr.shape[0] // chains) + arr.shape[1:])  # also size-0 b
         method = fit.method_variables()
         stats = {k: np.asarray(method[k]).T for k in SAMPLER_STATS if k in method}
         return RawSample(draws=draws, stats=stats, settings=settings, seconds=seconds)

@@ -11,17 +11,18 @@ True
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from ..backends import SampleSettings, get_backend
-from ..stan.codegen import ModelSpec, build_model
-from ..model.design import data_label
-from ..errors import ArgumentError
+from ..errors import ArgumentError, StanhierWarning
 from ..families import Family
-from .fit import BrmsFit
+from ..model.design import data_label
 from ..model.priors import Prior
+from ..stan.codegen import ModelSpec, build_model
+from .fit import BrmsFit
 
 __all__ = ["brm", "make_stancode", "make_standata", "get_prior"]
 
@@ -69,15 +70,17 @@ def _control(control: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
-        prior: Sequence[Prior] | Prior | None = None, chains: int = 4, iter: int = 2000,
-        warmup: int | None = None, thin: int = 1, seed: int | None = None, cores: int | None = None,
-        init: Any = None, control: Mapping[str, Any] | None = None, backend: str = "auto",
+        prior: Sequence[Prior] | Prior | None = None, chains: int = SampleSettings.chains,
+        iter: int = SampleSettings.iter, warmup: int | None = SampleSettings.warmup,
+        thin: int = SampleSettings.thin, seed: int | None = None,
+        cores: int | None = None, init: Any = None, control: Mapping[str, Any] | None = None, backend: str = "auto",
         parameterization: str = "noncentered", progress: bool = True, na_action: str = "drop",
         collinear: str = "error", sufficient_stats: bool = False,
         data_name: str | None = None) -> BrmsFit:
     """Fit a Bayesian hierarchical model with Stan's NUTS, as brms's ``brm``.
 
-    Arguments follow brms: ``chains``, ``iter`` (warmup + sampling per chain),
+    Arguments follow brms (the sampler's defaults are those of
+    :class:`~stanhier.backends.base.SampleSettings`): ``chains``, ``iter`` (warmup + sampling per chain),
     ``warmup`` (default ``iter // 2``), ``thin``, ``seed``, ``cores``, ``init``
     (None: uniform(-2, 2) unconstrained; a number r: uniform(-r, r); dict(s)),
     ``control={"adapt_delta": 0.95, "max_treedepth": 12}``. Same seed and backend
@@ -100,8 +103,9 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     """
     ctrl = _control(control)
     settings = SampleSettings(chains=chains, iter=iter, warmup=warmup, thin=thin, seed=seed, cores=cores,
-                              init=init, adapt_delta=ctrl.get("adapt_delta", 0.8),
-                              max_treedepth=ctrl.get("max_treedepth", 10), progress=progress)
+                              init=init, adapt_delta=ctrl.get("adapt_delta", SampleSettings.adapt_delta),
+                              max_treedepth=ctrl.get("max_treedepth", SampleSettings.max_treedepth),
+                              progress=progress)
     spec: ModelSpec = build_model(formula, data, family, prior, parameterization, na_action=na_action,
                                   collinear=collinear, sufficient_stats=sufficient_stats)
     be = get_backend(backend)
@@ -109,5 +113,6 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     raw = model.sample(spec.standata(), settings)
     fit = BrmsFit(spec, raw, backend=be.name, cache_hit=model.cache_hit,
                   compile_seconds=model.compile_seconds, data_name=data_name or data_label(data))
-    fit._warn_diagnostics()
+    for msg in fit.diagnostic_messages():
+        warnings.warn(msg, StanhierWarning, stacklevel=2)
     return fit

@@ -1,5 +1,9 @@
-"""Model checking and comparison: ``loo``, ``waic``, ``loo_compare``, ``bayes_R2``,
-``hypothesis`` (Bayesian fits) and ``anova`` (likelihood-ratio tests of ML fits).
+"""Model checking and comparison of Bayesian fits: ``loo``, ``waic``, ``loo_compare``,
+``bayes_R2``, ``hypothesis`` (likelihood-ratio tests of ML fits: :mod:`stanhier.ml.anova`).
+
+Every function takes a fit duck-typed and uses only its public API (``idata``,
+``log_lik()``, ``posterior_epred()``, ``fixed_draws()``, ``spec``), so this module does
+not import the fit class.
 
 Example
 -------
@@ -8,7 +12,6 @@ Example
             elpd_diff  se_diff  elpd_loo  se_elpd_loo  p_loo  ...
 fit_slope         0.0      0.0  ...
 >>> sh.hypothesis(fit, "Days > 0")                                         # doctest: +SKIP
->>> sh.anova(lmer_int, lmer_slope)                                         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,15 +23,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..errors import ArgumentError, DataError, StanhierWarning
+from .summary import summarise_draws, summary_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fit import BrmsFit
-    from ..ml.fit import MerFit
 
-__all__ = ["loo", "waic", "loo_compare", "bayes_R2", "hypothesis", "anova", "pointwise_loglik"]
+__all__ = ["loo", "waic", "loo_compare", "bayes_R2", "hypothesis", "pointwise_loglik", "pareto_k_threshold"]
 
 
 # --------------------------------------------------------------------------- loo / waic
@@ -180,8 +182,6 @@ def bayes_R2(fit: "BrmsFit", *, re_formula: Any = None, summary: bool = True,  #
         Estimate  Est.Error  Q2.5  Q97.5
     R2      0.80 ...
     """
-    from .predict import _summary_frame, summarise_draws
-
     y = fit.spec.design.y
     ypred = fit.posterior_epred(re_formula=re_formula, ndraws=ndraws)
     var_fit = ypred.var(axis=1, ddof=1)
@@ -189,7 +189,7 @@ def bayes_R2(fit: "BrmsFit", *, re_formula: Any = None, summary: bool = True,  #
     r2 = var_fit / (var_fit + var_res)
     if not summary:
         return r2
-    return _summary_frame(summarise_draws(r2[:, None], probs, robust), probs, pd.Index(["R2"]))
+    return summary_frame(summarise_draws(r2[:, None], probs, robust), probs, pd.Index(["R2"]))
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -198,7 +198,7 @@ _ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, 
 
 
 def _fixed_draw_table(fit: "BrmsFit") -> dict[str, np.ndarray]:
-    beta = fit._fixed_draws()
+    beta = fit.fixed_draws()
     names = list(fit.spec.design.fixed_names)
     table = {n: beta[:, j] for j, n in enumerate(names)}
     table.update({f"b_{n}": v for n, v in list(table.items())})

@@ -1,9 +1,11 @@
-"""Stage 6 (Bayesian): results of ``brm`` as ArviZ data with brms's names and summaries.
+"""Stage 6 (Bayesian): the result of ``brm``, with brms's names, summaries and methods.
 
-User-facing names are made here, once: :class:`NameTable` maps positional Stan
-variables (``b``, ``sd_1``, ``cor_1``, ``r_1``) to brms's names
-(``b_temperature``, ``sd_weather__Intercept``, ``cor_weather__Intercept__temperature``,
-``r_weather``).
+:class:`BrmsFit` is a plain result: the model (``spec``), the raw draws (``raw``), the
+names (:func:`~stanhier.stan.names.make_names`) and, composed from them, the draw reader
+(``draws``, :class:`~stanhier.stan.names.PosteriorDraws`) and the prediction engine
+(``predictor``, :class:`~stanhier.bayes.predict.Predictor`). Comparison
+(:mod:`~stanhier.bayes.compare`) and plots (:mod:`~stanhier.bayes.plots`) take a fit
+and use only its public methods; the methods here call them.
 
 Example
 -------
@@ -15,105 +17,71 @@ Example
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..backends.base import RawSample
+from ..errors import ArgumentError
+from ..recordfiles import write_brm_record
 from ..stan.codegen import ModelSpec
-from ..errors import StanhierWarning
-from .predict import BayesPostestimation
+from ..stan.names import NameEntry, NameTable, PosteriorDraws, make_names
+from . import compare, plots
+from .predict import Kind, Predictor
+from .summary import column_summary, format_brms_summary, summary_stats
 
-__all__ = ["NameEntry", "NameTable", "BrmsFit", "make_names"]
+__all__ = ["BrmsFit", "make_idata"]
 
-
-@dataclass(frozen=True)
-class NameEntry:
-    """One scalar summary parameter: its brms name, Stan location and printed label."""
-
-    name: str  #: brms variable name, e.g. ``sd_weather__Intercept``
-    stan: str  #: Stan variable, e.g. ``sd_1``
-    index: tuple[int, ...]  #: 0-based index into the Stan variable
-    block: str  #: ``fixed``, ``random``, ``family``
-    group: str  #: grouping factor for ``random`` rows
-    label: str  #: row label in ``summary()``: ``sd(Intercept)``, ``Intercept``, ``sigma``
+_SAMPLE_STATS = {"lp__": "lp", "accept_stat__": "acceptance_rate", "stepsize__": "step_size",
+                 "treedepth__": "tree_depth", "n_leapfrog__": "n_steps", "divergent__": "diverging",
+                 "energy__": "energy"}
 
 
-@dataclass(frozen=True)
-class NameTable:
-    """All user-facing names of a Bayesian fit, made once from the design."""
-
-    entries: tuple[NameEntry, ...]
-    #: per group name: (list of (term k, coef names)), level labels
-    groups: tuple[tuple[str, tuple[tuple[int, tuple[str, ...]], ...], tuple[str, ...]], ...]
-
-    def by_block(self, block: str) -> list[NameEntry]:
-        return [e for e in self.entries if e.block == block]
-
-
-def make_names(spec: ModelSpec) -> NameTable:
-    d = spec.design
-    entries: list[NameEntry] = []
-    # group-level
-    groups: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
-    levels: dict[str, tuple[str, ...]] = {}
-    for k, gt in enumerate(d.terms, start=1):
-        g = gt.term.group_name
-        groups.setdefault(g, []).append((k, gt.coef_names))
-        levels[g] = gt.level_labels("_")
-    for g, items in groups.items():
-        for k, coefs in items:
-            for m, c in enumerate(coefs):
-                entries.append(NameEntry(f"sd_{g}__{c}", f"sd_{k}", (m,), "random", g, f"sd({c})"))
-        for k, coefs in items:
-            if d.terms[k - 1].correlated:
-                idx = 0
-                for j2 in range(len(coefs)):
-                    for j1 in range(j2):
-                        entries.append(NameEntry(f"cor_{g}__{coefs[j1]}__{coefs[j2]}", f"cor_{k}", (idx,),
-                                                 "random", g, f"cor({coefs[j1]},{coefs[j2]})"))
-                        idx += 1
-    # population-level
-    if d.has_intercept:
-        entries.append(NameEntry("b_Intercept", "b_Intercept", (), "fixed", "", "Intercept"))
-    slopes = [n for n in d.fixed_names if not (d.has_intercept and n == "Intercept")]
-    for j, n in enumerate(slopes):
-        entries.append(NameEntry(f"b_{n}", "b", (j,), "fixed", "", n))
-    for aux in spec.family.aux:
-        entries.append(NameEntry(aux, aux, (), "family", "", aux))
-    return NameTable(entries=tuple(entries),
-                     groups=tuple((g, tuple(items), levels[g]) for g, items in groups.items()))
-
-
-def _summary_stats(values: np.ndarray) -> dict[str, float]:
-    """brms's columns for one (chain, draw) array: rank-normalised Rhat, bulk/tail ESS."""
+def make_idata(spec: ModelSpec, raw: RawSample, names: NameTable, draws: PosteriorDraws,
+               predictor: Predictor):
+    """ArviZ InferenceData of a Bayesian fit: brms-named posterior, sampler statistics,
+    observed data and (unless ``draws x rows`` exceeds 5e7) the pointwise log-likelihood."""
     import arviz as az
 
-    flat = values.reshape(-1)
-    out = {"Estimate": float(np.mean(flat)), "Est.Error": float(np.std(flat, ddof=1)),
-           "l-95% CI": float(np.quantile(flat, 0.025)), "u-95% CI": float(np.quantile(flat, 0.975))}
-    if values.shape[0] * values.shape[1] > 3 and np.ptp(flat) > 0:
-        out["Rhat"] = float(az.rhat(values, method="rank")) if values.shape[1] >= 4 else float("nan")
-        out["Bulk_ESS"] = float(az.ess(values, method="bulk"))
-        out["Tail_ESS"] = float(az.ess(values, method="tail"))
-    else:
-        out.update({"Rhat": float("nan"), "Bulk_ESS": float("nan"), "Tail_ESS": float("nan")})
-    return out
+    posterior: dict[str, np.ndarray] = {}
+    coords: dict[str, Any] = {}
+    dims: dict[str, list[str]] = {}
+    for e in names.entries:
+        posterior[e.name] = draws.entry(e)
+    for g, (arr, coefs, levels) in draws.by_group().items():
+        name = f"r_{g}"
+        posterior[name] = arr
+        coords[g] = list(levels)
+        coords[f"{g}__coef"] = list(coefs)
+        dims[name] = [g, f"{g}__coef"]
+    intercept = draws.intercept()
+    if intercept is not None:
+        posterior["Intercept"] = intercept
+    posterior["lprior"] = draws.lprior()
+    sample_stats = {_SAMPLE_STATS[k]: v for k, v in raw.stats.items() if k in _SAMPLE_STATS}
+    if "diverging" in sample_stats:
+        sample_stats["diverging"] = sample_stats["diverging"].astype(bool)
+    d = spec.design
+    kwargs: dict[str, Any] = dict(posterior=posterior, sample_stats=sample_stats, observed_data={"y": d.y},
+                                  coords={**coords, "obs": np.arange(d.N)},
+                                  dims={**dims, "y": ["obs"], "log_lik": ["obs"]})
+    if draws.n_draws * d.N <= 5e7:
+        kwargs["log_likelihood"] = {"log_lik": predictor.log_lik()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return az.from_dict(**kwargs)
 
 
-def _column_summary(name: str, v: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
-    """brms's per-level columns (Estimate, Est.Error, Q2.5, Q97.5) of (draws, levels) draws."""
-    return {(name, "Estimate"): v.mean(0), (name, "Est.Error"): v.std(0, ddof=1),
-            (name, "Q2.5"): np.quantile(v, 0.025, axis=0), (name, "Q97.5"): np.quantile(v, 0.975, axis=0)}
-
-
-class BrmsFit(BayesPostestimation):
+class BrmsFit:
     """A Bayesian fit (``brm``): draws, names, summaries and post-estimation.
 
-    Attributes: ``idata`` (ArviZ InferenceData), ``spec`` (the model), ``cache_hit``
-    (whether the compiled program came from the cache), ``sample_seconds``.
+    Attributes: ``spec`` (the model), ``raw`` (positional Stan draws and sampler
+    statistics), ``names`` (brms's names), ``draws`` (the draws read by meaning),
+    ``predictor`` (the prediction engine), ``idata`` (ArviZ InferenceData, made on first
+    use), ``cache_hit`` (whether the compiled program came from the cache),
+    ``sample_seconds``.
     """
 
     def __init__(self, spec: ModelSpec, raw: RawSample, *, backend: str, cache_hit: bool,
@@ -126,82 +94,31 @@ class BrmsFit(BayesPostestimation):
         self.sample_seconds = raw.seconds
         self.data_name = data_name
         self.names = make_names(spec)
+        self.draws = PosteriorDraws(raw.draws, self.names)
+        self.predictor = Predictor(spec, self.draws)
         self._summary: pd.DataFrame | None = None
-        self.idata = self._make_idata()
+
+    @cached_property
+    def idata(self):
+        """ArviZ InferenceData (brms's names), made on first use (see :func:`make_idata`)."""
+        return make_idata(self.spec, self.raw, self.names, self.draws, self.predictor)
 
     # ------------------------------------------------------------------ data
     def draws_of(self, entry: NameEntry) -> np.ndarray:
         """(chain, draw) array of one summary parameter."""
-        arr = self.raw.draws[entry.stan]
-        return arr[(slice(None), slice(None)) + entry.index]
+        return self.draws.entry(entry)
 
-    def _r_draws(self) -> dict[str, tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]]:
-        """Per group: (chain, draw, level, coef) draws of the group-level effects, coef names, level names."""
-        out = {}
-        for g, items, levels in self.names.groups:
-            arrays = [self.raw.draws[f"r_{k}"] for k, _ in items]
-            coefs = tuple(c for _, cs in items for c in cs)
-            out[g] = (np.concatenate(arrays, axis=-1), coefs, levels)
-        return out
+    def fixed_draws(self) -> np.ndarray:
+        """(S, K) draws of the population-level coefficients (uncentred, intercept first if any)."""
+        return self.draws.fixed()
 
-    def _make_idata(self):
-        import arviz as az
-
-        posterior: dict[str, np.ndarray] = {}
-        coords: dict[str, Any] = {}
-        dims: dict[str, list[str]] = {}
-        for e in self.names.entries:
-            posterior[e.name] = self.draws_of(e)
-        for g, (arr, coefs, levels) in self._r_draws().items():
-            name = f"r_{g}"
-            posterior[name] = arr
-            coords[g] = list(levels)
-            coords[f"{g}__coef"] = list(coefs)
-            dims[name] = [g, f"{g}__coef"]
-        if self.spec.design.has_intercept:
-            posterior["Intercept"] = self.raw.draws["Intercept"]
-        posterior["lprior"] = self.raw.draws["lprior"]
-        stats_map = {"lp__": "lp", "accept_stat__": "acceptance_rate", "stepsize__": "step_size",
-                     "treedepth__": "tree_depth", "n_leapfrog__": "n_steps", "divergent__": "diverging",
-                     "energy__": "energy"}
-        sample_stats = {stats_map[k]: v for k, v in self.raw.stats.items()}
-        if "diverging" in sample_stats:
-            sample_stats["diverging"] = sample_stats["diverging"].astype(bool)
-        d = self.spec.design
-        observed = {"y": d.y}
-        kwargs = dict(posterior=posterior, sample_stats=sample_stats, observed_data=observed,
-                      coords={**coords, "obs": np.arange(d.N)},
-                      dims={**dims, "y": ["obs"], "log_lik": ["obs"]})
-        n_draws = posterior["lprior"].size
-        if n_draws * d.N <= 5e7:
-            kwargs["log_likelihood"] = {"log_lik": self.log_lik()}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return az.from_dict(**kwargs)
-
-    # ------------------------------------------------------------------ linear predictor
-    def _aux_draws(self) -> dict[str, np.ndarray]:
-        return {a: self.raw.draws[a].reshape(-1) for a in self.spec.family.aux}
-
-    def _fixed_draws(self) -> np.ndarray:
-        """(S, K) draws of the coefficients of X (uncentred, intercept first if any)."""
-        d = self.spec.design
-        b_draws = self.raw.draws["b"]
-        b = b_draws.reshape(b_draws.shape[0] * b_draws.shape[1], b_draws.shape[-1])
-        if d.has_intercept:
-            return np.column_stack([self.raw.draws["b_Intercept"].reshape(-1), b])
-        return b
+    def group_draws(self) -> dict[str, tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]]:
+        """Per grouping factor: (chain, draw, level, coef) group-level effects, coef names, level names."""
+        return self.draws.by_group()
 
     def log_lik(self) -> np.ndarray:
         """(chain, draw, N) pointwise log-likelihood."""
-        from .predict import prepare
-
-        d = self.spec.design
-        eta = prepare(self).eta(slice(None))  # (S, N): every group-level term, all draws
-        aux = {k: v[:, None] for k, v in self._aux_draws().items()}
-        ll = self.spec.family.loglik(d.y[None, :], eta, aux, None if d.trials is None else d.trials[None, :])
-        c, n = self.raw.stats["lp__"].shape if "lp__" in self.raw.stats else (1, eta.shape[0])
-        return ll.reshape(c, -1, d.N)
+        return self.predictor.log_lik()
 
     # ------------------------------------------------------------------ summaries
     def summary_table(self) -> pd.DataFrame:
@@ -209,15 +126,13 @@ class BrmsFit(BayesPostestimation):
         if self._summary is None:
             rows = []
             for e in self.names.entries:
-                stats = _summary_stats(self.draws_of(e))
+                stats = summary_stats(self.draws_of(e))
                 rows.append({"name": e.name, "block": e.block, "group": e.group, "label": e.label, **stats})
             self._summary = pd.DataFrame(rows).set_index("name")
         return self._summary
 
     def summary(self) -> str:
         """brms's printed summary (also ``print(fit)``)."""
-        from .summary import format_brms_summary
-
         return format_brms_summary(self)
 
     def __repr__(self) -> str:
@@ -236,27 +151,27 @@ class BrmsFit(BayesPostestimation):
     def ranef(self) -> dict[str, pd.DataFrame]:
         """Group-level effects per grouping factor: rows level, columns (coef, statistic)."""
         out = {}
-        for g, (arr, coefs, levels) in self._r_draws().items():
+        for g, (arr, coefs, levels) in self.group_draws().items():
             flat = arr.reshape((-1,) + arr.shape[2:])
             cols = {}
             for m, c in enumerate(coefs):
-                cols.update(_column_summary(c, flat[:, :, m]))
+                cols.update(column_summary(c, flat[:, :, m]))
             out[g] = pd.DataFrame(cols, index=pd.Index(levels, name=g))
         return out
 
     def coef(self) -> dict[str, pd.DataFrame]:
         """Population + group-level effects per level (brms's ``coef``)."""
         fixed_names = list(self.fixef().index)
-        beta = self._fixed_draws()
+        beta = self.fixed_draws()
         out = {}
-        for g, (arr, coefs, levels) in self._r_draws().items():
+        for g, (arr, coefs, levels) in self.group_draws().items():
             flat = arr.reshape((-1,) + arr.shape[2:])
             cols = {}
             for j, name in enumerate(fixed_names):
                 v = np.repeat(beta[:, [j]], len(levels), axis=1)
                 if name in coefs:
                     v = v + flat[:, :, coefs.index(name)]
-                cols.update(_column_summary(name, v))
+                cols.update(column_summary(name, v))
             out[g] = pd.DataFrame(cols, index=pd.Index(levels, name=g))
         return out
 
@@ -270,6 +185,156 @@ class BrmsFit(BayesPostestimation):
         if "sigma" in t.index:
             out["residual__"] = t.loc[["sigma"], ["label", "Estimate", "Est.Error", "l-95% CI", "u-95% CI"]].set_index("label")
         return out
+
+    # ------------------------------------------------------------------ brms's API
+    def posterior_linpred(self, newdata: Any = None, *, re_formula: Any = None, transform: bool = False,
+                          allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                          ndraws: int | None = None, draw_ids: Sequence[int] | None = None,
+                          summary: bool = False, probs: Sequence[float] = (0.025, 0.975),
+                          robust: bool = False, chunk_size: int | None = None,
+                          seed: int | None = None) -> np.ndarray | pd.DataFrame:
+        """Draws of the linear predictor, ``(draws, rows)`` (brms's ``posterior_linpred``).
+
+        ``transform=True`` applies the inverse link. ``summary=True`` returns a DataFrame
+        (Estimate, Est.Error, Q2.5, Q97.5) computed chunk by chunk.
+
+        >>> fit.posterior_linpred(re_formula="NA").shape                    # doctest: +SKIP
+        (4000, 180)
+        """
+        return self.predictor.compute("linpred", newdata, re_formula=re_formula, allow_new_levels=allow_new_levels,
+                             sample_new_levels=sample_new_levels, ndraws=ndraws, draw_ids=draw_ids,
+                             transform=transform, summary=summary, probs=probs, robust=robust,
+                             chunk_size=chunk_size, seed=seed)
+
+    def posterior_epred(self, newdata: Any = None, *, re_formula: Any = None,
+                        allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                        ndraws: int | None = None, draw_ids: Sequence[int] | None = None,
+                        summary: bool = False, probs: Sequence[float] = (0.025, 0.975),
+                        robust: bool = False, chunk_size: int | None = None,
+                        seed: int | None = None) -> np.ndarray | pd.DataFrame:
+        """Draws of the expected response ``E[y]``, ``(draws, rows)`` (brms's ``posterior_epred``).
+
+        Binomial: expected successes (probability x trials, so newdata needs the trials).
+
+        >>> fit.posterior_epred(newdata=pd.DataFrame({"Days": [0, 9], "Subject": [308, 308]})).shape  # doctest: +SKIP
+        (4000, 2)
+        """
+        return self.predictor.compute("epred", newdata, re_formula=re_formula, allow_new_levels=allow_new_levels,
+                             sample_new_levels=sample_new_levels, ndraws=ndraws, draw_ids=draw_ids,
+                             transform=False, summary=summary, probs=probs, robust=robust,
+                             chunk_size=chunk_size, seed=seed)
+
+    def posterior_predict(self, newdata: Any = None, *, re_formula: Any = None,
+                          allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                          ndraws: int | None = None, draw_ids: Sequence[int] | None = None,
+                          summary: bool = False, probs: Sequence[float] = (0.025, 0.975),
+                          robust: bool = False, chunk_size: int | None = None,
+                          seed: int | None = None) -> np.ndarray | pd.DataFrame:
+        """Draws of new observations, ``(draws, rows)`` (brms's ``posterior_predict``).
+
+        For large ``newdata`` use ``summary=True`` (chunked, bounded memory), ``ndraws=``,
+        or :meth:`iter_draws` with ``kind="predict"``.
+
+        >>> yrep = fit.posterior_predict(ndraws=100, seed=1)                 # doctest: +SKIP
+        """
+        return self.predictor.compute("predict", newdata, re_formula=re_formula, allow_new_levels=allow_new_levels,
+                             sample_new_levels=sample_new_levels, ndraws=ndraws, draw_ids=draw_ids,
+                             transform=False, summary=summary, probs=probs, robust=robust,
+                             chunk_size=chunk_size, seed=seed)
+
+    def fitted(self, newdata: Any = None, *, re_formula: Any = None, scale: str = "response",
+               allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+               ndraws: int | None = None, draw_ids: Sequence[int] | None = None,
+               summary: bool = True, probs: Sequence[float] = (0.025, 0.975), robust: bool = False,
+               chunk_size: int | None = None, seed: int | None = None) -> np.ndarray | pd.DataFrame:
+        """Summaries of :meth:`posterior_epred` (``scale="linear"``: of the linear predictor).
+
+        Columns Estimate, Est.Error, Q2.5, Q97.5, one row per row of ``newdata``;
+        ``summary=False`` gives the ``(draws, rows)`` array. Rows are processed in chunks.
+
+        >>> fit.fitted(newdata=pd.DataFrame({"Days": [0, 5]}), re_formula="NA")  # doctest: +SKIP
+        """
+        if scale not in ("response", "linear"):
+            raise ArgumentError(f"scale must be 'response' or 'linear', not {scale!r}.")
+        kind: Kind = "epred" if scale == "response" else "linpred"
+        return self.predictor.compute(kind, newdata, re_formula=re_formula, allow_new_levels=allow_new_levels,
+                             sample_new_levels=sample_new_levels, ndraws=ndraws, draw_ids=draw_ids,
+                             transform=False, summary=summary, probs=probs, robust=robust,
+                             chunk_size=chunk_size, seed=seed)
+
+    def predict(self, newdata: Any = None, *, re_formula: Any = None,
+                allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                ndraws: int | None = None, draw_ids: Sequence[int] | None = None,
+                summary: bool = True, probs: Sequence[float] = (0.025, 0.975), robust: bool = False,
+                chunk_size: int | None = None, seed: int | None = None) -> np.ndarray | pd.DataFrame:
+        """Summaries of :meth:`posterior_predict` (brms's ``predict``), chunked over rows.
+
+        Memory is ``O(draws x chunk_size)``: 1,000,000 rows x 4,000 draws need a few
+        hundred MB, not the 32 GB of the full array.
+
+        >>> fit.predict(newdata=pd.DataFrame({"Days": [3], "Subject": ["new"]}),
+        ...             allow_new_levels=True)                              # doctest: +SKIP
+        """
+        return self.predictor.compute("predict", newdata, re_formula=re_formula, allow_new_levels=allow_new_levels,
+                             sample_new_levels=sample_new_levels, ndraws=ndraws, draw_ids=draw_ids,
+                             transform=False, summary=summary, probs=probs, robust=robust,
+                             chunk_size=chunk_size, seed=seed)
+
+    def iter_draws(self, kind: Kind = "epred", newdata: Any = None, *, re_formula: Any = None,
+                   allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                   ndraws: int | None = None, draw_ids: Sequence[int] | None = None,
+                   transform: bool = False, chunk_size: int | None = None,
+                   seed: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield ``(rows, draws)`` chunks: ``draws`` is the ``(S, len(rows))`` array of ``kind``.
+
+        ``kind``: ``"linpred"`` (``transform=True`` applies the inverse link), ``"epred"``
+        or ``"predict"``. Only one chunk is in memory at a time (``chunk_size`` rows, by
+        default about ``CHUNK_ELEMENTS / draws``), so any number of rows can be processed:
+        write each chunk to disk, or reduce it, before asking for the next.
+
+        >>> for rows, d in fit.iter_draws("predict", big, chunk_size=10_000):  # doctest: +SKIP
+        ...     np.save(f"pp_{rows.start}.npy", d)
+        """
+        return self.predictor.iter_draws(kind, newdata, re_formula=re_formula, allow_new_levels=allow_new_levels,
+                                         sample_new_levels=sample_new_levels, ndraws=ndraws, draw_ids=draw_ids,
+                                         transform=transform, chunk_size=chunk_size, seed=seed)
+
+    # ------------------------------------------------------------------ comparison (compare.py)
+    def loo(self, **kwargs: Any):
+        """PSIS-LOO (ArviZ ``ELPDData``); Pareto-k problems are warned about. See :func:`stanhier.bayes.compare.loo`."""
+        return compare.loo(self, **kwargs)
+
+    def waic(self, **kwargs: Any):
+        """WAIC (ArviZ ``ELPDData``). See :func:`stanhier.bayes.compare.waic`."""
+        return compare.waic(self, **kwargs)
+
+    def bayes_R2(self, **kwargs: Any):  # noqa: N802 - brms's name
+        """Bayesian R² (Gelman et al. 2019), as brms. See :func:`stanhier.bayes.compare.bayes_R2`."""
+        return compare.bayes_R2(self, **kwargs)
+
+    def hypothesis(self, hypothesis: str | Sequence[str], alpha: float = 0.05) -> pd.DataFrame:
+        """Posterior tests of linear statements of fixed effects, e.g. ``"Days > 0"``.
+
+        See :func:`stanhier.bayes.compare.hypothesis`.
+        """
+        return compare.hypothesis(self, hypothesis, alpha=alpha)
+
+    # ------------------------------------------------------------------ plots (plots.py)
+    def plot(self, variables: Sequence[str] | None = None, *, path: Any = None, **kwargs: Any):
+        """Trace and density plots of the summary parameters (ArviZ). Returns the figure."""
+        return plots.plot_trace(self, variables, path=path, **kwargs)
+
+    def pp_check(self, type: str | None = None, *, ndraws: int = 10, path: Any = None, **kwargs: Any):
+        """Posterior predictive check plot (density overlay, or bars for counts). Returns the figure."""
+        return plots.pp_check(self, type=type, ndraws=ndraws, path=path, **kwargs)
+
+    def conditional_effects(self, effects: str, **kwargs: Any):
+        """Conditional effect of a predictor with credible bands. Returns the figure."""
+        return plots.conditional_effects(self, effects, **kwargs)
+
+    def plot_ranef(self, *, path: Any = None, **kwargs: Any):
+        """Caterpillar plot of the group-level effects. Returns the figure."""
+        return plots.plot_ranef(self, path=path, **kwargs)
 
     # ------------------------------------------------------------------ program
     def stancode(self) -> str:
@@ -287,11 +352,10 @@ class BrmsFit(BayesPostestimation):
     def save(self, path: Any, **kwargs: Any) -> Any:
         """Write the run record (formula, priors, Stan code and data, draws, versions) to folder ``path``.
 
-        ``sh.load(path)`` restores the fit without compiling or sampling; see :func:`stanhier.record.save`.
+        ``sh.load(path)`` restores the fit without compiling or sampling; see :func:`stanhier.record.save`
+        for the arguments (``include_data``, ``command``, ``input_file``, ``overwrite``).
         """
-        from ..record import save
-
-        return save(self, path, **kwargs)
+        return write_brm_record(self, path, **kwargs)
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> dict[str, Any]:
@@ -358,7 +422,3 @@ class BrmsFit(BayesPostestimation):
                 "quantiles may be unreliable; run more iterations."
             )
         return msgs
-
-    def _warn_diagnostics(self) -> None:
-        for msg in self.diagnostic_messages():
-            warnings.warn(msg, StanhierWarning, stacklevel=3)

@@ -8,6 +8,9 @@
 
 Every function returns the matplotlib ``Figure``, saves it when ``path=`` is given,
 and attaches the plotted numbers as ``fig.stanhier_data`` so they can be checked.
+Fits are taken duck-typed, through their public API only (``posterior_epred``,
+``group_draws``, ``idata``, ``names``, ``spec``/``design``; ML fits: ``predict``,
+``ranef``), so this module imports no fit class.
 
 Example
 -------
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ArgumentError, DataError
+from ..model.formula import formula_variables
 
 __all__ = ["plot_trace", "pp_check", "conditional_effects", "plot_ranef"]
 
@@ -190,11 +194,9 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
     by = parts[1] if len(parts) == 2 else by
     d = _design(fit)
     data = d.data
-    from ..model.design import _formula_variables
-
-    fixed_vars = _formula_variables(d.formula.fixed)
+    fixed_vars = formula_variables(d.formula.fixed)
     group_cols = [c for gt in d.terms for c in gt.term.group]
-    term_vars = [v for gt in d.terms for v in _formula_variables(gt.term.expr)]
+    term_vars = [v for gt in d.terms for v in formula_variables(gt.term.expr)]
     for name in [x] + ([by] if by else []):
         if name not in data.columns:
             raise ArgumentError(f"conditional_effects: {name!r} is not a column of the fit's data "
@@ -290,7 +292,7 @@ def _ranef_long(fit: Any, prob: float) -> pd.DataFrame:
     rows = []
     if _is_bayes(fit):
         lo_q, hi_q = (1 - prob) / 2, 1 - (1 - prob) / 2
-        for g, (arr, coefs, levels) in fit._r_draws().items():
+        for g, (arr, coefs, levels) in fit.group_draws().items():
             flat = arr.reshape((-1,) + arr.shape[2:])
             for m, c in enumerate(coefs):
                 v = flat[:, :, m]

@@ -1,24 +1,103 @@
-"""brms's printed summary of a Bayesian fit.
+"""Summaries of posterior draws, and brms's printed summary of a Bayesian fit.
+
+The lowest module of :mod:`stanhier.bayes`: it imports no other part of the package, so
+the prediction engine, model comparison and the fit all use the same summaries.
 
 Example
 -------
->>> print(fit)            # doctest: +SKIP
- Family: poisson
-  Links: mu = log
-...
+>>> import numpy as np
+>>> summarise_draws(np.array([[0.0], [1.0], [2.0]]), probs=[0.5]).round(2).tolist()
+[[1.0, 1.0, 1.0]]
+>>> summary_frame(np.array([[1.0, 0.1, 0.8, 1.2]]), (0.025, 0.975), pd.Index(["R2"])).columns.tolist()
+['Estimate', 'Est.Error', 'Q2.5', 'Q97.5']
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .fit import BrmsFit
+from ..errors import ArgumentError
 
-__all__ = ["format_brms_summary", "format_table"]
+__all__ = ["format_brms_summary", "format_table", "summary_stats", "column_summary", "summarise_draws",
+           "summary_frame", "quantile_names", "check_probs"]
+
+
+# ------------------------------------------------------------------ summaries of draws
+def summary_stats(values: np.ndarray) -> dict[str, float]:
+    """brms's columns for one (chain, draw) array: rank-normalised Rhat, bulk/tail ESS."""
+    import arviz as az
+
+    flat = values.reshape(-1)
+    out = {"Estimate": float(np.mean(flat)), "Est.Error": float(np.std(flat, ddof=1)),
+           "l-95% CI": float(np.quantile(flat, 0.025)), "u-95% CI": float(np.quantile(flat, 0.975))}
+    if values.shape[0] * values.shape[1] > 3 and np.ptp(flat) > 0:
+        out["Rhat"] = float(az.rhat(values, method="rank")) if values.shape[1] >= 4 else float("nan")
+        out["Bulk_ESS"] = float(az.ess(values, method="bulk"))
+        out["Tail_ESS"] = float(az.ess(values, method="tail"))
+    else:
+        out.update({"Rhat": float("nan"), "Bulk_ESS": float("nan"), "Tail_ESS": float("nan")})
+    return out
+
+
+def column_summary(name: str, v: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+    """brms's per-level columns (Estimate, Est.Error, Q2.5, Q97.5) of (draws, levels) draws.
+
+    >>> sorted(column_summary("x", np.zeros((3, 2))))[0]
+    ('x', 'Est.Error')
+    """
+    return {(name, "Estimate"): v.mean(0), (name, "Est.Error"): v.std(0, ddof=1),
+            (name, "Q2.5"): np.quantile(v, 0.025, axis=0), (name, "Q97.5"): np.quantile(v, 0.975, axis=0)}
+
+
+def quantile_names(probs: Sequence[float]) -> list[str]:
+    """brms's quantile column names: ``Q2.5``, ``Q97.5``.
+
+    >>> quantile_names([0.025, 0.5, 0.975])
+    ['Q2.5', 'Q50', 'Q97.5']
+    """
+    return [f"Q{100 * p:g}" for p in probs]
+
+
+def check_probs(probs: Sequence[float]) -> list[float]:
+    """``probs`` as floats in [0, 1], or :class:`~stanhier.errors.ArgumentError`.
+
+    >>> check_probs((0.05, 0.95))
+    [0.05, 0.95]
+    """
+    out = [float(p) for p in probs]
+    if not out or any(not (0 <= p <= 1) for p in out):
+        raise ArgumentError(f"probs must be probabilities in [0, 1], not {list(probs)!r}.")
+    return out
+
+
+def summarise_draws(draws: np.ndarray, probs: Sequence[float] = (0.025, 0.975),
+                    robust: bool = False) -> np.ndarray:
+    """(S, n) draws -> (n, 2 + len(probs)): Estimate, Est.Error, quantiles (brms's ``posterior_summary``).
+
+    ``robust=True`` uses the median and the MAD (scaled by 1.4826) as brms.
+
+    >>> summarise_draws(np.array([[0.0], [1.0], [5.0]]), probs=[0.5], robust=True).round(3).tolist()
+    [[1.0, 1.483, 1.0]]
+    """
+    if robust:
+        est = np.median(draws, axis=0)
+        err = 1.4826 * np.median(np.abs(draws - est), axis=0)
+    else:
+        est = draws.mean(axis=0)
+        err = draws.std(axis=0, ddof=1) if draws.shape[0] > 1 else np.full(draws.shape[1], np.nan)
+    q = np.quantile(draws, probs, axis=0)
+    return np.column_stack([est, err, *q])
+
+
+def summary_frame(values: np.ndarray, probs: Sequence[float], index: pd.Index) -> pd.DataFrame:
+    """brms's summary table (Estimate, Est.Error, quantiles) of :func:`summarise_draws` output."""
+    return pd.DataFrame(values, columns=["Estimate", "Est.Error", *quantile_names(probs)], index=index)
+
+
+# ------------------------------------------------------------------ the printed summary
 
 _COLS = ["Estimate", "Est.Error", "l-95% CI", "u-95% CI", "Rhat", "Bulk_ESS", "Tail_ESS"]
 
@@ -45,13 +124,15 @@ def format_table(rows: pd.DataFrame, labels: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _links(fit: "BrmsFit") -> str:
+def _links(fit: Any) -> str:
     fam = fit.spec.family
     parts = [f"mu = {fam.link}"] + [f"{a} = identity" for a in fam.aux]
     return "; ".join(parts)
 
 
-def format_brms_summary(fit: "BrmsFit") -> str:
+def format_brms_summary(fit: Any) -> str:
+    """brms's printed summary of a Bayesian fit (its public ``spec``, ``raw``, ``names``,
+    ``summary_table()``, ``diagnostic_messages()``, ``backend`` and ``data_name``)."""
     spec, s = fit.spec, fit.raw.settings
     d = spec.design
     table = fit.summary_table()

@@ -25,7 +25,7 @@ from ..backends.base import CompiledModel, LogDensity
 from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.design import Design
-from ..model.formula import parse_formula
+from ..model.formula import no_random_effects, parse_formula
 from .layout import RandomLayout
 from .optimizer import OptimumInfo
 from .printing import pval, sig, stars, text_table
@@ -468,9 +468,9 @@ class MerFit:
     def _re_terms(self, re_formula: str | None) -> list[int]:
         if re_formula is None:
             return list(range(len(self.design.terms)))
-        text = str(re_formula).strip()
-        if text in ("NA", "~0", "~ 0", "0", "~NA", ""):
+        if no_random_effects(re_formula):
             return []
+        text = str(re_formula).strip()
         if not text.startswith("~"):
             text = "~" + text
         parsed = parse_formula("y " + text)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, FormulaError, StanhierWarning
-from .formula import ParsedFormula, RandomTerm
+from .formula import ParsedFormula, RandomTerm, formula_variables
 
 __all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name",
            "check_gaussian_groups", "data_label"]
@@ -113,16 +113,6 @@ def _check_columns(names: list[str], df: pd.DataFrame, where: str) -> None:
                 f"Column {name!r} used in {where} is not in the data.{hint} "
                 f"Available columns: {', '.join(map(str, df.columns[:20]))}."
             )
-
-
-def _formula_variables(expr: str) -> list[str]:
-    from formulaic import Formula
-
-    try:
-        variables = Formula(expr).required_variables
-    except Exception as exc:
-        raise FormulaError(f"Cannot parse {expr!r}: {exc}") from None
-    return sorted(str(v) for v in variables if "value" in {r.value for r in v.roles})
 
 
 def _model_matrix(expr: str, df: pd.DataFrame, where: str):
@@ -246,9 +236,9 @@ class Design:
         df = as_dataframe(newdata)
         if re_terms is None:
             re_terms = tuple(range(len(self.terms)))
-        needed = _formula_variables(self.formula.fixed)
+        needed = formula_variables(self.formula.fixed)
         for k in re_terms:
-            needed += _formula_variables(self.terms[k].term.expr) + list(self.terms[k].term.group)
+            needed += formula_variables(self.terms[k].term.expr) + list(self.terms[k].term.group)
         _check_columns(sorted(set(needed)), df, "the formula (newdata)")
         try:
             X = np.asarray(self.fixed_spec.get_model_matrix(df, na_action="ignore"), dtype=float)
@@ -294,7 +284,7 @@ def _response_variables(expr: str) -> list[str]:
     """Columns an lme4 response part reads: a column name, or an expression such as ``n - y``."""
     if not any(op in expr for op in "+-*/()"):
         return [expr]
-    return _formula_variables(f"0 + I({expr})")
+    return formula_variables(f"0 + I({expr})")
 
 
 def _response_values(df: pd.DataFrame, expr: str, role: str) -> np.ndarray:
@@ -390,14 +380,14 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
     if len(df) == 0:
         raise DataError("The data has zero rows: nothing to fit.")
     resp = formula.response
-    fixed_vars = _formula_variables(formula.fixed)
+    fixed_vars = formula_variables(formula.fixed)
     resp_vars = [v for part in resp.columns for v in _response_variables(part)]
     _check_columns(resp_vars, df, f"the response of {formula.text!r}")
     _check_columns(fixed_vars, df, f"the population-level part {formula.fixed!r}")
     used = resp_vars + fixed_vars
     for term in formula.random:
-        _check_columns(_formula_variables(term.expr) + list(term.group), df, f"term {term.text!r}")
-        used += _formula_variables(term.expr) + list(term.group)
+        _check_columns(formula_variables(term.expr) + list(term.group), df, f"term {term.text!r}")
+        used += formula_variables(term.expr) + list(term.group)
     used = list(dict.fromkeys(used))
     missing = df[used].isna().any(axis=1).to_numpy()
     n_dropped = int(missing.sum())

@@ -6,7 +6,7 @@ inside parentheses. ``(1 | a/b)`` expands to ``(1 | a) + (1 | a:b)``.
 
 Example
 -------
->>> from stanhier.formula import parse_formula
+>>> from stanhier.model.formula import parse_formula
 >>> f = parse_formula("fish_num ~ 1 + temperature + (temperature | weather)")
 >>> f.response.column, f.fixed, f.random[0].group, f.random[0].correlated
 ('fish_num', '1 + temperature', ('weather',), True)
@@ -14,12 +14,21 @@ Example
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import pandas as pd
 
 from ..errors import FormulaError
 
-__all__ = ["Response", "RandomTerm", "ParsedFormula", "parse_formula"]
+__all__ = ["Response", "RandomTerm", "ParsedFormula", "parse_formula", "no_random_effects",
+           "NO_RANDOM_EFFECTS", "formula_variables"]
+
+#: ``re_formula`` spellings meaning "no group-level terms" (spaces ignored, any case), besides
+#: R's ``NA`` as ``float("nan")`` or ``pd.NA``. The one list used by ``brm`` fits, ``lmer``/``glmer``
+#: fits and the command line.
+NO_RANDOM_EFFECTS: frozenset[str] = frozenset({"NA", "~NA", "~0", "0", "~-1", "NONE", ""})
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,41 @@ class ParsedFormula:
             for col in term.group:
                 seen[col] = None
         return tuple(seen)
+
+
+def no_random_effects(re_formula: Any) -> bool:
+    """True when ``re_formula`` asks for no group-level terms (brms's ``re_formula = NA`` / ``~0``).
+
+    ``None`` means *every* term (False); ``"NA"``, ``"~0"``, ``"~ 0"``, ``"none"``, NaN and
+    ``pd.NA`` mean none (True); a formula such as ``"~ (1 | g)"`` selects terms (False).
+
+    >>> [no_random_effects(x) for x in (None, "NA", "~ 0", float("nan"), "~ (1 | g)")]
+    [False, True, True, True, False]
+    """
+    if re_formula is None:
+        return False
+    if re_formula is pd.NA:
+        return True
+    if isinstance(re_formula, float):
+        return math.isnan(re_formula)
+    if isinstance(re_formula, str):
+        return re_formula.replace(" ", "").upper() in NO_RANDOM_EFFECTS
+    return False
+
+
+def formula_variables(expr: str) -> list[str]:
+    """The data columns a formulaic expression reads, sorted.
+
+    >>> formula_variables("1 + x + np.log(z) + C(f)")
+    ['f', 'x', 'z']
+    """
+    from formulaic import Formula
+
+    try:
+        variables = Formula(expr).required_variables
+    except Exception as exc:
+        raise FormulaError(f"Cannot parse {expr!r}: {exc}") from None
+    return sorted(str(v) for v in variables if "value" in {r.value for r in v.roles})
 
 
 def _strip_ticks(name: str) -> str:

@@ -7,12 +7,13 @@ matrices and prior hyperparameters are data (:func:`make_standata`). Two models
 of the same structure share one program and one compiled binary.
 
 Stan names are positional (``N_1``, ``M_1``, ``J_1``, ``Z_1``, ``sd_1``, ``L_1``,
-``z_1``, ``r_1``); :class:`~stanhier.fit.BrmsFit` maps them to brms's names.
+``z_1``, ``r_1``) and spelled in one place, :mod:`stanhier.stan.names`, which also maps
+them to brms's names.
 
 Example
 -------
 >>> import pandas as pd
->>> from stanhier.codegen import build_model
+>>> from stanhier.stan.codegen import build_model
 >>> df = pd.DataFrame({"y": [1.0, 2.0, 4.0, 3.0], "x": [0, 1, 0, 1], "g": list("aabb")})
 >>> spec = build_model("y ~ x + (x | g)", df, "gaussian")
 >>> "normal_id_glm_lpdf" in spec.code and "L_1" in spec.code
@@ -32,6 +33,7 @@ from ..errors import ArgumentError
 from ..families import Family
 from ..model.spec import build_frame
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
+from . import names
 from .templating import render
 
 __all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata", "structure_of"]
@@ -67,6 +69,13 @@ class ModelSpec:
     structure: ModelStructure
     parameterization: str
     code: str
+    na_action: str = "drop"  #: how rows with missing values were handled (``build_model``'s argument)
+    collinear: str = "error"  #: how collinear predictors were handled (``build_model``'s argument)
+
+    @property
+    def sufficient_stats(self) -> bool:
+        """Whether the Gaussian likelihood uses per-group cross-products (``build_model``'s argument)."""
+        return self.structure.suffstat
 
     def standata(self) -> dict[str, Any]:
         return make_standata(self)
@@ -111,7 +120,7 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
     structure = structure_of(design, fam, priors, parameterization, suffstat=sufficient_stats)
     code = _render(structure, priors.statements)
     return ModelSpec(design=design, family=fam, priors=priors, structure=structure,
-                     parameterization=parameterization, code=code)
+                     parameterization=parameterization, code=code, na_action=na_action, collinear=collinear)
 
 
 def make_standata(spec: ModelSpec) -> dict[str, Any]:
@@ -119,22 +128,23 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
     d = spec.design
     if spec.structure.suffstat:
         return _suffstat_standata(spec)
-    data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "X": d.X}
+    data: dict[str, Any] = {names.N: d.N, names.K: d.X.shape[1], names.X: d.X}
     if spec.family.is_discrete:
-        data["Y"] = np.round(d.y).astype(int)
+        data[names.Y] = np.round(d.y).astype(int)
     else:
-        data["Y"] = d.y
+        data[names.Y] = d.y
     if spec.family.uses_trials:
-        data["trials"] = np.round(d.trials).astype(int)
-    for k, gt in enumerate(d.terms, start=1):
-        data[f"N_{k}"] = gt.n_levels
-        data[f"M_{k}"] = gt.M
-        data[f"J_{k}"] = gt.J + 1
-        data[f"Z_{k}"] = gt.Z
+        data[names.TRIALS] = np.round(d.trials).astype(int)
+    for k, gt in enumerate(d.terms):
+        t = names.term(k)
+        data[t.n_levels] = gt.n_levels
+        data[t.n_coefs] = gt.M
+        data[t.group_index] = gt.J + 1
+        data[t.design] = gt.Z
         if gt.correlated:
-            data[f"NC_{k}"] = gt.M * (gt.M - 1) // 2
+            data[t.n_cor] = gt.M * (gt.M - 1) // 2
     data.update(spec.priors.standata())
-    data["prior_only"] = 0
+    data[names.PRIOR_ONLY] = 0
     return data
 
 

@@ -1,10 +1,19 @@
-"""The Jinja2 environment that renders ``stanhier/stan/templates/`` (shipped in the wheel).
+r"""The Jinja2 environment that renders ``stanhier/stan/templates/`` (shipped in the wheel).
+
+Templates are looked up in the package (not the working directory), undefined
+variables are errors (``StrictUndefined``), and :func:`render` squeezes runs of blank lines.
 
 Example
 -------
->>> from stanhier.templating import render
->>> "parameters" in render("brm.stan", s=None) or True   # doctest: +SKIP
-True
+>>> from stanhier.stan.templating import environment, render
+>>> sorted(t for t in environment().list_templates() if t.endswith(".stan"))[:1]
+['brm.stan']
+>>> import jinja2
+>>> try:
+...     environment().from_string("{{ missing }}").render()
+... except jinja2.UndefinedError as err:
+...     print(err)
+'missing' is undefined
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ __all__ = ["render", "environment"]
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
+    """The Jinja2 environment over ``stanhier/stan/templates/`` (made once)."""
     folder = resources.files("stanhier.stan") / "templates"
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
@@ -30,7 +40,13 @@ def environment() -> jinja2.Environment:
 
 
 def render(template: str, **context) -> str:
-    """Render ``templates/<template>``; blank-line runs are squeezed to one."""
+    r"""Render ``templates/<template>``; blank-line runs are squeezed to one, trailing spaces dropped.
+
+    >>> from stanhier.stan.codegen import build_model   # renders brm.stan
+    >>> code = build_model("y ~ x", {"y": [1.0, 2.0, 3.0], "x": [0.0, 1.0, 3.0]}).code
+    >>> "\n\n\n" in code, code.endswith("}\n"), any(line != line.rstrip() for line in code.splitlines())
+    (False, True, False)
+    """
     text = environment().get_template(template).render(**context)
     lines, blank = [], False
     for line in text.splitlines():
