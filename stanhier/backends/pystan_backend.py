@@ -22,7 +22,7 @@ import numpy as np
 from .. import cache
 from ..errors import SamplingError, StanCompileError
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
-                   reshape_flat)
+                   code_line, reshape_flat)
 
 __all__ = ["PystanBackend"]
 
@@ -67,18 +67,8 @@ def _fd_to_file(path: Path):
                 os.close(fd)
 
 
-def _code_line(message: str, code: str) -> str:
-    """'Generated code, line n: ...' for the first line number Stan's message names."""
-    lines = code.splitlines()
-    match = re.search(r"line (\d+), column (\d+)", message)
-    if match and 1 <= int(match.group(1)) <= len(lines):
-        n = int(match.group(1))
-        return f"\nGenerated code, line {n}: {lines[n - 1].strip()}"
-    return ""
-
-
 def _compile_error(message: str, code: str) -> StanCompileError:
-    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{_code_line(message, code)}")
+    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{code_line(message, code)}")
 
 
 class _PystanDensity(LogDensity):
@@ -174,7 +164,7 @@ class _PystanModel(CompiledModel):
             message = str(exc).split(", traceback:")[0]
             stan_says = "\n".join(ln for ln in _relevant_warnings(console.getvalue()).splitlines()
                                   if ln.strip() and "Building" not in ln and "Sampling" not in ln)[-3000:]
-            raise SamplingError(f"Stan failed while sampling: {message}{_code_line(message, self.code)}"
+            raise SamplingError(f"Stan failed while sampling: {message}{code_line(message, self.code)}"
                                 f"\n{stan_says}".rstrip()) from None
         finally:
             self._drop_cached_fits()

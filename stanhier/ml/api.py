@@ -103,10 +103,7 @@ def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ
     starts = _starts(problem, design, lay, family)
     if start is not None:
         starts.insert(0, _user_start(start, problem, starts[0]))
-    native = None
-    if model.backend == "cmdstanpy":  # CmdStan's L-BFGS, Jacobian off, from our start
-        def native(x0: np.ndarray) -> np.ndarray:
-            return density.flatten(model.optimize(problem.data, density.to_dict(x0)).params)
+    native = model.native_optimizer(problem.data)  # e.g. CmdStan's L-BFGS, Jacobian off
     info = maximize(density, starts, _scale(problem, design),
                     tol=float((control or {}).get("tol", 1e-8)), native=native)
     fit = MerFit(kind=kind, formula=formula, design=design, layout=lay, family=family, REML=REML,
