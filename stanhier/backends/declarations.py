@@ -396,12 +396,13 @@ class ParameterLayout:
 
 
 def variables_from_columns(names: list[str], values: np.ndarray) -> dict[str, np.ndarray]:
-    """CmdStan CSV columns (``b.1``, ``L.2.1``, ``sigma``) -> arrays ``(rows, *shape)``.
+    """CmdStan CSV columns (``b.1``, ``L.2.1``, ``sigma``; or cmdstanpy's ``b[1]``, ``L[2,1]``)
+    -> arrays ``(rows, *shape)``.
 
     The shape of each variable is the largest index per dimension, so a size-1 vector
     (``theta.1``) stays a vector and a scalar (``theta``) stays a scalar.
 
-    >>> out = variables_from_columns(["a", "v.1", "m.1.1", "m.2.1", "m.1.2", "m.2.2"],
+    >>> out = variables_from_columns(["a", "v.1", "m[1,1]", "m[2,1]", "m.1.2", "m.2.2"],
     ...                              np.arange(6.0)[None, :])
     >>> {k: v.shape for k, v in out.items()}, out["m"][0].tolist()
     ({'a': (1,), 'v': (1, 1), 'm': (1, 2, 2)}, [[2.0, 4.0], [3.0, 5.0]])
@@ -409,7 +410,9 @@ def variables_from_columns(names: list[str], values: np.ndarray) -> dict[str, np
     values = np.asarray(values, float)
     groups: dict[str, list[tuple[int, tuple[int, ...]]]] = {}
     for j, col in enumerate(names):
-        base, *idx = col.split(".")
+        m = re.fullmatch(r"(\w+)\[([\d,\s]+)\]", col)  # cmdstanpy's spelling: b[1], L[2,1]
+        base, *idx = (m.group(1), *m.group(2).split(",")) if m else col.split(".")
+        idx = [i.strip() for i in idx]
         if idx and not all(i.isdigit() for i in idx):
             raise ValueError(f"unexpected CmdStan column {col!r} (complex variables are not supported)")
         groups.setdefault(base, []).append((j, tuple(int(i) for i in idx)))
