@@ -6,7 +6,8 @@ so the session-scoped fits below are made once per engine. Tests in modules that
 reach a backend (``ENGINE_FREE``) run once. Fixtures that fit a model and are scoped to a
 module or the session must request ``engine`` so they are made once per engine. The
 CmdStan runs carry the ``cmdstan`` marker (``-m cmdstan`` selects them); without CmdStan
-they are skipped, except under ``CI=true``, where the session fails instead.
+they are skipped, except under ``CI=true``, where the session fails instead. A test
+marked ``cmdstan`` explicitly compares the engines itself and runs once.
 
 Compiled programs are cached by stanhier (``STANHIER_CACHE_DIR`` or the user cache),
 so each model structure compiles at most once per machine and engine.
@@ -46,6 +47,9 @@ def pytest_collection_modifyitems(config, items):
         engine = callspec.params.get("engine") if callspec else None
         if engine == "cmdstanpy" and Path(str(item.fspath)).name in ENGINE_FREE:
             dropped.append(item)
+            continue
+        if engine == "pystan" and item.get_closest_marker("cmdstan"):
+            dropped.append(item)  # compares the engines itself: one run (the CmdStan half) is enough
             continue
         if engine == "cmdstanpy":
             item.add_marker(pytest.mark.cmdstan)

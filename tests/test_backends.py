@@ -153,7 +153,7 @@ def test_hessian_in_one_batch_equals_one_by_one(tiny):
 def test_stan_errors_name_the_generated_code_line(tiny):
     with pytest.raises(sh.SamplingError) as err:
         tiny.sample(TINY_DATA, SampleSettings(chains=1, iter=20, seed=1, init={"sigma": -1.0}, progress=False))
-    assert "Generated code, line 9: real<lower=0> sigma;" in str(err.value)
+    assert "Generated code, line 8: real<lower=0> sigma;" in str(err.value)
     assert "Lower bounded variable is -1" in str(err.value)
 
 
