@@ -35,6 +35,30 @@ def _point_httpstan_at(entry_root: Path) -> None:
         return entry_root
 
     httpstan.cache.cache_directory = cache_directory
+    _guard_progress_parser()
+
+
+class _ProgressPattern:
+    """httpstan's progress regex, never returning an empty list.
+
+    httpstan (4.13) reads sampler progress with ``iteration_info_re.findall(message).pop()``;
+    under load a message can arrive split so that it says ``info:Iteration`` without a
+    complete progress line, and the ``IndexError`` ends the whole fit. Progress text is
+    cosmetic, so an unmatched message gives a placeholder instead.
+    """
+
+    def __init__(self, pattern) -> None:
+        self.pattern = pattern
+
+    def findall(self, message: bytes) -> list[bytes]:
+        return self.pattern.findall(message) or [b"Iteration: (progress message split)"]
+
+
+def _guard_progress_parser() -> None:
+    import httpstan.views
+
+    if not isinstance(httpstan.views.iteration_info_re, _ProgressPattern):
+        httpstan.views.iteration_info_re = _ProgressPattern(httpstan.views.iteration_info_re)
 
 
 @contextlib.contextmanager
