@@ -24,7 +24,7 @@ if ! _cmdstan_path="$(_cmdstan_found)"; then
       flock 9
       if [ ! -f "$_cmdstan_target/makefile" ]; then
         tmp="$_cmdstan_target.tmp.$$"
-        rm -rf "$tmp"
+        rm -rf "$_cmdstan_target".tmp.*  # left by a killed build; we hold the lock, so none is running
         echo "Building CmdStan 2.35.0 into $_cmdstan_target (once per machine; 3-8 minutes)..." >&2
         start=$(date +%s)
         if ! bash "$_cmdstan_builder" "$tmp" -j"$(nproc 2>/dev/null || echo 2)" > "$_cmdstan_target.build.log" 2>&1; then
