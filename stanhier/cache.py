@@ -26,7 +26,8 @@ from typing import Iterator
 import platformdirs
 from filelock import FileLock
 
-__all__ = ["cache_dir", "program_key", "entry_dir", "locked_entry", "is_complete", "mark_complete"]
+__all__ = ["cache_dir", "program_key", "entry_dir", "locked_entry", "is_complete", "mark_complete",
+           "clear_entry"]
 
 ENV_VAR = "STANHIER_CACHE_DIR"
 _MARKER = "COMPLETE"
@@ -61,6 +62,12 @@ def mark_complete(entry: Path) -> None:
     tmp = entry / f".{_MARKER}.{os.getpid()}"
     tmp.write_text("ok\n")
     os.replace(tmp, entry / _MARKER)
+
+
+def clear_entry(entry: Path) -> None:
+    """Empty a (stale) entry so it is rebuilt; call it while holding the entry's lock."""
+    shutil.rmtree(entry, ignore_errors=True)
+    entry.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager

@@ -55,7 +55,7 @@ class ArgumentError(StanhierError, ValueError):
 
 
 class BackendError(StanhierError, RuntimeError):
-    """The requested backend is unknown or not installed."""
+    """The requested backend is not installed or not usable (an unknown name is an ArgumentError)."""
 
 
 class StanCompileError(StanhierError, RuntimeError):

@@ -1,13 +1,22 @@
-"""Shared fixtures: data sets, references and session-scoped fits.
+"""Shared fixtures: data sets, references, the engine, and session-scoped fits.
+
+Every test runs once per engine (``pystan`` and ``cmdstanpy``): the session-scoped,
+autouse ``engine`` fixture sets ``$STANHIER_BACKEND``, which ``backend="auto"`` follows,
+so the session-scoped fits below are made once per engine. Tests in modules that never
+reach a backend (``ENGINE_FREE``) run once. Fixtures that fit a model and are scoped to a
+module or the session must request ``engine`` so they are made once per engine. The
+CmdStan runs carry the ``cmdstan`` marker (``-m cmdstan`` selects them); without CmdStan
+they are skipped, except under ``CI=true``, where the session fails instead. A test
+marked ``cmdstan`` explicitly compares the engines itself and runs once.
 
 Compiled programs are cached by stanhier (``STANHIER_CACHE_DIR`` or the user cache),
-so each model structure compiles at most once per machine; the fits below are made
-once per test session and shared by every test that needs them.
+so each model structure compiles at most once per machine and engine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -15,8 +24,59 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stanhier.backends import ENGINE_ENV, cmdstan_available
+
 DATA = Path(__file__).parent / "data"
 REF = Path(__file__).parent / "reference"
+ENGINES = ("pystan", "cmdstanpy")
+#: Test modules that never compile or run Stan: run once, not once per engine.
+ENGINE_FREE = {"test_formula.py", "test_design.py", "test_priors.py", "test_codegen.py"}
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_configure(config):
+    if ON_CI and not cmdstan_available()[0]:
+        raise pytest.UsageError(f"CI=true but CmdStan is not usable ({cmdstan_available()[1]}); run the "
+                                "tests through scripts/test.sh, which builds it.")
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("engine") if callspec else None
+        if engine == "cmdstanpy" and Path(str(item.fspath)).name in ENGINE_FREE:
+            dropped.append(item)
+            continue
+        if engine == "pystan" and item.get_closest_marker("cmdstan"):
+            dropped.append(item)  # compares the engines itself: one run (the CmdStan half) is enough
+            continue
+        if engine == "cmdstanpy":
+            item.add_marker(pytest.mark.cmdstan)
+        keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cmdstan") and not cmdstan_available()[0]:
+        pytest.skip(f"needs CmdStan: {cmdstan_available()[1]}")
+
+
+@pytest.fixture(scope="session", params=ENGINES, autouse=True)
+def engine(request) -> str:
+    """The engine ``backend="auto"`` runs for this half of the session."""
+    name = request.param
+    if name == "cmdstanpy" and not cmdstan_available()[0]:
+        pytest.skip(f"needs CmdStan: {cmdstan_available()[1]}")
+    saved = os.environ.get(ENGINE_ENV)
+    os.environ[ENGINE_ENV] = name
+    yield name
+    if saved is None:
+        os.environ.pop(ENGINE_ENV, None)
+    else:
+        os.environ[ENGINE_ENV] = saved
 
 
 def load(name: str) -> pd.DataFrame:
@@ -65,14 +125,14 @@ def quiet_brm(*args, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def sleep_fit(sleep):
+def sleep_fit(sleep, engine):
     """sleepstudy (Days | Subject), 4 chains x 1000 draws: MCSE of a mean ~ SD/sqrt(ESS>=1000) < 0.04 SD."""
     return quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=4, iter=2000,
                      warmup=1000, seed=1, data_name="sleepstudy")
 
 
 @pytest.fixture(scope="session")
-def fish_fit(fish):
+def fish_fit(fish, engine):
     """The seed model, few draws (it is the diagnostics-heavy case)."""
     return quiet_brm("fish_num ~ 1 + temperature + (temperature | weather)", data=fish,
                      family="poisson", chains=2, iter=600, seed=1, data_name="fish")

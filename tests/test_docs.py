@@ -18,7 +18,8 @@ DOCS = ROOT / "docs"
 DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design", "stanhier.model.priors", "stanhier.families",
                    "stanhier.api", "stanhier.errors", "stanhier.stan.codegen", "stanhier.record", "stanhier.cli",
                    "stanhier.backends.base", "stanhier.stan.names", "stanhier.stan.templating",
-                   "stanhier.bayes.summary", "stanhier.bayes.predict", "stanhier.recordfiles"]
+                   "stanhier.bayes.summary", "stanhier.bayes.predict", "stanhier.recordfiles",
+                   "stanhier.backends", "stanhier.backends.declarations"]
 
 
 def test_mkdocs_build_strict(tmp_path):

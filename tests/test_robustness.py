@@ -1,5 +1,8 @@
 """Robustness with real processes: concurrent compiles, broken cache entries, Ctrl-C,
-reproducibility across processes, and column names that are not identifiers."""
+reproducibility across processes, and column names that are not identifiers.
+
+Each test runs on both engines (conftest's ``engine`` fixture sets ``$STANHIER_BACKEND``,
+which the child processes inherit)."""
 
 from __future__ import annotations
 
@@ -31,15 +34,25 @@ def run_py(code: str, env: dict | None = None, timeout: float = 600) -> subproce
 COMPILE = """
     import json, sys
     from stanhier.backends import get_backend
-    model = get_backend("pystan").compile(sys.argv[1] if len(sys.argv) > 1 else {code!r}, progress=False)
+    model = get_backend("auto").compile(sys.argv[1] if len(sys.argv) > 1 else {code!r}, progress=False)
     d = model.log_density({{"N": 2, "y": [1.0, 3.0]}})
     print(json.dumps({{"hit": model.cache_hit, "lp": d.log_prob([2.0])}}))
 """
 
 
 @pytest.fixture(scope="module")
-def private_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def private_cache(tmp_path_factory, engine) -> Path:
+    return tmp_path_factory.mktemp(f"cache-{engine}")
+
+
+def _entries(cache: Path, engine: str) -> list[Path]:
+    root = cache / "pystan" / "models" if engine == "pystan" else cache / "cmdstanpy"
+    return [p for p in root.iterdir() if p.is_dir()]
+
+
+def _binaries(entry: Path) -> list[Path]:
+    """The compiled program of a cache entry (an extension module, or CmdStan's executable)."""
+    return list(entry.glob("*.so")) + [p for p in [entry / "model"] if p.is_file()]
 
 
 def test_two_processes_compile_one_program(private_cache, tmp_path):
@@ -59,22 +72,41 @@ def test_two_processes_compile_one_program(private_cache, tmp_path):
     assert list(workdir.iterdir()) == []
 
 
-def test_partial_cache_entry_is_rebuilt(private_cache):
+def test_partial_cache_entry_is_rebuilt(private_cache, engine):
     """A killed build leaves an entry without its COMPLETE marker: it is detected and rebuilt."""
     env = {"STANHIER_CACHE_DIR": str(private_cache)}
     code = COMPILE.format(code=TINY)
     first = run_py(code, env)
     assert first.returncode == 0, first.stderr
-    entries = [p for p in (private_cache / "pystan" / "models").iterdir() if p.is_dir()]
+    entries = _entries(private_cache, engine)
     assert len(entries) == 1
     (entries[0] / "COMPLETE").unlink()
-    for so in entries[0].glob("*.so"):
+    assert _binaries(entries[0])
+    for so in _binaries(entries[0]):
         so.write_bytes(b"truncated")  # what a crash mid-link could leave
     again = run_py(code, env)
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout.strip().splitlines()[-1])
     assert result["hit"] is False and result["lp"] == pytest.approx(-1.0)
     assert (entries[0] / "COMPLETE").is_file()
+
+
+def test_stale_executable_is_rebuilt(private_cache, engine):
+    """A complete CmdStan entry whose executable no longer runs (its CmdStan tree moved: the
+    loader cannot find libtbb.so.2) is not trusted: it is rebuilt, not reported as a hit."""
+    if engine != "cmdstanpy":
+        pytest.skip("pystan's extension modules do not link an external tree")
+    env = {"STANHIER_CACHE_DIR": str(private_cache)}
+    code = COMPILE.format(code=TINY)
+    first = run_py(code, env)
+    assert first.returncode == 0, first.stderr
+    (entry,) = _entries(private_cache, engine)
+    assert (entry / "COMPLETE").is_file()
+    (entry / "model").write_text("#!/bin/sh\necho 'libtbb.so.2: cannot open shared object file' >&2\nexit 127\n")
+    again = run_py(code, env)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout.strip().splitlines()[-1])
+    assert result["hit"] is False and result["lp"] == pytest.approx(-1.0)
 
 
 SAMPLE = """

@@ -71,7 +71,7 @@ CASES: list[tuple[str, str, object, str]] = [
     ("negative seed", 'brm("y ~ x + (1 | g)", D, seed=-1)',
      lambda: sh.brm("y ~ x + (1 | g)", D, seed=-1), "ArgumentError"),
     ("unknown backend", 'brm("y ~ x + (1 | g)", D, backend="jags")',
-     lambda: sh.brm("y ~ x + (1 | g)", D, backend="jags", chains=1, iter=20), "BackendError"),
+     lambda: sh.brm("y ~ x + (1 | g)", D, backend="jags", chains=1, iter=20), "ArgumentError"),
     ("`REML` not a bool", 'lmer("y ~ x + (1 | g)", D, REML="yes")',
      lambda: lmer("y ~ x + (1 | g)", D, REML="yes"), "ArgumentError"),
     ("`glmer` with gaussian", 'glmer("y ~ x + (1 | g)", D, family="gaussian")',

@@ -1,68 +1,125 @@
 """Stan backends: ``pystan`` (httpstan, PyPI wheels) and ``cmdstanpy`` (CmdStan).
 
+``get_backend("auto")`` picks the engine named by the environment variable
+``STANHIER_BACKEND`` if set, else CmdStan when an installation is found (faster
+compiles), else pystan. CmdStan is found where cmdstanpy looks (``$CMDSTAN``,
+``~/.cmdstan``) or, failing that, in ``<user cache>/stanhier/cmdstan-<version>``
+(where ``scripts/test.sh`` builds one on machines without GitHub).
+
 Example
 -------
->>> from stanhier.backends import available_backends
+>>> from stanhier.backends import available_backends, get_backend
 >>> "pystan" in available_backends()
 True
+>>> get_backend("stanX")
+Traceback (most recent call last):
+...
+stanhier.errors.ArgumentError: Unknown backend 'stanX'; choose one of auto, pystan, cmdstanpy.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 
-from ..errors import BackendError
-from .base import (Backend, CompiledModel, LogDensity, OptimizeResult, RawSample, SampleSettings)
+import platformdirs
 
-__all__ = ["get_backend", "available_backends", "cmdstan_available", "Backend", "CompiledModel",
-           "LogDensity", "OptimizeResult", "RawSample", "SampleSettings"]
+from ..errors import ArgumentError, BackendError
+from .base import Backend, CompiledModel, LogDensity, RawSample, SampleSettings
+from .cmdstanpy_backend import CmdStanPyBackend
+from .pystan_backend import PystanBackend
+
+__all__ = ["get_backend", "available_backends", "cmdstan_available", "default_engine", "ENGINE_ENV",
+           "BACKENDS", "Backend", "CompiledModel", "LogDensity", "RawSample", "SampleSettings"]
 
 BACKENDS = ("auto", "pystan", "cmdstanpy")
+#: Environment variable naming the engine ``backend="auto"`` uses (``pystan`` or ``cmdstanpy``).
+ENGINE_ENV = "STANHIER_BACKEND"
+#: The CmdStan release ``scripts/test.sh`` builds into the user cache.
+CMDSTAN_RELEASE = "2.35.0"
 
 
-def cmdstan_available() -> tuple[bool, str]:
-    """Whether cmdstanpy can find a CmdStan installation, and why not."""
+def _cached_cmdstan() -> Path | None:
+    """A CmdStan tree built by ``scripts/test.sh`` in the user cache, if complete."""
+    path = Path(platformdirs.user_cache_dir("stanhier")) / f"cmdstan-{CMDSTAN_RELEASE}"
+    return path if (path / "makefile").is_file() and (path / "bin").is_dir() else None
+
+
+@lru_cache(maxsize=None)
+def _locate_cmdstan() -> tuple[bool, str]:
     try:
         import cmdstanpy
     except ImportError:
         return False, "cmdstanpy is not installed (pip install 'cmdstanpy<2')"
     try:
         cmdstanpy.cmdstan_path()
+        return True, ""
     except Exception as exc:  # cmdstanpy raises ValueError when CmdStan is missing
-        return False, f"no CmdStan installation found ({exc}); install it with `python -m cmdstanpy.install_cmdstan`"
-    return True, ""
+        why = str(exc)
+    cached = _cached_cmdstan()
+    if cached is not None:
+        try:
+            cmdstanpy.set_cmdstan_path(str(cached))
+            return True, ""
+        except Exception as exc:  # noqa: BLE001 - a broken tree is reported as missing
+            why = f"{why}; {cached}: {exc}"
+    return False, (f"no CmdStan installation found ({why}); install it with "
+                   "`python -m cmdstanpy.install_cmdstan`")
 
 
-def available_backends() -> tuple[str, ...]:
-    names = []
+def cmdstan_available() -> tuple[bool, str]:
+    """Whether cmdstanpy can find a CmdStan installation, and why not."""
+    return _locate_cmdstan()
+
+
+def _pystan_available() -> bool:
     try:
         import httpstan  # noqa: F401
         import stan  # noqa: F401
-
-        names.append("pystan")
     except ImportError:
-        pass
+        return False
+    return True
+
+
+def available_backends() -> tuple[str, ...]:
+    """The engines usable here, in ``auto``'s order of preference."""
+    names = []
     if cmdstan_available()[0]:
         names.append("cmdstanpy")
+    if _pystan_available():
+        names.append("pystan")
     return tuple(names)
 
 
-@lru_cache(maxsize=None)
+def default_engine() -> str:
+    """The engine ``backend="auto"`` runs: ``$STANHIER_BACKEND``, else CmdStan if installed, else pystan."""
+    chosen = os.environ.get(ENGINE_ENV, "").strip()
+    if chosen:
+        if chosen not in BACKENDS[1:]:
+            raise ArgumentError(f"${ENGINE_ENV}={chosen!r} is not an engine; use pystan or cmdstanpy.")
+        return chosen
+    return "cmdstanpy" if cmdstan_available()[0] else "pystan"
+
+
 def get_backend(name: str = "auto") -> Backend:
-    """Return the backend called ``name`` (``auto``: cmdstanpy if CmdStan is installed, else pystan)."""
-    if name not in BACKENDS:
-        raise BackendError(f"Unknown backend {name!r}; choose one of {', '.join(BACKENDS)}.")
-    if name == "auto":
-        name = "cmdstanpy" if cmdstan_available()[0] else "pystan"
+    """Return the backend called ``name`` (``auto``: see :func:`default_engine`).
+
+    An unknown name is an :class:`~stanhier.errors.ArgumentError` (a ``ValueError``); a known
+    engine that is not installed or not usable is a :class:`~stanhier.errors.BackendError`.
+    """
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ArgumentError(f"Unknown backend {name!r}; choose one of {', '.join(BACKENDS)}.")
+    return _make_backend(default_engine() if name == "auto" else name)
+
+
+@lru_cache(maxsize=None)
+def _make_backend(name: str) -> Backend:
     if name == "cmdstanpy":
         ok, why = cmdstan_available()
         if not ok:
             raise BackendError(f"The cmdstanpy backend is not usable: {why}.")
-        from .cmdstanpy_backend import CmdStanPyBackend
-
         return CmdStanPyBackend()
-    try:
-        from .pystan_backend import PystanBackend
-    except ImportError as exc:  # pragma: no cover - pystan is a hard dependency
-        raise BackendError(f"The pystan backend is not installed ({exc}): pip install pystan.") from None
+    if not _pystan_available():  # pragma: no cover - pystan is a hard dependency
+        raise BackendError("The pystan backend is not installed: pip install pystan.")
     return PystanBackend()

@@ -1,32 +1,33 @@
-"""What every backend provides: compile (cached), sample (NUTS), log density, optimize.
+"""What every backend provides: compile (cached), sample (NUTS), log density (value,
+gradient, many points at once), constrain, and optionally a native optimizer.
 
 Backends take the same Stan program and the same data dict and return the same
-plain objects (:class:`RawSample`, :class:`OptimizeResult`), so nothing above this
-layer knows which one ran.
+plain objects (:class:`RawSample`, :class:`LogDensity`), so nothing above this
+layer knows which one ran: callers never branch on a backend's name.
 
 Example
 -------
->>> from stanhier.backends import get_backend
->>> backend = get_backend("pystan")          # doctest: +SKIP
->>> model = backend.compile("parameters { real x; } model { x ~ std_normal(); }")  # doctest: +SKIP
->>> model.cache_hit in (True, False)         # doctest: +SKIP
-True
+>>> settings = SampleSettings(chains=2, iter=100, seed=1)
+>>> settings.warmup, settings.draws_per_chain
+(50, 50)
+>>> code_line("Exception: x is -1 (in 'm.stan', line 1, column 0)", "real<lower=0> x;")
+'\\nGenerated code, line 1: real<lower=0> x;'
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from scipy import optimize as sopt
 
 from ..errors import ArgumentError
 
 __all__ = [
-    "SampleSettings", "RawSample", "OptimizeResult", "LogDensity", "CompiledModel", "Backend",
-    "reshape_flat", "fd_hessian", "SAMPLER_STATS",
+    "SampleSettings", "RawSample", "LogDensity", "CompiledModel", "Backend",
+    "reshape_flat", "fd_hessian", "code_line", "SAMPLER_STATS",
 ]
 
 #: Stan's per-draw sampler statistics, in Stan's order.
@@ -114,29 +115,38 @@ class RawSample:
     messages: str = ""
 
 
-@dataclass(frozen=True, eq=False)
-class OptimizeResult:
-    """An optimum on the unconstrained scale with its constrained values."""
-
-    theta: np.ndarray  #: unconstrained parameter vector
-    params: dict[str, np.ndarray]  #: constrained values (parameters, transformed parameters, GQs)
-    lp: float  #: log density at the optimum (Jacobian off)
-    converged: bool
-    message: str
-    grad_norm: float = float("nan")
-    n_evals: int = 0
-
-
 class LogDensity(abc.ABC):
-    """The model's log density on the unconstrained scale, for one data set."""
+    """The model's log density on the unconstrained scale, for one data set.
+
+    Every backend evaluates Stan's ``log_prob`` with ``propto=True`` (constants of ``~``
+    statements dropped; ``target +=`` keeps everything), so values agree across backends.
+    """
 
     n_params: int
 
     @abc.abstractmethod
-    def log_prob(self, theta: np.ndarray, jacobian: bool = False) -> float: ...
+    def log_prob_grad(self, theta: np.ndarray, jacobian: bool = False) -> tuple[float, np.ndarray]:
+        """Log density and its gradient at ``theta``; raises a ``RuntimeError`` subclass
+        where Stan throws (e.g. a ``reject`` or a domain error)."""
 
-    @abc.abstractmethod
-    def log_prob_grad(self, theta: np.ndarray, jacobian: bool = False) -> tuple[float, np.ndarray]: ...
+    def log_prob(self, theta: np.ndarray, jacobian: bool = False) -> float:
+        return self.log_prob_grad(theta, jacobian)[0]
+
+    def log_prob_grad_many(self, thetas: np.ndarray, jacobian: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Log densities ``(m,)`` and gradients ``(m, n)`` at the rows of ``thetas``.
+
+        Rows where Stan throws give ``-inf`` and a NaN gradient. Backends where each call
+        has a fixed cost (a process) evaluate all rows at once.
+        """
+        thetas = np.atleast_2d(np.asarray(thetas, float))
+        lps = np.empty(len(thetas))
+        grads = np.empty(thetas.shape)
+        for i, row in enumerate(thetas):
+            try:
+                lps[i], grads[i] = self.log_prob_grad(row, jacobian)
+            except (RuntimeError, ValueError):
+                lps[i], grads[i] = -np.inf, np.nan
+        return lps, grads
 
     @abc.abstractmethod
     def constrain(self, theta: np.ndarray) -> dict[str, np.ndarray]:
@@ -145,13 +155,36 @@ class LogDensity(abc.ABC):
         (size-0 and size-1 variables included as arrays of that shape)."""
 
     def hessian(self, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
-        """Hessian by central differences of the gradient (Jacobian off)."""
-        return fd_hessian(self.log_prob_grad, np.asarray(theta, float), step)
+        """Hessian by central differences of the gradient (Jacobian off); the ``2n``
+        gradients are evaluated in one :meth:`log_prob_grad_many` call."""
+        x = np.asarray(theta, float)
+        n = len(x)
+        h = step * np.maximum(1.0, np.abs(x))
+        E = np.diag(h)
+        _, grads = self.log_prob_grad_many(np.vstack([x + E, x - E]))
+        H = ((grads[:n] - grads[n:]) / (2 * h[:, None])).T
+        return (H + H.T) / 2
+
+
+def code_line(message: str, code: str) -> str:
+    """'Generated code, line n: ...' for the first ``line n, column m`` Stan's message names.
+
+    >>> code_line("Exception: bad (in 'model.stan', line 2, column 2 to column 9)", "a\\n  b ~ c;")
+    '\\nGenerated code, line 2: b ~ c;'
+    """
+    lines = code.splitlines()
+    match = re.search(r"line (\d+), column (\d+)", message)
+    if match and 1 <= int(match.group(1)) <= len(lines):
+        n = int(match.group(1))
+        return f"\nGenerated code, line {n}: {lines[n - 1].strip()}"
+    return ""
 
 
 def fd_hessian(value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray,
                step: float = 1e-5) -> np.ndarray:
     """Symmetrised central differences of a gradient; steps relative to each parameter's size.
+
+    Prefer :meth:`LogDensity.hessian`, which evaluates the ``2n`` gradients in one batch.
 
     >>> fd_hessian(lambda x: (0.0, -2 * x), np.array([1.0, 2.0])).round(6).tolist()
     [[-2.0, 0.0], [0.0, -2.0]]
@@ -164,29 +197,6 @@ def fd_hessian(value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], x: 
         e[i] = h
         H[:, i] = (value_grad(x + e)[1] - value_grad(x - e)[1]) / (2 * h)
     return (H + H.T) / 2
-
-
-def lbfgs(density: LogDensity, theta0: np.ndarray, gtol: float = 1e-6, maxiter: int = 5000) -> OptimizeResult:
-    """Maximize ``density`` (Jacobian off) with scipy's L-BFGS-B from ``theta0``."""
-    count = {"n": 0}
-
-    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        count["n"] += 1
-        try:
-            lp, g = density.log_prob_grad(theta)
-        except Exception:
-            return 1e300, np.zeros_like(theta)
-        if not np.isfinite(lp):
-            return 1e300, np.zeros_like(theta)
-        return -lp, -np.asarray(g)
-
-    res = sopt.minimize(fun, np.asarray(theta0, float), jac=True, method="L-BFGS-B",
-                        options={"maxiter": maxiter, "gtol": gtol, "ftol": 1e-15, "maxcor": 20})
-    lp, g = density.log_prob_grad(res.x)
-    gnorm = float(np.max(np.abs(g))) if len(g) else 0.0
-    return OptimizeResult(theta=res.x, params=density.constrain(res.x), lp=float(lp),
-                          converged=bool(np.isfinite(lp) and (res.success or gnorm < 1e-3)),
-                          message=str(res.message), grad_norm=gnorm, n_evals=count["n"])
 
 
 class CompiledModel(abc.ABC):
@@ -211,13 +221,6 @@ class CompiledModel(abc.ABC):
         Callers never branch on the backend's name; they ask this method.
         """
         return None
-
-    def optimize(self, data: dict, theta0: np.ndarray | None = None, *, seed: int = 1) -> OptimizeResult:
-        """Maximize the log density with the Jacobian off (L-BFGS)."""
-        density = self.log_density(data)
-        if theta0 is None:
-            theta0 = np.random.default_rng(seed).uniform(-2, 2, density.n_params)
-        return lbfgs(density, theta0)
 
 
 class Backend(abc.ABC):

@@ -1,146 +1,338 @@
 """The cmdstanpy backend (CmdStan): NUTS via ``sample``, ML via ``optimize(jacobian=False)``.
 
-Programs are written to ``<cache>/cmdstanpy/<key>/model.stan`` and compiled there
-under the entry's lock; the executable is reused by every later fit.
-Used where ``cmdstanpy.cmdstan_path()`` finds an installation
-(``python -m cmdstanpy.install_cmdstan``).
+Programs are written to ``<cache>/cmdstanpy/<key>/model.stan`` and compiled there under
+the entry's lock; ``key`` hashes the program text, the CmdStan version *and* the CmdStan
+path (executables link that tree's ``libtbb.so.2`` by rpath), and a cache hit is trusted
+only after the executable runs (``model info``).
+
+Shapes come from the program's declarations (:mod:`.declarations`) and CmdStan's CSV
+header, never from a probe run: size-0 variables (left out of CmdStan's CSV) are filled
+in, and size-1 vectors stay vectors. The log density and its gradient use CmdStan's
+``log_prob`` method, which evaluates many unconstrained vectors in one process: a
+finite-difference Hessian costs one process, not ``2n``. Every file is written to a
+temporary directory that is removed when the call (or the density object) is done.
+
+Example
+-------
+>>> from stanhier.backends import cmdstan_available
+>>> ok, why = cmdstan_available()
+>>> ok or "install_cmdstan" in why
+True
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
+import re
+import shutil
+import subprocess
 import tempfile
 import time
+import weakref
 from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from .. import cache
-from ..errors import SamplingError, StanCompileError
-from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, OptimizeResult, RawSample,
-                   SampleSettings)
+from ..errors import BackendError, SamplingError, StanCompileError
+from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
+                   code_line)
+from .declarations import (Declaration, ParameterLayout, UnsupportedDeclaration, parse_declarations,
+                           variables_from_columns)
 
-__all__ = ["CmdStanPyBackend"]
+__all__ = ["CmdStanPyBackend", "cmdstan_release"]
+
+#: CmdStan's L-BFGS tolerances for ML (tighter than CmdStan's defaults; Newton polishing follows).
+OPTIMIZE_ARGS = ("iter=10000", "algorithm=lbfgs", "tol_rel_grad=1e3", "tol_rel_obj=1e2")
 
 
-def _jsonable(data: dict) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+def cmdstan_release(path: str | Path) -> str:
+    """The CmdStan version of the tree at ``path`` (from its makefile), e.g. ``'2.35.0'``."""
+    try:
+        text = (Path(path) / "makefile").read_text(errors="replace")
+    except OSError:
+        return ""
+    m = re.search(r"CMDSTAN_VERSION\s*:?=\s*([\w.\-]+)", text)
+    return m.group(1) if m else ""
+
+
+@contextlib.contextmanager
+def _cmdstanpy_logging(progress: bool) -> Iterator[None]:
+    """Silence cmdstanpy's logger unless ``progress``; its level is restored afterwards."""
+    from cmdstanpy.utils import get_logger
+
+    logger = get_logger()  # the first call configures the logger; do it before saving the level
+    saved = logger.level
+    if not progress:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def _stan_message(text: str) -> str:
+    """The lines of CmdStan's console output that say what went wrong."""
+    keep = [ln.strip() for ln in text.splitlines()
+            if re.search(r"Exception|[Ee]rror|Rejecting|Unrecoverable|[Ii]nitiali[sz]ation|must be|"
+                         r"[Mm]ismatch|not found|declared|cannot", ln)
+            and "Consider re-running" not in ln and "show_console" not in ln]
+    return "\n".join(dict.fromkeys(keep))[-3000:] or text.strip()[-3000:]
+
+
+def _read_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """A CmdStan CSV: column names and the numeric rows (comments skipped)."""
+    names: list[str] = []
+    rows = []
+    with contextlib.suppress(FileNotFoundError):
+        with open(path) as fh:
+            for line in fh:
+                if not line.strip() or line.startswith("#"):
+                    continue
+                if not names:
+                    names = line.strip().split(",")
+                    continue
+                parts = line.strip().split(",")
+                if len(parts) == len(names):
+                    rows.append([float(p) for p in parts])
+    return names, np.array(rows, float).reshape(len(rows), len(names))
+
+
+def _write_json(path: Path, values: Mapping[str, Any]) -> None:
+    import cmdstanpy
+
+    cmdstanpy.write_stan_json(str(path), {k: np.asarray(v) if isinstance(v, (list, tuple)) else v
+                                          for k, v in values.items()})
+
+
+def _complete(found: Mapping[str, np.ndarray], decls: tuple[Declaration, ...], env: Mapping[str, Any],
+              lead: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Every declared variable in declaration order; size-0 ones (absent from CmdStan's
+    output) as empty arrays of their declared shape after the ``lead`` dimensions."""
+    out = {}
+    for d in decls:
+        if d.name in found:
+            out[d.name] = found[d.name]
+            continue
+        try:
+            shape = d.shape(env)
+        except UnsupportedDeclaration:
+            shape = (0,) * d.ndim
+        if int(np.prod(shape)) != 0:
+            raise SamplingError(f"CmdStan returned no values for {d.name} (declared shape {shape}).")
+        out[d.name] = np.zeros(lead + shape)
+    for name, values in found.items():
+        out.setdefault(name, values)
+    return out
+
+
+class _Workspace:
+    """A temporary directory holding one data set's JSON and per-call files; removed when
+    the owner is garbage collected or at exit."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="stanhier-cmdstan-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
+        self.data_file = self.dir / "data.json"
+        _write_json(self.data_file, data)
+        self._ids = itertools.count()
+
+    def files(self, *suffixes: str) -> list[Path]:
+        i = next(self._ids)
+        return [self.dir / f"{i}{s}" for s in suffixes]
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=False)
 
 
 class _CmdStanDensity(LogDensity):
-    """Log density and gradient through ``CmdStanModel.log_prob`` (one CmdStan call each).
+    """Log density and gradient through CmdStan's ``log_prob`` method (many rows per process)."""
 
-    cmdstanpy's ``log_prob`` takes values on the *constrained* scale (a dict of
-    parameter variables) and returns ``lp__`` and the gradient with respect to the
-    unconstrained parameters. This class is meant for programs whose parameters are
-    all unconstrained (stanhier's ML programs), where both scales coincide: the flat
-    vector ``theta`` is split into the parameter variables in declaration order
-    (column-major within each variable, as Stan's unconstrained vector).
-    Slow (a process per call): used for the few evaluations after CmdStan's own
-    optimizer (Newton polishing, Hessian), not inside an optimizer loop.
-    """
-
-    def __init__(self, model, data: dict) -> None:
+    def __init__(self, model: "_CmdStanModel", data: Mapping[str, Any]) -> None:
         self._model = model
-        scratch = cache.cache_dir() / "cmdstanpy" / "scratch"  # stays inside stanhier's cache
-        scratch.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix="density-", dir=scratch))
-        self._data_file = self._tmp / "data.json"
-        self._data_file.write_text(json.dumps(_jsonable(data)))
-        self.shapes = self._parameter_shapes()
-        self.n_params = int(sum(int(np.prod(s)) for s in self.shapes.values()))
+        self._env = dict(data)
+        self._ws = _Workspace(data)
+        params = [d for d in model.declarations if d.block == "parameters"]
+        try:
+            self.n_params = int(sum(d.unconstrained_size(self._env) for d in params))
+        except UnsupportedDeclaration as exc:
+            raise BackendError(f"Cannot size the program's parameters for CmdStan: {exc}.") from None
+        try:
+            self._layout: ParameterLayout | None = ParameterLayout(model.declarations, self._env)
+        except UnsupportedDeclaration:
+            self._layout = None
 
-    def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Names (declaration order) and shapes of the ``parameters`` block's variables."""
-        info = self._model.src_info()
-        names = list(info.get("parameters", {}))
-        fit = self._model.optimize(data=str(self._data_file), jacobian=False, iter=1,
-                                   algorithm="lbfgs", show_console=False, require_converged=False)
-        values = fit.stan_variables()
-        return {name: tuple(np.shape(values[name])) for name in names}
+    def close(self) -> None:
+        """Remove the temporary files now (otherwise done when the object is collected)."""
+        self._ws.close()
 
-    def to_dict(self, theta: np.ndarray) -> dict:
-        """Split a flat vector into the parameter variables (Stan's column-major order)."""
-        out, pos = {}, 0
-        theta = np.asarray(theta, float)
-        for name, shape in self.shapes.items():
-            size = int(np.prod(shape)) if shape else 1
-            chunk = theta[pos:pos + size]
-            out[name] = float(chunk[0]) if not shape else chunk.reshape(shape, order="F").tolist()
-            pos += size
-        return out
-
-    def flatten(self, params: dict) -> np.ndarray:
-        """The inverse of :meth:`to_dict` (constrained values -> flat vector)."""
-        parts = [np.ravel(np.asarray(params[name], float), order="F") for name in self.shapes]
-        return np.concatenate(parts) if parts else np.zeros(0)
+    def _evaluate(self, thetas: np.ndarray, jacobian: bool) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        m = len(thetas)
+        lps, grads = np.full(m, -np.inf), np.full((m, self.n_params), np.nan)
+        errors: dict[int, str] = {}
+        if self.n_params == 0:
+            raise SamplingError("The program has no parameters: CmdStan's log_prob method needs at least one.")
+        todo = np.arange(m)
+        while len(todo):
+            upars, out = self._ws.files("-u.json", "-lp.csv")
+            # Stan reads JSON arrays column-major, CmdStan then splits the values row by row
+            rows_in = thetas[todo]
+            upars.write_text(json.dumps({"params_r": rows_in.ravel().reshape(rows_in.shape, order="F").tolist()}))
+            proc = _run([str(self._model.exe), "log_prob", f"unconstrained_params={upars}",
+                         f"jacobian={int(bool(jacobian))}", "data", f"file={self._ws.data_file}",
+                         "output", f"file={out}", "sig_figs=18"])
+            names, rows = _read_csv(out)
+            for path in (upars, out):
+                path.unlink(missing_ok=True)
+            k = len(rows)
+            lps[todo[:k]], grads[todo[:k]] = rows[:, 0], rows[:, 1:]
+            if proc.returncode == 0 and k == len(todo):
+                break
+            message = _stan_message(proc.stdout + "\n" + proc.stderr)
+            if not names or k == len(todo):  # failed before any row: data or setup, not a point
+                raise SamplingError(f"CmdStan's log_prob failed: {message}{code_line(message, self._model.code)}")
+            errors[int(todo[k])] = message
+            todo = todo[k + 1:]
+        return lps, grads, errors
 
     def log_prob_grad(self, theta, jacobian=False):
-        path = self._tmp / "params.json"
-        path.write_text(json.dumps(self.to_dict(theta)))
-        out = self._model.log_prob(params=str(path), data=str(self._data_file),
-                                   jacobian=bool(jacobian), sig_figs=18)
-        values = out.iloc[0].to_numpy(float)
-        return float(values[0]), values[1:]
+        theta = np.asarray(theta, float)
+        lps, grads, errors = self._evaluate(theta[None, :], jacobian)
+        if errors:
+            raise SamplingError(f"Stan could not evaluate the log density: {errors[0]}"
+                                f"{code_line(errors[0], self._model.code)}")
+        return float(lps[0]), grads[0]
 
-    def log_prob(self, theta, jacobian=False):
-        return self.log_prob_grad(theta, jacobian)[0]
+    def log_prob_grad_many(self, thetas, jacobian=False):
+        lps, grads, _ = self._evaluate(np.atleast_2d(np.asarray(thetas, float)), jacobian)
+        return lps, grads
 
     def constrain(self, theta):
-        return {k: np.asarray(v) for k, v in self.to_dict(theta).items()}
+        if self._layout is None:
+            raise BackendError("constrain() on CmdStan supports parameters with no constraint, lower/upper "
+                               "bounds or offset/multiplier only; use backend='pystan' for this program.")
+        params = self._layout.constrain(np.asarray(theta, float))
+        if all(d.block == "parameters" for d in self._model.declarations):
+            return _complete(params, self._model.declarations, self._env, ())
+        init, out = self._ws.files("-init.json", "-gq.csv")
+        _write_json(init, params)
+        proc = _run([str(self._model.exe), "sample", "num_samples=1", "num_warmup=0", "algorithm=fixed_param",
+                     "data", f"file={self._ws.data_file}", f"init={init}", "random", "seed=1",
+                     "output", f"file={out}", "sig_figs=18"])
+        names, rows = _read_csv(out)
+        for path in (init, out):
+            path.unlink(missing_ok=True)
+        if proc.returncode != 0 or len(rows) != 1:
+            message = _stan_message(proc.stdout + "\n" + proc.stderr)
+            raise SamplingError(f"CmdStan could not compute the generated quantities: {message}"
+                                f"{code_line(message, self._model.code)}")
+        keep = [j for j, n in enumerate(names) if not n.endswith("__")]
+        found = {k: v[0] for k, v in variables_from_columns([names[j] for j in keep], rows[:, keep]).items()}
+        found.update(params)  # the exact values, not their 18-digit print
+        return _complete(found, self._model.declarations, self._env, ())
 
 
 class _CmdStanModel(CompiledModel):
-    def __init__(self, code: str, model, cache_hit: bool, seconds: float) -> None:
+    def __init__(self, code: str, exe: Path, cache_hit: bool, seconds: float) -> None:
         self.code = code
         self.backend = "cmdstanpy"
         self.cache_hit = cache_hit
         self.compile_seconds = seconds
-        self._model = model
+        self.exe = exe
+        self.declarations = parse_declarations(code)
 
     def log_density(self, data: dict) -> LogDensity:
-        return _CmdStanDensity(self._model, data)
+        return _CmdStanDensity(self, data)
+
+    def native_optimizer(self, data: dict) -> Callable[[np.ndarray], np.ndarray] | None:
+        """CmdStan's L-BFGS (``optimize jacobian=0``) from an unconstrained start vector."""
+        try:
+            layout = ParameterLayout(self.declarations, data)
+        except UnsupportedDeclaration:
+            return None
+        ws = _Workspace(data)
+        params = [d for d in self.declarations if d.block == "parameters"]
+
+        def optimize(x0: np.ndarray) -> np.ndarray:
+            init, out = ws.files("-init.json", "-opt.csv")
+            _write_json(init, layout.constrain(np.asarray(x0, float)))
+            proc = _run([str(self.exe), "optimize", "jacobian=0", *OPTIMIZE_ARGS, "data",
+                         f"file={ws.data_file}", f"init={init}", "random", "seed=1", "output",
+                         f"file={out}", "sig_figs=18"])
+            names, rows = _read_csv(out)
+            for path in (init, out):
+                path.unlink(missing_ok=True)
+            if len(rows) == 0:  # CmdStan writes its last iterate even when it stops early
+                message = _stan_message(proc.stdout + "\n" + proc.stderr)
+                raise SamplingError(f"CmdStan's optimizer failed: {message}{code_line(message, self.code)}")
+            found = {k: v[-1] for k, v in variables_from_columns(names, rows).items()}
+            return layout.unconstrain(_complete(found, tuple(params), data, ()))
+
+        optimize.workspace = ws  # type: ignore[attr-defined]  # lives as long as the function
+        return optimize
 
     def sample(self, data: dict, settings: SampleSettings) -> RawSample:
-        inits = settings.inits_for_chains()
-        start = time.perf_counter()
-        try:
-            fit = self._model.sample(
-                data=_jsonable(data), chains=settings.chains,
-                parallel_chains=settings.cores or settings.chains,
-                iter_warmup=settings.warmup, iter_sampling=settings.iter - settings.warmup,
-                thin=settings.thin, seed=settings.seed, adapt_delta=settings.adapt_delta,
-                max_treedepth=settings.max_treedepth,
-                inits=inits if inits is not None else settings.init_radius,
-                show_progress=settings.progress,
-            )
-        except RuntimeError as exc:
-            raise SamplingError(f"CmdStan failed while sampling: {exc}") from None
-        seconds = time.perf_counter() - start
-        draws = {}
-        chains = settings.chains
-        for name, values in fit.stan_variables().items():
-            arr = np.asarray(values)
-            draws[name] = arr.reshape((chains, arr.shape[0] // chains) + arr.shape[1:])  # also size-0 b
-        method = fit.method_variables()
-        stats = {k: np.asarray(method[k]).T for k in SAMPLER_STATS if k in method}
-        return RawSample(draws=draws, stats=stats, settings=settings, seconds=seconds)
+        import cmdstanpy
 
-    def optimize(self, data: dict, theta0=None, *, seed: int = 1) -> OptimizeResult:
-        """CmdStan's L-BFGS with the Jacobian off; ``theta0``: a dict of (constrained) initial values."""
-        inits = None if theta0 is None else theta0  # a dict of constrained values
-        try:
-            fit = self._model.optimize(data=_jsonable(data), jacobian=False, algorithm="lbfgs",
-                                       seed=seed, inits=inits, iter=10000, show_console=False,
-                                       require_converged=False, sig_figs=18, tol_rel_grad=1e3,
-                                       tol_rel_obj=1e2)
-        except RuntimeError as exc:
-            raise SamplingError(f"CmdStan's optimizer failed: {exc}") from None
-        params = {k: np.asarray(v) for k, v in fit.stan_variables().items()}
-        lp = float(fit.optimized_params_dict["lp__"])
-        return OptimizeResult(theta=np.array([]), params=params, lp=lp,
-                              converged=bool(getattr(fit, "converged", True)), message="CmdStan L-BFGS")
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="stanhier-cmdstan-") as tmp, \
+                _cmdstanpy_logging(settings.progress):
+            data_file = Path(tmp) / "data.json"
+            _write_json(data_file, data)
+            inits: Any = settings.init_radius
+            if settings.inits_for_chains() is not None:
+                inits = []
+                for i, values in enumerate(settings.inits_for_chains()):
+                    path = Path(tmp) / f"init-{i + 1}.json"
+                    _write_json(path, values)
+                    inits.append(str(path))
+            out_dir = Path(tmp) / "out"
+            out_dir.mkdir()
+            try:
+                model = cmdstanpy.CmdStanModel(exe_file=str(self.exe))
+                fit = model.sample(
+                    data=str(data_file), chains=settings.chains,
+                    parallel_chains=settings.cores or settings.chains,
+                    iter_warmup=settings.warmup, iter_sampling=settings.iter - settings.warmup,
+                    thin=settings.thin, seed=settings.seed, adapt_delta=settings.adapt_delta,
+                    max_treedepth=settings.max_treedepth, inits=inits, output_dir=str(out_dir),
+                    show_progress=settings.progress, show_console=False, sig_figs=18,
+                )
+                names = list(fit.column_names)
+                values = np.asarray(fit.draws(concat_chains=False), float)  # (draw, chain, column)
+            except RuntimeError as exc:
+                console = "\n".join(p.read_text(errors="replace") for p in sorted(out_dir.glob("*stdout*")))
+                message = _stan_message(console or str(exc))
+                raise SamplingError(f"Stan failed while sampling: {message}{code_line(message, self.code)}"
+                                    ) from None
+        seconds = time.perf_counter() - start
+        flat = np.transpose(values, (1, 0, 2))  # (chain, draw, column)
+        chains, draws = flat.shape[:2]
+        stats = {n: flat[:, :, j] for j, n in enumerate(names) if n in SAMPLER_STATS}
+        keep = [j for j, n in enumerate(names) if not n.endswith("__")]
+        found = variables_from_columns([names[j] for j in keep], flat.reshape(chains * draws, -1)[:, keep])
+        found = {k: v.reshape((chains, draws) + v.shape[1:]) for k, v in found.items()}
+        variables = _complete(found, self.declarations, data, (chains, draws))
+        return RawSample(draws=variables, stats={k: stats[k] for k in SAMPLER_STATS if k in stats},
+                         settings=settings, seconds=seconds)
+
+
+def _executable_runs(exe: Path) -> bool:
+    """Whether a cached executable still starts (its CmdStan tree may have moved)."""
+    if not exe.is_file():
+        return False
+    try:
+        return subprocess.run([str(exe), "info"], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 class CmdStanPyBackend(Backend):
@@ -148,32 +340,46 @@ class CmdStanPyBackend(Backend):
 
     name = "cmdstanpy"
 
-    @property
-    def stan_version(self) -> str:
+    def __init__(self) -> None:
         import cmdstanpy
 
-        return "cmdstan-" + ".".join(map(str, cmdstanpy.cmdstan_version() or ()))
+        self.path = Path(cmdstanpy.cmdstan_path()).resolve()
+        self.release = cmdstan_release(self.path) or ".".join(map(str, cmdstanpy.cmdstan_version() or ()))
+
+    @property
+    def stan_version(self) -> str:
+        return f"cmdstan-{self.release}"
 
     def compile(self, code: str, *, progress: bool = True) -> CompiledModel:
         import cmdstanpy
 
-        if not progress:
-            logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
-        key = cache.program_key(code, self.name, self.stan_version)
+        key = cache.program_key(code, self.name, f"{self.stan_version}|{self.path}")
         entry = cache.entry_dir(self.name, key)
-        stan_file = entry / "model.stan"
-        if cache.is_complete(entry):
-            return _CmdStanModel(code, cmdstanpy.CmdStanModel(stan_file=str(stan_file),
-                                                              exe_file=str(entry / "model")), True, 0.0)
+        exe = entry / "model"
+        if cache.is_complete(entry) and _executable_runs(exe):
+            return _CmdStanModel(code, exe, True, 0.0)
         start = time.perf_counter()
         with cache.locked_entry(self.name, key) as entry:
             if cache.is_complete(entry):
-                model = cmdstanpy.CmdStanModel(stan_file=str(stan_file), exe_file=str(entry / "model"))
-                return _CmdStanModel(code, model, True, 0.0)
+                if _executable_runs(exe):  # another process built it while we waited
+                    return _CmdStanModel(code, exe, True, 0.0)
+                cache.clear_entry(entry)  # stale: built against a CmdStan tree that is gone
+            stan_file = entry / "model.stan"
             stan_file.write_text(code)
-            try:
-                model = cmdstanpy.CmdStanModel(stan_file=str(stan_file))
-            except ValueError as exc:
-                raise StanCompileError(f"Stan could not compile the program:\n{exc}") from None
+            if progress:
+                print("Compiling the Stan program with CmdStan (once per model structure)...", flush=True)
+            with _cmdstanpy_logging(progress):
+                try:
+                    cmdstanpy.CmdStanModel(stan_file=str(stan_file), exe_file=None)
+                except (ValueError, RuntimeError) as exc:
+                    message = str(exc)
+                    raise StanCompileError(f"Stan could not compile the program:\n{message.strip()}"
+                                           f"{code_line(message, code)}") from None
+            if not _executable_runs(exe):
+                raise BackendError(f"CmdStan built {exe} but it does not run; check the CmdStan "
+                                   f"installation at {self.path}.")
             cache.mark_complete(entry)
-        return _CmdStanModel(code, model, False, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if progress:
+            print(f"Compiled in {seconds:.1f} s.", flush=True)
+        return _CmdStanModel(code, exe, False, seconds)

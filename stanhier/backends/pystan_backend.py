@@ -23,7 +23,7 @@ import numpy as np
 from .. import cache
 from ..errors import SamplingError, StanCompileError
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
-                   reshape_flat)
+                   code_line, reshape_flat)
 
 __all__ = ["PystanBackend"]
 
@@ -36,6 +36,30 @@ def _point_httpstan_at(entry_root: Path) -> None:
         return entry_root
 
     httpstan.cache.cache_directory = cache_directory
+    _guard_progress_parser()
+
+
+class _ProgressPattern:
+    """httpstan's progress regex, never returning an empty list.
+
+    httpstan (4.13) reads sampler progress with ``iteration_info_re.findall(message).pop()``;
+    under load a message can arrive split so that it says ``info:Iteration`` without a
+    complete progress line, and the ``IndexError`` ends the whole fit. Progress text is
+    cosmetic, so an unmatched message gives a placeholder instead.
+    """
+
+    def __init__(self, pattern) -> None:
+        self.pattern = pattern
+
+    def findall(self, message: bytes) -> list[bytes]:
+        return self.pattern.findall(message) or [b"Iteration: (progress message split)"]
+
+
+def _guard_progress_parser() -> None:
+    import httpstan.views
+
+    if not isinstance(httpstan.views.iteration_info_re, _ProgressPattern):
+        httpstan.views.iteration_info_re = _ProgressPattern(httpstan.views.iteration_info_re)
 
 
 @contextlib.contextmanager
@@ -68,18 +92,8 @@ def _fd_to_file(path: Path):
                 os.close(fd)
 
 
-def _code_line(message: str, code: str) -> str:
-    """'Generated code, line n: ...' for the first line number Stan's message names."""
-    lines = code.splitlines()
-    match = re.search(r"line (\d+), column (\d+)", message)
-    if match and 1 <= int(match.group(1)) <= len(lines):
-        n = int(match.group(1))
-        return f"\nGenerated code, line {n}: {lines[n - 1].strip()}"
-    return ""
-
-
 def _compile_error(message: str, code: str) -> StanCompileError:
-    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{_code_line(message, code)}")
+    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{code_line(message, code)}")
 
 
 class _PystanDensity(LogDensity):
@@ -187,7 +201,7 @@ class _PystanModel(CompiledModel):
             message = str(exc).split(", traceback:")[0]
             stan_says = "\n".join(ln for ln in _relevant_warnings(console.getvalue()).splitlines()
                                   if ln.strip() and "Building" not in ln and "Sampling" not in ln)[-3000:]
-            raise SamplingError(f"Stan failed while sampling: {message}{_code_line(message, self.code)}"
+            raise SamplingError(f"Stan failed while sampling: {message}{code_line(message, self.code)}"
                                 f"\n{stan_says}".rstrip()) from None
         finally:
             self._drop_cached_fits()
