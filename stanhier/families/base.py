@@ -225,16 +225,16 @@ class Family:
         """Raise :class:`FamilyError` naming the column if ``y`` is outside the support."""
         y = np.asarray(y, float)
         if self.support in ("count", "binomial"):
-            self._bad(y, column, y < 0, "below zero", "counts must be non-negative integers.")
-            self._bad(y, column, y != np.round(y), "that are not whole numbers",
+            self.reject_values(y, column, y < 0, "below zero", "counts must be non-negative integers.")
+            self.reject_values(y, column, y != np.round(y), "that are not whole numbers",
                       "counts must be integers; use a continuous family (e.g. 'gaussian', 'Gamma') otherwise.")
         if self.support == "binary":
-            self._bad(y, column, ~np.isin(y, (0.0, 1.0)), "outside {0, 1}",
+            self.reject_values(y, column, ~np.isin(y, (0.0, 1.0)), "outside {0, 1}",
                       "recode the response as 0/1, or use 'binomial' with trials for counts.")
         if self.support == "positive":
-            self._bad(y, column, y <= 0, "that are not positive", f"family {self.name!r} needs y > 0.")
+            self.reject_values(y, column, y <= 0, "that are not positive", f"family {self.name!r} needs y > 0.")
 
-    def _bad(self, y: np.ndarray, column: str, mask: np.ndarray, what: str, todo: str) -> None:
+    def reject_values(self, y: np.ndarray, column: str, mask: np.ndarray, what: str, todo: str) -> None:
         """Raise :class:`FamilyError` if any row of ``mask`` is set (used by ``check_response``)."""
         if np.any(mask):
             idx = np.flatnonzero(mask)

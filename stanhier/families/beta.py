@@ -46,6 +46,6 @@ class Beta(Family):
 
     def check_response(self, y, column, trials=None, trials_column=None):
         y = np.asarray(y, float)
-        self._bad(y, column, (y <= 0) | (y >= 1), "outside the open interval (0, 1)",
+        self.reject_values(y, column, (y <= 0) | (y >= 1), "outside the open interval (0, 1)",
                   "family 'beta' needs proportions strictly between 0 and 1 (no exact 0 or 1); "
                   "use 'binomial' for counts or 'bernoulli' for 0/1 data.")

@@ -30,7 +30,7 @@ import numpy as np
 from ..model.crossprod import grouped_crossprod
 from ..model.design import Design
 from ..errors import ArgumentError
-from ..families import Family
+from ..families import Family, get_family
 from ..model.spec import build_frame
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from . import names
