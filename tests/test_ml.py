@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-os.environ.setdefault("STANHIER_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "stanhier"))
 
 from stanhier.errors import ArgumentError, DataError, FamilyError, FormulaError, StanhierWarning  # noqa: E402
 from stanhier.ml.api import glmer, lmer  # noqa: E402
