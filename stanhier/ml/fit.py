@@ -25,6 +25,7 @@ from ..model.design import Design
 from ..errors import ArgumentError
 from ..families import Family
 from ..model.formula import parse_formula
+from .printing import _pval, _sig, _stars, _table  # h-crossed: summary() used these without importing them
 
 __all__ = ["MerFit"]
 
