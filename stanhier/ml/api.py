@@ -42,6 +42,7 @@ from ..errors import ArgumentError, DataError, FamilyError, FormulaError, Sampli
 from ..families import Family, get_family
 from ..model.formula import parse_formula
 from ..stan.templating import render
+from .crossed import fit_crossed_lmm, needs_crossed  # h-crossed hook
 from .layout import build_layout
 from .optimizer import maximize
 from .problem import _FAMILY_CODE, MLProblem, _starts, glmm_problem, lmm_problem, stan_program
@@ -88,6 +89,10 @@ def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ
     if kind == "glmm" and family.name == "binomial" and resp.kind == "plain":
         raise FamilyError("Family 'binomial' needs 'cbind(successes, failures) ~ ...' or "
                           "'y | trials(n) ~ ...'; for a 0/1 response use family='bernoulli'.")
+    # h-crossed hook: crossed/nested Gaussian models beyond the stacked layout's limit run on the
+    # blocked evaluator (ml/crossed.py; its Stan program is ml_lmm_crossed.stan).
+    if kind == "lmm" and needs_crossed(design):
+        return fit_crossed_lmm(formula, design, REML=REML, data_name=data_label(data))
     lay = build_layout(design)
     if kind == "glmm" and nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
         raise ArgumentError(
