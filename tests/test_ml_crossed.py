@@ -43,10 +43,9 @@ def _check_against(fit, ref: dict, *, ll_tol=1e-3, fe_rel=1e-4, sd_rel=1e-3, se_
     np.testing.assert_allclose(fit.fixef().to_numpy(), fe, rtol=fe_rel, atol=1e-7)
     se = np.asarray(list(ref["fixef_se"].values()))
     np.testing.assert_allclose(np.sqrt(np.diag(fit.vcov().to_numpy())), se, rtol=se_rel)
-    vc = fit.VarCorr()
-    ours = dict(zip(vc["grp"], vc["sdcor"]))
-    for row in ref["varcorr"]["table"]:
-        assert ours[row["grp"]] == pytest.approx(row["sdcor"], rel=sd_rel), row["grp"]
+    vc = fit.VarCorr()  # same order as lme4 (most levels first); lme4 names batch/cask "cask:batch"
+    ref_sd = [row["sdcor"] for row in ref["varcorr"]["table"]]
+    np.testing.assert_allclose(vc["sdcor"].to_numpy(), ref_sd, rtol=sd_rel)
 
 
 # --------------------------------------------------------------------------- InstEval (acceptance)
@@ -75,10 +74,10 @@ def test_insteval_REML_matches_lme4(insteval):
 
 #: lme4 1.1-31: lmer(y ~ service + (1 | s) + (1 | d), InstEval, REML = TRUE); sd = (s, d, Residual).
 INSTEVAL_REML_REF = {
-    "logLik": float("nan"),
-    "fixef": [float("nan"), float("nan")],
-    "se": [float("nan"), float("nan")],
-    "sd": [float("nan"), float("nan"), float("nan")],
+    "logLik": -118871.791558058,
+    "fixef": [3.28328481252704, -0.0911321694533548],
+    "se": [0.0188141974382475, 0.0132711188563271],
+    "sd": [0.325045923997443, 0.521040514569416, 1.17754556917037],
 }
 
 
