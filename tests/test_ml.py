@@ -336,11 +336,12 @@ def test_one_program_per_kind(fits):
 
 # --------------------------------------------------------------------------- sizes and errors
 def test_insteval_fails_fast_with_limit(compiled):
-    # h-crossed: lmer fits InstEval now (tests/test_ml_crossed.py); glmer keeps the stacked limit
+    # h-crossed: lmer and Laplace Poisson/binomial fit InstEval now (tests/test_ml_crossed.py);
+    # the negative binomial keeps the stacked limit
     df = pd.read_csv(HERE / "data" / "InstEval.csv")
     start = time.perf_counter()
     with pytest.raises(DataError, match=r"4100 random effects.*at most 1000.*lmer"):
-        glmer("y ~ service + (1 | s) + (1 | d)", df, family="poisson", backend=BACKEND)
+        glmer("y ~ service + (1 | s) + (1 | d)", df, family="negbinomial", backend=BACKEND)
     assert time.perf_counter() - start < 10
 
 

@@ -43,6 +43,7 @@ from ..families import Family, get_family
 from ..model.formula import parse_formula
 from ..stan.templating import render
 from .crossed import fit_crossed_lmm, needs_crossed  # h-crossed hook
+from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed  # h-crossed hook
 from .layout import build_layout
 from .optimizer import maximize
 from .problem import _FAMILY_CODE, MLProblem, _starts, glmm_problem, lmm_problem, stan_program
@@ -93,6 +94,8 @@ def _fit(kind: str, formula: str, data: Any, *, family: Family, REML: bool, nAGQ
     # blocked evaluator (ml/crossed.py; its Stan program is ml_lmm_crossed.stan).
     if kind == "lmm" and needs_crossed(design):
         return fit_crossed_lmm(formula, design, REML=REML, data_name=data_label(data))
+    if kind == "glmm" and glmm_needs_crossed(design, family, nAGQ):  # Laplace, ml/crossed_glmm.py
+        return fit_crossed_glmm(formula, design, family, data_name=data_label(data))
     lay = build_layout(design)
     if kind == "glmm" and nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
         raise ArgumentError(

@@ -352,6 +352,18 @@ class CrossedLMM:
         b1 = np.einsum("ij,lj->li", lam1, u1).reshape(-1)
         return np.concatenate([b1, lam2 @ u2])
 
+    def solve_spherical(self, f: dict, g: np.ndarray) -> np.ndarray:
+        """A^-1 g with A = Lambda'Z'Z Lambda + I factored in ``f`` (blocked substitution)."""
+        lay = self.layout
+        lam1, lam2, ainv = f["lam1"], f["lam2"], f["ainv"]
+        g1 = g[:lay.q1].reshape(lay.L1, lay.M1)
+        x1 = np.einsum("lij,lj->li", ainv, g1)
+        rhs2 = g[lay.q1:] - lam2.T @ (self.T.T @ np.einsum("ij,lj->li", lam1, x1).reshape(-1))
+        u2 = sla.cho_solve((f["CS"], True), rhs2, check_finite=False)
+        a12u2 = np.einsum("ji,lj->li", lam1, (self.T @ (lam2 @ u2)).reshape(lay.L1, lay.M1))
+        u1 = np.einsum("lij,lj->li", ainv, g1 - a12u2)
+        return np.concatenate([u1.reshape(-1), u2])
+
     def mode_covariances(self, f: dict, sigma2: float) -> dict[int, np.ndarray]:
         """Per term, (L, M, M) diagonal blocks of sigma^2 Lambda A^-1 Lambda'."""
         lay = self.layout
