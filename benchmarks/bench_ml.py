@@ -108,10 +108,11 @@ def main() -> None:
     parser.add_argument("--crossed", choices=["yes", "no", "only"], default="yes",
                         help="crossed random-effects cases (InstEval, 1M-row simulation): run them too, skip, or only them")
     parser.add_argument("--no-lme4-crossed", action="store_true", help="crossed cases without the lme4 column")
+    parser.add_argument("--cases", nargs="*", default=None, help=f"crossed cases to run (of {', '.join(CROSSED)})")
     args = parser.parse_args()
     print("Machine:", machine())
     if args.crossed == "only":
-        run_crossed(args.no_lme4_crossed)
+        run_crossed(args.no_lme4_crossed, args.cases)
         return
 
     sleep = pd.read_csv(ROOT / "tests" / "data" / "sleepstudy.csv")
@@ -183,7 +184,7 @@ def main() -> None:
     if "sim_logLik" in sm:
         print(f"MixedLM logLik (simulated): {sm['sim_logLik']:.3f}")
     if args.crossed == "yes":
-        run_crossed(args.no_lme4_crossed)
+        run_crossed(args.no_lme4_crossed, args.cases)
 
 
 # --------------------------------------------------------------------------- crossed (issue 11)
@@ -194,7 +195,9 @@ CROSSED = {
     "insteval_REML": ("y ~ service + (1 | s) + (1 | d)", "insteval", True),
     "insteval_full_ML": ("y ~ service + (1 | s) + (1 | d) + (1 | dept:service)", "insteval", False),
     "sim_crossed_1M": ("y ~ x + (1 | a) + (1 | b)", "sim1m", False),
+    "glmer_poisson_crossed": ("y ~ x + (1 | a) + (1 | b)", "simpois", None),  # None: glmer, Poisson, Laplace
 }
+SIMPOIS_TRUTH = {"a": 0.6, "b": 0.4, "(Intercept)": 0.3, "x": 0.4}
 SIM1M_TRUTH = {"a": 0.8, "b": 0.5, "Residual": 1.0, "(Intercept)": 1.0, "x": 0.5}
 
 R_CROSSED = r"""
@@ -202,7 +205,7 @@ suppressMessages(library(lme4))
 args <- commandArgs(TRUE); file <- args[1]; form <- as.formula(args[2]); reml <- as.logical(args[3])
 d <- read.csv(file)
 for (v in intersect(c("s", "d", "dept", "service", "a", "b"), names(d))) d[[v]] <- factor(d[[v]])
-t <- system.time(m <- lmer(form, d, REML = reml))[["elapsed"]]
+t <- system.time(m <- if (is.na(reml)) glmer(form, d, family = poisson) else lmer(form, d, REML = reml))[["elapsed"]]
 vc <- as.data.frame(VarCorr(m))
 mem <- as.numeric(strsplit(grep("VmHWM", readLines("/proc/self/status"), value = TRUE), "[ \t]+")[[1]][2]) / 1024
 cat(jsonlite::toJSON(list(seconds = t, logLik = as.numeric(logLik(m)), fixef = unname(fixef(m)),
@@ -221,9 +224,21 @@ def simulate_crossed(n: int = 1_000_000, n_a: int = 10_000, n_b: int = 2_000, se
     return pd.DataFrame({"y": y, "x": x, "a": a, "b": b})
 
 
+def simulate_poisson_crossed(n: int = 40_000, n_a: int = 1_600, n_b: int = 400, seed: int = 12) -> pd.DataFrame:
+    """Poisson log mu = 0.3 + 0.4 x + a[i] + b[j], SDs 0.6 and 0.4 (``SIMPOIS_TRUTH``): 2,000 levels."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n_a, n)
+    b = rng.integers(0, n_b, n)
+    x = rng.normal(size=n)
+    eta = 0.3 + 0.4 * x + rng.normal(scale=0.6, size=n_a)[a] + rng.normal(scale=0.4, size=n_b)[b]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)), "x": x, "a": a, "b": b})
+
+
 def crossed_data(name: str) -> pd.DataFrame:
     if name == "insteval":
         return pd.read_csv(ROOT / "tests" / "data" / "InstEval.csv")
+    if name == "simpois":
+        return simulate_poisson_crossed()
     return simulate_crossed()
 
 
@@ -234,7 +249,7 @@ def run_case(key: str) -> None:
     formula, data_name, reml = CROSSED[key]
     df = crossed_data(data_name)
     start = time.perf_counter()
-    fit = lmer(formula, df, REML=reml)
+    fit = glmer(formula, df, family="poisson") if reml is None else lmer(formula, df, REML=reml)
     seconds = time.perf_counter() - start
     vc = fit.VarCorr()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -243,7 +258,7 @@ def run_case(key: str) -> None:
                           evaluator=getattr(fit, "evaluator", "stan"), n_evals=fit.optimum.n_evals)))
 
 
-def run_crossed(skip_lme4: bool) -> None:
+def run_crossed(skip_lme4: bool, only: list[str] | None = None) -> None:
     print()
     print("Crossed random effects (issue 11): one fit per case, each in its own process")
     rows = []
@@ -252,6 +267,8 @@ def run_crossed(skip_lme4: bool) -> None:
         (folder / "crossed.R").write_text(R_CROSSED)
         files = {"insteval": ROOT / "tests" / "data" / "InstEval.csv"}
         for key, (formula, data_name, reml) in CROSSED.items():
+            if only and key not in only:
+                continue
             proc = subprocess.run([sys.executable, __file__, "--case", key], capture_output=True, text=True)
             if proc.returncode:
                 print(f"{key}: stanhier failed: {proc.stderr[-800:]}")
@@ -263,7 +280,7 @@ def run_crossed(skip_lme4: bool) -> None:
                     files[data_name] = folder / f"{data_name}.csv"
                     crossed_data(data_name).to_csv(files[data_name], index=False)
                 rp = subprocess.run(["Rscript", str(folder / "crossed.R"), str(files[data_name]), formula,
-                                     str(reml).upper()], capture_output=True, text=True)
+                                     "NA" if reml is None else str(reml).upper()], capture_output=True, text=True)
                 if rp.returncode:
                     print(f"{key}: lme4 failed: {rp.stderr[-500:]}")
                 else:
@@ -290,6 +307,8 @@ def run_crossed(skip_lme4: bool) -> None:
     if sim:
         print("simulated truth: SD a 0.8, b 0.5, residual 1.0; fixef (1, 0.5); "
               f"peak RSS {sim[3]['peak_mb'] / 1024:.2f} GB (limit 4 GB)")
+    if any(r[0] == "glmer_poisson_crossed" for r in rows):
+        print("Poisson simulated truth: SD a 0.6, b 0.4; fixef (0.3, 0.4); 1,600 x 400 levels, 40,000 rows")
 
 
 if __name__ == "__main__":
