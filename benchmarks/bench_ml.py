@@ -209,7 +209,7 @@ t <- system.time(m <- if (is.na(reml)) glmer(form, d, family = poisson) else lme
 vc <- as.data.frame(VarCorr(m))
 mem <- as.numeric(strsplit(grep("VmHWM", readLines("/proc/self/status"), value = TRUE), "[ \t]+")[[1]][2]) / 1024
 cat(jsonlite::toJSON(list(seconds = t, logLik = as.numeric(logLik(m)), fixef = unname(fixef(m)),
-    sd = setNames(vc$sdcor, vc$grp), peak_mb = mem), auto_unbox = TRUE, digits = NA))
+    sd = as.list(setNames(vc$sdcor, vc$grp)), peak_mb = mem), auto_unbox = TRUE, digits = NA))
 """
 
 
