@@ -246,21 +246,25 @@ class CrossedGlmerFit(MerFit):
         return "\n".join(lines)
 
 
-def _fd_hessian(fun, x: np.ndarray, rel: float = 1e-4) -> np.ndarray:
+def _fd_hessian(fun, x: np.ndarray, rel: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference (gradient, Hessian) of ``fun`` at ``x``."""
     n = len(x)
     h = rel * np.maximum(1.0, np.abs(x))
     f0 = fun(x)
     H = np.empty((n, n))
+    g = np.empty(n)
     for i in range(n):
         ei = np.zeros(n)
         ei[i] = h[i]
-        H[i, i] = (fun(x + ei) - 2 * f0 + fun(x - ei)) / h[i] ** 2
+        fp, fm = fun(x + ei), fun(x - ei)
+        g[i] = (fp - fm) / (2 * h[i])
+        H[i, i] = (fp - 2 * f0 + fm) / h[i] ** 2
         for j in range(i):
             ej = np.zeros(n)
             ej[j] = h[j]
             H[i, j] = H[j, i] = (fun(x + ei + ej) - fun(x + ei - ej) - fun(x - ei + ej)
                                  + fun(x - ei - ej)) / (4 * h[i] * h[j])
-    return H
+    return g, H
 
 
 def fit_crossed_glmm(formula: str, design: Design, family: Family, *, data_name: str = "data",
@@ -287,9 +291,10 @@ def fit_crossed_glmm(formula: str, design: Design, family: Family, *, data_name:
                             options={"initial_tr_radius": 0.2, "final_tr_radius": tol, "maxfev": 5000})
         x = np.concatenate([res.x[:K], np.maximum(res.x[K:], 0.0)])
         dev = fun(x)
-        H = _fd_hessian(fun, x) / 2 if np.all(x[K:] > 1e-4) else None
+        grad, H = _fd_hessian(fun, x) if np.all(x[K:] > 1e-4) else (np.full(len(x), np.nan), None)
+        H = None if H is None else H / 2  # Hessian of -logLik
+        grad = -grad / 2  # gradient of logLik (diagnostics)
         fun(x)  # leave the warm start at the optimum
-    grad = np.zeros(len(x))
     ok = bool(np.isfinite(dev) and res.success)
     info = OptimumInfo(theta=x, lp=-0.5 * dev, grad=grad, hessian=None, converged=ok,
                        message="converged" if ok else str(res.message), n_evals=count["n"], n_starts=1,
