@@ -233,9 +233,9 @@ def test_glmer_dispatches_large_crossed_poisson():
     from stanhier.ml.crossed_glmm import CrossedGlmerFit
 
     rng = np.random.default_rng(8)
-    n = 8000
-    df = pd.DataFrame({"a": rng.integers(0, 900, n), "b": rng.integers(0, 300, n)})
-    df["y"] = rng.poisson(np.exp(0.5 + 0.5 * rng.normal(size=900)[df.a] + 0.3 * rng.normal(size=300)[df.b]))
+    n = 6000
+    df = pd.DataFrame({"a": rng.integers(0, 850, n), "b": rng.integers(0, 200, n)})
+    df["y"] = rng.poisson(np.exp(0.5 + 0.5 * rng.normal(size=850)[df.a] + 0.3 * rng.normal(size=200)[df.b]))
     fit = glmer("y ~ 1 + (1 | a) + (1 | b)", df, family="poisson")
     assert isinstance(fit, CrossedGlmerFit)
     sd = fit.VarCorr().set_index("grp")["sdcor"]
