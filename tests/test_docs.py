@@ -17,7 +17,7 @@ DOCS = ROOT / "docs"
 #: modules whose docstring examples need no sampling
 DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design", "stanhier.model.priors", "stanhier.families",
                    "stanhier.api", "stanhier.errors", "stanhier.stan.codegen", "stanhier.record", "stanhier.cli",
-                   "stanhier.backends.base", "stanhier.ml.crossed"]
+                   "stanhier.backends.base", "stanhier.ml.crossed", "stanhier.ml.crossed_glmm"]
 
 
 def test_mkdocs_build_strict(tmp_path):
