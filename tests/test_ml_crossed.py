@@ -107,7 +107,7 @@ def test_conditional_modes_solve_the_penalized_least_squares():
     fit = lmer_crossed("y ~ x + (x | a) + (1 | b)", df, REML=False)
     prob = fit.crossed
     lay = fit.layout
-    Z = crossed._z_matrix(fit.design, lay).toarray()
+    Z = crossed.z_matrix(fit.design, lay).toarray()
     lam = np.zeros((lay.q, lay.q))
     lam[lay.lam_row - 1, lay.lam_col - 1] = fit.theta[lay.lam_par - 1]
     ZL = Z @ lam
@@ -115,7 +115,7 @@ def test_conditional_modes_solve_the_penalized_least_squares():
     r = fit.design.y - fit.design.X @ fit.fixef().to_numpy()
     u = np.linalg.solve(A, ZL.T @ r)
     b_dense = lam @ u
-    np.testing.assert_allclose(prob.modes(fit._factorization), b_dense, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(prob.modes(fit.factorization), b_dense, rtol=1e-8, atol=1e-10)
     cov = fit.sigma() ** 2 * lam @ np.linalg.inv(A) @ lam.T
     post = fit.ranef()["a"].attrs["postVar"]
     np.testing.assert_allclose(post[3], cov[6:8, 6:8], rtol=1e-8, atol=1e-12)

@@ -61,7 +61,8 @@ from .layout import MAX_STACKED_Q, TermSlot
 from .optimizer import OptimumInfo
 
 __all__ = ["CrossedLayout", "CrossedLMM", "CrossedMerFit", "StanProgramText", "build_crossed_layout",
-           "crossed_problem", "fit_crossed_lmm", "lmer_crossed", "needs_crossed", "MAX_SCHUR_Q", "GramPairs",
+           "crossed_problem", "fit_crossed_lmm", "lmer_crossed", "needs_crossed", "MAX_SCHUR_Q", "GramPairs", "CrossedModes", "ProblemSizes",
+           "z_matrix", "single_threaded_blas", "crossed_stan_program", "crossed_stan_data",
            "EVALUATOR"]
 
 #: Largest size of the dense Schur complement (random effects outside the largest factor):
@@ -222,7 +223,8 @@ def build_crossed_layout(design: Design) -> CrossedLayout:
                          lam_par=np.concatenate(pars).astype(int))
 
 
-def _z_matrix(design: Design, lay: CrossedLayout) -> sparse.csc_matrix:
+def z_matrix(design: Design, lay: CrossedLayout) -> sparse.csc_matrix:
+    """The N x q random-effects design in the crossed column order (sparse)."""
     N = design.N
     rows, cols, vals = [], [], []
     for slot in lay.slots:
@@ -456,7 +458,7 @@ class GramPairs:
 def crossed_problem(design: Design, lay: CrossedLayout, REML: bool) -> CrossedLMM:
     """Cross-products of the design split into the blocks of :class:`CrossedLMM`."""
     X, y = design.X, design.y
-    Z = _z_matrix(design, lay)
+    Z = z_matrix(design, lay)
     ZtZ = (Z.T @ Z).tocsr()
     q1 = lay.q1
     first = design.terms[lay.slots[0].index]
@@ -587,6 +589,11 @@ class CrossedMerFit(MerFit):
         self.crossed = crossed
         self._factorization = factorization
 
+    @property
+    def factorization(self) -> dict:
+        """The blocked factorization at the optimum (see :meth:`CrossedLMM.factor`)."""
+        return self._factorization
+
     @cached_property
     def _vcov(self) -> np.ndarray:
         self.vcov_method = "sigma^2 (RX' RX)^-1 at the optimum (lme4's formula, blocked factorization)"
@@ -598,7 +605,7 @@ class CrossedMerFit(MerFit):
         with single_threaded_blas():
             b = self.crossed.modes(self._factorization)[None, :]
             cov = self.crossed.mode_covariances(self._factorization, self._scale2())
-        return _CrossedModes(b=b, cov=cov)
+        return CrossedModes(b=b, cov=cov)
 
     def standata(self) -> dict:
         """The data of the Stan program ``ml_lmm_crossed.stan`` (blocked cross-products)."""
@@ -623,7 +630,9 @@ class CrossedMerFit(MerFit):
 
 
 @dataclass(frozen=True, eq=False)
-class _CrossedModes:
+class CrossedModes:
+    """Conditional modes (all q effects) and per-term conditional covariances."""
+
     b: np.ndarray  #: (1, q)
     cov: dict  #: slot index -> (L, M, M)
 
@@ -642,7 +651,7 @@ def fit_crossed_lmm(formula: str, design: Design, *, REML: bool, data_name: str 
     info = OptimumInfo(theta=x, lp=-0.5 * dev, grad=-0.5 * grad, hessian=None, converged=ok,
                        message="converged" if ok else message, n_evals=n_evals, n_starts=1,
                        seconds=time.perf_counter() - t0)
-    problem = _ProblemSizes(kind="lmm", K=prob.K, n_theta=lay.n_theta, n_aux=1)
+    problem = ProblemSizes(kind="lmm", K=prob.K, n_theta=lay.n_theta, n_aux=1)
     fit = CrossedMerFit(crossed=prob, factorization=f, kind="lmm", formula=formula, design=design,
                          layout=lay, family=get_family("gaussian"), REML=REML, nAGQ=0, problem=problem,
                          model=StanProgramText(crossed_stan_program()), density=None, optimum=info,
@@ -656,7 +665,7 @@ def fit_crossed_lmm(formula: str, design: Design, *, REML: bool, data_name: str 
 
 
 @dataclass(frozen=True, eq=False)
-class _ProblemSizes:
+class ProblemSizes:
     """The sizes MerFit reads from a problem (the Stan data are built on demand)."""
 
     kind: str

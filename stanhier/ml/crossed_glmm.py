@@ -39,8 +39,8 @@ from ..errors import ArgumentError, DataError, StanhierWarning
 from ..families import Family, get_family
 from ..model.design import Design, data_label, make_design
 from ..model.formula import parse_formula
-from .crossed import (CrossedLayout, CrossedLMM, StanProgramText, _CrossedModes, _ProblemSizes,
-                      _z_matrix, build_crossed_layout, needs_crossed, single_threaded_blas)
+from .crossed import (CrossedLayout, CrossedLMM, StanProgramText, CrossedModes, ProblemSizes,
+                      z_matrix, build_crossed_layout, needs_crossed, single_threaded_blas)
 from .layout import MAX_DENSE_CELLS
 from .fit import MerFit
 from .optimizer import OptimumInfo
@@ -79,7 +79,7 @@ class CrossedGLMM:
                 "terms only (such as '(1 | g)' or '(0 + x | g)'); this model has a term with several "
                 "coefficients. Use '||' terms split into scalars, fewer levels, or the Bayesian brm().")
         self.design, self.layout, self.family = design, lay, family
-        self.Z = _z_matrix(design, lay).tocsc()
+        self.Z = z_matrix(design, lay).tocsc()
         self.Z1 = self.Z[:, :lay.q1].tocsr()
         self.Z2 = self.Z[:, lay.q1:].tocsc()
         self.J1 = design.terms[lay.slots[0].index].J
@@ -233,7 +233,7 @@ class CrossedGlmerFit(MerFit):
             _, u, prob, f = self._fixed
             b = self.glmm.lam(self._theta) * u
             cov = prob.mode_covariances(f, 1.0)
-        return _CrossedModes(b=b[None, :], cov=cov)
+        return CrossedModes(b=b[None, :], cov=cov)
 
     def standata(self) -> dict:
         raise ArgumentError("This fit ran on the blocked evaluator; ml_glmm.stan's data are built by "
@@ -299,7 +299,7 @@ def fit_crossed_glmm(formula: str, design: Design, family: Family, *, data_name:
     info = OptimumInfo(theta=x, lp=-0.5 * dev, grad=grad, hessian=None, converged=ok,
                        message="converged" if ok else str(res.message), n_evals=count["n"], n_starts=1,
                        seconds=time.perf_counter() - t0)
-    problem = _ProblemSizes(kind="glmm", K=K, n_theta=lay.n_theta, n_aux=0)
+    problem = ProblemSizes(kind="glmm", K=K, n_theta=lay.n_theta, n_aux=0)
     fit = CrossedGlmerFit(glmm=glmm, hessian=H, kind="glmm", formula=formula, design=design, layout=lay,
                           family=family, REML=False, nAGQ=1, problem=problem,
                           model=StanProgramText(stan_program("glmm")), density=None, optimum=info,
