@@ -51,6 +51,9 @@ class MerFit:
     >>> g.fixef(), g.is_singular()                                                    # doctest: +SKIP
     """
 
+    #: which evaluator of the log-likelihood the optimizer ran (h-crossed: the blocked one overrides it)
+    evaluator: str = "Stan log density of the program (stancode())"
+
     def __init__(self, *, kind: str, formula: str, design: Design, layout: Any, family: Family,
                  REML: bool, nAGQ: int, problem: Any, model: CompiledModel, density: LogDensity,
                  optimum: Any, data_name: str = "data") -> None:
