@@ -25,6 +25,8 @@ import pytest
 os.environ.setdefault("STANHIER_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "stanhier"))
 
 from stanhier.errors import DataError  # noqa: E402
+from stanhier.model.design import make_design  # noqa: E402
+from stanhier.model.formula import parse_formula  # noqa: E402
 from stanhier.ml import crossed  # noqa: E402
 from stanhier.ml.api import lmer  # noqa: E402
 from stanhier.ml.crossed import CrossedMerFit, lmer_crossed  # noqa: E402
@@ -169,8 +171,9 @@ def test_small_stacked_models_keep_the_stan_path():
     pen = pd.read_csv(HERE / "data" / "Penicillin.csv")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert not crossed.needs_crossed(
-            crossed.make_design(crossed.parse_formula("diameter ~ 1 + (1 | plate) + (1 | sample)"), pen))
+        design = make_design(parse_formula("diameter ~ 1 + (1 | plate) + (1 | sample)"), pen)
+    assert not crossed.needs_crossed(design)
+    assert crossed.needs_crossed(design, max_stacked_q=20)  # 30 random effects
 
 
 # --------------------------------------------------------------------------- Laplace GLMM on the crossed layout
