@@ -9,8 +9,8 @@ model specs are kept so that new data is encoded exactly as the fit's data
 Example
 -------
 >>> import pandas as pd
->>> from stanhier.formula import parse_formula
->>> from stanhier.design import make_design
+>>> from stanhier.model.formula import parse_formula
+>>> from stanhier.model.design import make_design
 >>> df = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.0], "x": [0.0, 1.0, 0.0, 1.0], "g": list("aabb")})
 >>> d = make_design(parse_formula("y ~ x + (x | g)"), df)
 >>> d.X.shape, d.terms[0].Z.shape, d.terms[0].level_labels()
