@@ -19,7 +19,8 @@ DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design"
                    "stanhier.api", "stanhier.errors", "stanhier.stan.codegen", "stanhier.record", "stanhier.cli",
                    "stanhier.backends.base", "stanhier.stan.names", "stanhier.stan.templating",
                    "stanhier.bayes.summary", "stanhier.bayes.predict", "stanhier.recordfiles",
-                   "stanhier.backends", "stanhier.backends.declarations"]
+                   "stanhier.backends", "stanhier.backends.declarations",
+                   "stanhier.ml.crossed", "stanhier.ml.crossed_glmm"]
 
 
 def test_mkdocs_build_strict(tmp_path):

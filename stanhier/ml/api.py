@@ -38,6 +38,8 @@ from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
+from .crossed import fit_crossed_lmm, needs_crossed
+from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
 from .layout import build_layout
 from .optimizer import evaluate_at, maximize
 from .problem import MLProblem, glmm_problem, lmm_problem, stan_program, start_values
@@ -95,6 +97,12 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
     frame = build_frame(call.formula, data, call.family_object(), na_action=call.na_action,
                         collinear=call.collinear)
     design, family = frame.design, frame.family
+    # crossed/nested models beyond the stacked layout's limit run on the blocked evaluator
+    # (ml/crossed.py, ml/crossed_glmm.py; their Stan programs define the same likelihood)
+    if kind == "lmm" and needs_crossed(design):
+        return fit_crossed_lmm(call, design)
+    if kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
+        return fit_crossed_glmm(call, design, family)
     lay = build_layout(design)
     if kind == "glmm" and call.nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
         raise ArgumentError(

@@ -114,6 +114,9 @@ class MerFit:
     >>> g.fixef(), g.is_singular()                                                    # doctest: +SKIP
     """
 
+    #: which evaluator of the log-likelihood the optimizer ran (the crossed layout overrides it)
+    evaluator: str = "Stan log density of the program (stancode())"
+
     def __init__(self, *, call: MLCall, design: Design, layout: RandomLayout, family: Family,
                  problem: MLProblem, model: CompiledModel, density: LogDensity,
                  optimum: OptimumInfo) -> None:
@@ -158,6 +161,11 @@ class MerFit:
         return theta
 
     @property
+    def aux(self) -> np.ndarray:
+        """The auxiliary parameters on the optimizer's scale (log sigma, or log shape), as optimized."""
+        return self._aux.copy()
+
+    @property
     def theta(self) -> np.ndarray:
         """lme4's theta: free elements of the relative covariance factor, term by term."""
         return self._theta.copy()
@@ -182,7 +190,7 @@ class MerFit:
             return float(np.exp(self._aux[0]))
         return 1.0
 
-    def _scale2(self) -> float:
+    def residual_variance(self) -> float:
         return self.sigma() ** 2 if self.kind == "lmm" else 1.0
 
     def _ordered_slots(self):
@@ -249,7 +257,7 @@ class MerFit:
         if self.kind == "lmm":
             # lme4's formula, conditional on theta: sigma^2 (X' V*^-1 X)^-1
             self.vcov_method = "sigma^2 (X' V^-1 X)^-1 at the optimum (lme4's RX formula)"
-            return self._scale2() * np.linalg.inv(self._at_optimum["XtVX"])
+            return self.residual_variance() * np.linalg.inv(self._at_optimum["XtVX"])
         # GLMM: finite-difference Hessian of the marginal log-likelihood over (beta, theta, ...)
         x = np.concatenate([self._beta, self._theta, self._aux])
         H = self.density.hessian(x, step=1e-4)
@@ -362,7 +370,7 @@ class MerFit:
     def _term_covariances(self):
         """(group label, coefficient names, covariance matrix, correlated) per printed group."""
         out = []
-        s2 = self._scale2()
+        s2 = self.residual_variance()
         used: dict[str, int] = {}
         for slot in self._ordered_slots():
             gt = self.design.terms[slot.index]

@@ -150,7 +150,8 @@ def build_layout(design: Design, *, max_stacked_q: int = MAX_STACKED_Q) -> Rando
                 f"stanhier's ML fits handle several grouping factors with a dense {q} x {q} matrix "
                 f"and support at most {max_stacked_q} random effects in that layout. Fit a model with "
                 "fewer levels, one grouping factor (any number of levels), the Bayesian brm(), or "
-                "lme4 (sparse Cholesky) for this one."
+                "lme4 (sparse Cholesky) for this one. (lmer, and glmer for Poisson/binomial/Bernoulli "
+                "models with scalar terms by Laplace, fit this kind with their blocked evaluator.)"
             )
         G = 1
         block = np.zeros(N, dtype=int)
