@@ -246,3 +246,21 @@ def test_posteriors_agree_within_monte_carlo_error(sleep, fish):
                       parameterization="centered", backend=e, chains=4, iter=2000, seed=s,
                       control={"adapt_delta": 0.95}) for e, s in (("pystan", 11), ("cmdstanpy", 12))]
     _agree(*fits, ["b_Intercept", "b_temperature"], k=5.0)
+
+
+def test_a_pystan_model_keeps_its_functions_when_httpstan_loads_another(sleep):
+    """httpstan names every model module "stan_services"; CPython re-imports an already loaded one
+    by rewriting the shared ``sys.modules["stan_services"]``. pystan does that while it samples, so
+    a model's log density must not change when another program is (re)imported in between
+    (CI once saw every lmer fit run a brm program's code after a brm fit)."""
+    import httpstan.models
+
+    other = sh.lmer("Reaction ~ Days + (1 | Subject)", data=sleep, backend="pystan", progress=False)
+    tiny = get_backend("pystan").compile(TINY, progress=False)
+    density = tiny.log_density(TINY_DATA)  # the module loaded last: sys.modules["stan_services"]
+    theta = np.array([0.3, -0.2, 0.1, 0.4])
+    before = density.log_prob(theta)
+    # a file loaded before is imported again (as httpstan does for every pystan call)
+    httpstan.models.import_services_extension_module(httpstan.models.calculate_model_name(other.stancode()))
+    assert density.log_prob(theta) == before
+    assert tiny.log_density(TINY_DATA).log_prob(theta) == before

@@ -15,13 +15,14 @@ import os
 import re
 import shutil
 import time
+import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import cache
-from ..errors import SamplingError, StanCompileError
+from ..errors import SamplingError, StanCompileError, StanhierError
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
                    code_line, reshape_flat)
 
@@ -141,17 +142,29 @@ class _PystanDensity(LogDensity):
         return out
 
 
-#: extension modules loaded in this process, by model name. Every model's module is named
-#: "stan_services": importing the same file a second time returns another model's module
-#: object (CPython's single-phase extension cache), so each file is imported once.
+#: the functions of each model's extension module loaded in this process, by model name.
+#: Every httpstan model module is named "stan_services" and is a single-phase extension, so
+#: CPython (3.11) re-imports an already loaded file by updating the dict of
+#: ``sys.modules["stan_services"]`` -- one module object shared by all models, whose functions
+#: change each time httpstan (e.g. while pystan samples another program) imports a model.
+#: A module object held across calls can therefore turn into another model's (the symptom:
+#: "variable does not exist ... variable name=Y" from a different program). We keep a
+#: snapshot of the functions taken right after the import, checked against the file.
 _LOADED_MODULES: dict[str, Any] = {}
 
 
 def _import_services(model_name: str):
     if model_name not in _LOADED_MODULES:
+        import httpstan.cache
         import httpstan.models
 
-        _LOADED_MODULES[model_name] = httpstan.models.import_services_extension_module(model_name)
+        module = httpstan.models.import_services_extension_module(model_name)
+        functions = types.SimpleNamespace(**vars(module))
+        expected = httpstan.cache.model_directory(model_name).resolve()
+        if Path(functions.__file__).resolve().parent != expected:
+            raise StanhierError(f"Loading the compiled model {model_name!r} returned another model's module "
+                                f"({functions.__file__}); please report this.")
+        _LOADED_MODULES[model_name] = functions
     return _LOADED_MODULES[model_name]
 
 
