@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ArgumentError, DataError, StanhierError, StanhierWarning
+from .bayes.parameterization import choices_record
 
 __all__ = ["save", "load", "to_jsonable", "write_stan_data", "data_sha256", "package_versions",
            "python_call", "RECORD_FORMAT"]
@@ -189,8 +190,10 @@ def python_call(fit: Any) -> str:
     if s.adapt_delta != 0.8 or s.max_treedepth != 10:
         args.append(f"control={{'adapt_delta': {s.adapt_delta}, 'max_treedepth': {s.max_treedepth}}}")
     args.append(f"backend={fit.backend!r}")
-    if spec.parameterization != "noncentered":
+    if spec.parameterization != "auto":
         args.append(f"parameterization={spec.parameterization!r}")
+    if spec.family.name == "gaussian" and spec.design.terms and not spec.structure.marginal:
+        args.append("marginalize=False")  # [marginal]
     return f"sh.brm({', '.join(args)})"
 
 
@@ -283,6 +286,9 @@ def save(fit: Any, path: str | Path, *, include_data: bool = True, command: str 
         "priors": [{"dist": p.dist, "args": list(p.args), "class": p.class_, "coef": p.coef,
                     "group": p.group, "text": p.text} for p in spec.priors.user],
         "parameterization": spec.parameterization,
+        # [marginal]/[parameterization] how the group-level effects were sampled, per term
+        "marginalize": bool(spec.structure.marginal),
+        "group_effects": choices_record(spec),
         "seed": raw.settings.seed,
         "settings": _settings_dict(raw.settings),
         "backend": fit.backend,
@@ -446,7 +452,8 @@ def load(path: str | Path, data: Any = None) -> Any:
                     coef=p.get("coef", ""), group=p.get("group", "")) for p in record.get("priors", [])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanhierWarning)
-        spec = build_model(record["formula"], df, fam, priors, record.get("parameterization", "noncentered"))
+        spec = build_model(record["formula"], df, fam, priors, record.get("parameterization", "noncentered"),
+                           marginalize=record.get("marginalize", False))  # [marginal] older records: False
 
     stan_data_text = json.dumps(to_jsonable(spec.standata()))
     if hashlib.sha256(stan_data_text.encode()).hexdigest() != record.get("stan_data_sha256"):

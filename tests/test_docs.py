@@ -17,7 +17,8 @@ DOCS = ROOT / "docs"
 #: modules whose docstring examples need no sampling
 DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design", "stanhier.model.priors", "stanhier.families",
                    "stanhier.api", "stanhier.errors", "stanhier.stan.codegen", "stanhier.record", "stanhier.cli",
-                   "stanhier.backends.base"]
+                   "stanhier.backends.base", "stanhier.stan.marginal", "stanhier.bayes.marginal",
+                   "stanhier.model.parameterization", "stanhier.bayes.parameterization"]
 
 
 def test_mkdocs_build_strict(tmp_path):

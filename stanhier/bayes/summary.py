@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .parameterization import summary_lines
+
 if TYPE_CHECKING:  # pragma: no cover
     from .fit import BrmsFit
 
@@ -63,6 +65,7 @@ def format_brms_summary(fit: "BrmsFit") -> str:
         f"   Data: {fit.data_name} (Number of observations: {d.N}) ",
         f"  Draws: {s.chains} chains, each with iter = {s.iter}; warmup = {s.warmup}; thin = {s.thin};",
         f"         total post-warmup draws = {total}",
+        *summary_lines(spec),  # [parameterization] how each group-level term was sampled
         "",
     ]
     if fit.names.groups:

@@ -31,6 +31,8 @@ from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.formula import parse_formula
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
+from ..model.parameterization import PARAMETERIZATIONS, choose_centering
+from .marginal import MAX_DENSE_Q, marginal_layout, marginal_standata
 from .templating import render
 
 __all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata",
@@ -59,6 +61,8 @@ class ModelStructure:
     family_aux: tuple[str, ...] = ()
     #: Gaussian likelihood from per-group cross-products (one grouping term): exact, O(groups)
     suffstat: bool = False
+    #: [marginal] group-level effects integrated out (brm_marginal.stan): "" (no), "blocks" or "dense"
+    marginal: str = ""
 
     @property
     def glm(self) -> str | None:
@@ -81,33 +85,46 @@ class ModelSpec:
 
 
 def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
-                 suffstat: bool = False) -> ModelStructure:
-    centered = parameterization == "centered"
+                 suffstat: bool = False, marginal: str = "") -> ModelStructure:
+    # [parameterization] per-term centred / non-centred ("auto": stanhier.model.parameterization)
+    centered = ((False,) * len(design.terms) if marginal
+                else choose_centering(design, family, priors, parameterization))
     return ModelStructure(
-        suffstat=suffstat,
+        suffstat=suffstat, marginal=marginal,
         family=family.name, link=family.link, discrete=family.is_discrete,
         has_intercept=design.has_intercept,
-        terms=tuple((gt.correlated, centered) for gt in design.terms),
+        terms=tuple((gt.correlated, cen) for gt, cen in zip(design.terms, centered)),
         priors=tuple(st.structure() for st in priors.statements),
         family_aux=family.aux,
     )
 
 
-def _render(structure: ModelStructure, statements: Sequence[PriorStatement]) -> str:
+def _render(structure: ModelStructure, statements: Sequence[PriorStatement], design: Design) -> str:
     terms = [{"k": k, "correlated": c, "centered": cen}
              for k, (c, cen) in enumerate(structure.terms, start=1)]
+    if structure.marginal:  # [marginal] Gaussian, group-level effects integrated out
+        return render("brm_marginal.stan", s=structure, terms=terms, priors=list(statements),
+                      layout=marginal_layout(design),
+                      lambda_diagonal=not any(c for c, _ in structure.terms))
     return render("brm.stan", s=structure, terms=terms, priors=list(statements))
 
 
 def build_model(formula: str, data: Any, family: str | Family = "gaussian",
-                prior: Sequence[Prior] | Prior | None = None, parameterization: str = "noncentered",
+                prior: Sequence[Prior] | Prior | None = None, parameterization: str = "auto",
                 na_action: str = "drop", collinear: str = "error",
-                sufficient_stats: bool = False) -> ModelSpec:
-    """Parse, build the design, resolve priors and render the program (no compiling)."""
-    if parameterization not in ("noncentered", "centered"):
+                sufficient_stats: bool = False, marginalize: bool | None = None) -> ModelSpec:
+    """Parse, build the design, resolve priors and render the program (no compiling).
+
+    ``marginalize``: None (default) integrates the group-level effects out of Gaussian
+    models whenever their layout fits (:mod:`stanhier.stan.marginal`); True requires it;
+    False gives brms's program. ``sufficient_stats=True`` is the same as ``marginalize=True``.
+    """
+    if parameterization not in PARAMETERIZATIONS:
         raise ArgumentError(
-            f"parameterization must be 'noncentered' (brms's default) or 'centered', got {parameterization!r}."
+            f"parameterization must be one of {', '.join(map(repr, PARAMETERIZATIONS))}, got {parameterization!r}."
         )
+    if marginalize not in (None, True, False):
+        raise ArgumentError(f"marginalize must be None, True or False, got {marginalize!r}.")
     fam = get_family(family)
     parsed = parse_formula(formula)
     design = make_design(parsed, data, na_action=na_action, collinear=collinear)
@@ -124,13 +141,19 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
         )
     fam.check_response(design.y, parsed.response.column, design.trials, parsed.response.column2)
     priors = resolve_priors(design, fam, [] if prior is None else prior)
-    if sufficient_stats and (fam.name != "gaussian" or len(design.terms) != 1):
+    # [marginal] integrate the group-level effects out of Gaussian models when the layout fits
+    layout = marginal_layout(design) if fam.name == "gaussian" else None
+    if (sufficient_stats or marginalize) and layout is None:
+        what = "sufficient_stats=True" if sufficient_stats else "marginalize=True"
         raise ArgumentError(
-            "sufficient_stats=True needs family 'gaussian' and exactly one group-level term such as "
-            f"'(x | g)'; this model has family {fam.name!r} and {len(design.terms)} term(s)."
+            f"{what} needs family 'gaussian' and group-level terms whose effects can be integrated out "
+            "(one grouping factor, or several with at most "
+            f"{MAX_DENSE_Q} effects in all); this model has family {fam.name!r} and {len(design.terms)} term(s)."
         )
-    structure = structure_of(design, fam, priors, parameterization, suffstat=sufficient_stats)
-    code = _render(structure, priors.statements)
+    use_marginal = layout is not None and marginalize is not False
+    structure = structure_of(design, fam, priors, parameterization,
+                             marginal=layout.kind if use_marginal else "")
+    code = _render(structure, priors.statements, design)
     return ModelSpec(design=design, family=fam, priors=priors, structure=structure,
                      parameterization=parameterization, code=code)
 
@@ -138,6 +161,8 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
 def make_standata(spec: ModelSpec) -> dict[str, Any]:
     """The data dict the program of ``spec`` reads (sizes, matrices, prior hyperparameters)."""
     d = spec.design
+    if spec.structure.marginal:  # [marginal]
+        return marginal_standata(d, marginal_layout(d), spec.priors.standata())
     if spec.structure.suffstat:
         return _suffstat_standata(spec)
     data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "X": d.X}
