@@ -59,7 +59,7 @@ class ModelStructure:
     terms: tuple[tuple[bool, bool], ...]  #: per term: (correlated, centered)
     priors: tuple[tuple, ...]  #: PriorStatement.structure() of each statement
     family_aux: tuple[str, ...] = ()
-    #: Gaussian likelihood from per-group cross-products (one grouping term): exact, O(groups)
+    #: always False: superseded by ``marginal`` (brm.stan's suffstat branches are dead, to delete)
     suffstat: bool = False
     #: [marginal] group-level effects integrated out (brm_marginal.stan): "" (no), "blocks" or "dense"
     marginal: str = ""
@@ -163,8 +163,6 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
     d = spec.design
     if spec.structure.marginal:  # [marginal]
         return marginal_standata(d, marginal_layout(d), spec.priors.standata())
-    if spec.structure.suffstat:
-        return _suffstat_standata(spec)
     data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "X": d.X}
     if spec.family.is_discrete:
         data["Y"] = np.round(d.y).astype(int)
@@ -179,33 +177,6 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
         data[f"Z_{k}"] = gt.Z
         if gt.correlated:
             data[f"NC_{k}"] = gt.M * (gt.M - 1) // 2
-    data.update(spec.priors.standata())
-    data["prior_only"] = 0
-    return data
-
-
-def _suffstat_standata(spec: ModelSpec) -> dict[str, Any]:
-    """Per-group cross-products of A = [1, Xc, Z] and y (the Gaussian likelihood's sufficient
-    statistics): the program's cost per gradient then grows with the groups, not the rows."""
-    d = spec.design
-    (gt,) = d.terms
-    if d.has_intercept:
-        means = d.X[:, 1:].mean(axis=0)
-        A = np.column_stack([np.ones(d.N), d.X[:, 1:] - means, gt.Z])
-    else:
-        means = np.zeros(0)
-        A = np.column_stack([d.X, gt.Z])
-    P, G = A.shape[1], gt.n_levels
-    order = np.argsort(gt.J, kind="stable")
-    starts = np.searchsorted(gt.J[order], np.arange(G))
-    As, ys = A[order], d.y[order]
-    AtA = np.einsum("gi,gj->gij", As, As)
-    AtA = np.add.reduceat(AtA, starts, axis=0) if len(starts) else AtA[:0]
-    Aty = np.add.reduceat(As * ys[:, None], starts, axis=0)
-    data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "means_X": means, "P": P,
-                            "N_1": G, "M_1": gt.M, "AtA": AtA, "Aty": Aty, "yty": float(d.y @ d.y)}
-    if gt.correlated:
-        data["NC_1"] = gt.M * (gt.M - 1) // 2
     data.update(spec.priors.standata())
     data["prior_only"] = 0
     return data
