@@ -45,7 +45,8 @@ from ..families import Family
 from .design import Design, GroupTerm
 from .priors import PriorSet
 
-__all__ = ["PARAMETERIZATIONS", "TermInformation", "term_information", "choose_centering"]
+__all__ = ["PARAMETERIZATIONS", "TermInformation", "term_information", "choose_centering", "split_positions",
+           "split_terms"]
 
 #: accepted values of ``parameterization``
 PARAMETERIZATIONS = ("auto", "noncentered", "centered")
@@ -174,3 +175,36 @@ def choose_centering(design: Design, family: Family, priors: PriorSet, parameter
     if parameterization == "noncentered" or n == 0:
         return (False,) * n
     return tuple(term_information(design, family, priors, k).centered for k in range(1, n + 1))
+
+
+def split_positions(design: Design, k: int) -> tuple[int, ...]:
+    """Per coefficient of term ``k`` (1-based): its population-level effect's position in
+    brms's ``b`` (1-based; 0 for the intercept), or -1 if the fixed part lacks it."""
+    gt = design.terms[k - 1]
+    slopes = [n for n in design.fixed_names if not (design.has_intercept and n == "Intercept")]
+    out = []
+    for c in gt.coef_names:
+        if c == "Intercept":
+            out.append(0 if design.has_intercept else -1)
+        else:
+            out.append(slopes.index(c) + 1 if c in slopes else -1)
+    return tuple(out)
+
+
+def split_terms(design: Design, centered: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Per term: centred, with its level mean sampled non-centred through the population-level effects.
+
+    A centred term whose every coefficient is also a population-level effect leaves the
+    level mean of its effects informed by the prior alone (the data inform effect + mean);
+    that direction is sampled non-centred (see ``brm.stan``). Each population-level effect
+    can absorb one term's mean: later terms sharing one stay plainly centred.
+    """
+    claimed: set[int] = set()
+    out = []
+    for k, cen in enumerate(centered, start=1):
+        pos = split_positions(design, k)
+        ok = cen and design.terms[k - 1].n_levels >= 2 and min(pos) >= 0 and not claimed & set(pos)
+        if ok:
+            claimed |= set(pos)
+        out.append(bool(ok))
+    return tuple(out)
