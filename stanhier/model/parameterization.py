@@ -45,7 +45,8 @@ from ..families import Family
 from .design import Design, GroupTerm
 from .priors import PriorSet
 
-__all__ = ["PARAMETERIZATIONS", "TermInformation", "term_information", "choose_centering", "split_positions",
+__all__ = ["PARAMETERIZATIONS", "TermInformation", "term_information", "choose_centering", "centred_prefixes",
+           "split_positions",
            "split_terms"]
 
 #: accepted values of ``parameterization``
@@ -63,8 +64,10 @@ class TermInformation:
     coefs: tuple[str, ...]
     tau: tuple[float, ...]  #: SD scale used per coefficient (pilot estimate, capped by the prior's scale)
     tau_prior: tuple[float, ...]  #: the prior scale of each sd
+    kappa: tuple[float, ...]  #: per coefficient: median over levels of tau^2 * I
     median_kappa: float  #: median over levels of min over coefficients of tau^2 * I
-    centered: bool
+    centered: bool  #: every coefficient centred (kappa > 1 for all)
+    prefix: int  #: number of leading coefficients with kappa > 1 (centred in the split program)
 
     def reason(self) -> str:
         kind = "centred" if self.centered else "non-centred"
@@ -155,26 +158,35 @@ def term_information(design: Design, family: Family, priors: PriorSet, k: int) -
     tau_prior = _sd_prior_scales(priors, k, M)
     tau = tau_prior.copy()
     ok = np.all(np.isfinite(est), axis=1)
-    if ok.sum() >= 3:
+    if ok.sum() >= 2:
         # method of moments: spread of the per-level estimates minus their sampling variance
         noise = np.array([np.mean(1.0 / np.maximum(marg[ok, m], 1e-300)) for m in range(M)])
         spread = np.var(est[ok], axis=0, ddof=1)
         tau = np.minimum(tau_prior, np.sqrt(np.maximum(spread - noise, 0.0)))
-    kappa = (tau[None, :] ** 2 * marg).min(axis=1)
-    med = float(np.median(kappa))
+    kappa_jm = tau[None, :] ** 2 * marg
+    med = float(np.median(kappa_jm.min(axis=1)))
+    kappa = np.median(kappa_jm, axis=0)
+    prefix = 0
+    while prefix < M and kappa[prefix] > THRESHOLD:
+        prefix += 1
     return TermInformation(group=gt.term.group_name, coefs=gt.coef_names, tau=tuple(map(float, tau)),
-                           tau_prior=tuple(map(float, tau_prior)), median_kappa=med,
-                           centered=bool(med > THRESHOLD))
+                           tau_prior=tuple(map(float, tau_prior)), kappa=tuple(map(float, kappa)),
+                           median_kappa=med, centered=bool(med > THRESHOLD), prefix=prefix)
+
+
+def centred_prefixes(design: Design, family: Family, priors: PriorSet, parameterization: str) -> tuple[int, ...]:
+    """Per group-level term: how many leading coefficients are centred (0: none, M: all)."""
+    if parameterization == "centered":
+        return tuple(gt.M for gt in design.terms)
+    if parameterization == "noncentered":
+        return (0,) * len(design.terms)
+    return tuple(term_information(design, family, priors, k).prefix for k in range(1, len(design.terms) + 1))
 
 
 def choose_centering(design: Design, family: Family, priors: PriorSet, parameterization: str) -> tuple[bool, ...]:
-    """Per group-level term: True (centred) or False (non-centred)."""
-    n = len(design.terms)
-    if parameterization == "centered":
-        return (True,) * n
-    if parameterization == "noncentered" or n == 0:
-        return (False,) * n
-    return tuple(term_information(design, family, priors, k).centered for k in range(1, n + 1))
+    """Per group-level term: True (centred) or False (non-centred), for the plain programs."""
+    return tuple(p == gt.M for p, gt in zip(centred_prefixes(design, family, priors, parameterization),
+                                             design.terms))
 
 
 def split_positions(design: Design, k: int) -> tuple[int, ...]:
@@ -192,6 +204,7 @@ def split_positions(design: Design, k: int) -> tuple[int, ...]:
 
 
 def split_terms(design: Design, centered: tuple[bool, ...]) -> tuple[bool, ...]:
+    # centered: per term, whether at least its first coefficient is centred
     """Per term: centred, with its level mean sampled non-centred through the population-level effects.
 
     A centred term whose every coefficient is also a population-level effect leaves the

@@ -31,7 +31,8 @@ from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.formula import parse_formula
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
-from ..model.parameterization import PARAMETERIZATIONS, choose_centering, split_positions, split_terms
+from ..model.parameterization import (PARAMETERIZATIONS, centred_prefixes, choose_centering, split_positions,
+                                     split_terms)
 from .marginal import MAX_DENSE_Q, marginal_layout, marginal_standata
 from .templating import render
 
@@ -90,9 +91,14 @@ class ModelSpec:
 def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
                  suffstat: bool = False, marginal: str = "") -> ModelStructure:
     # [parameterization] per-term centred / non-centred ("auto": stanhier.model.parameterization)
-    centered = ((False,) * len(design.terms) if marginal
-                else choose_centering(design, family, priors, parameterization))
-    split = split_terms(design, centered) if parameterization == "auto" else ()
+    if marginal:
+        centered, split = (False,) * len(design.terms), ()
+    elif parameterization == "auto":
+        prefix = centred_prefixes(design, family, priors, parameterization)
+        split = split_terms(design, tuple(p >= 1 for p in prefix))
+        centered = tuple(sp or p == gt.M for sp, p, gt in zip(split, prefix, design.terms))
+    else:
+        centered, split = choose_centering(design, family, priors, parameterization), ()
     return ModelStructure(
         suffstat=suffstat, marginal=marginal,
         split=split if any(split) else (),
@@ -186,9 +192,11 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
             data[f"NC_{k}"] = gt.M * (gt.M - 1) // 2
     if spec.structure.split:  # [parameterization] centred terms with the level mean split off
         claimed: list[int] = []
+        prefix = centred_prefixes(d, spec.family, spec.priors, spec.parameterization)
         for k, sp in enumerate(spec.structure.split, start=1):
             if sp:
                 data[f"F_{k}"] = np.array(split_positions(d, k), dtype=int)
+                data[f"Mc_{k}"] = prefix[k - 1]
                 claimed += [f for f in split_positions(d, k) if f > 0]
         kc = d.X.shape[1] - (1 if d.has_intercept else 0)
         free = [j for j in range(1, kc + 1) if j not in claimed]
