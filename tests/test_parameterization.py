@@ -46,12 +46,13 @@ def test_split_needs_the_population_level_effect(fish):
 
 
 def test_choice_printed_and_recorded(fish_fit, tmp_path):
-    assert "Group-level effects: (Intercept + temperature | weather) centred" in str(fish_fit)
+    assert ("Group-level effects: (Intercept + temperature | weather) centred in Intercept, otherwise non-centred"
+            in str(fish_fit))
     fish_fit.save(tmp_path / "run")
     import json
 
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
-    assert rec["parameterization"] == "auto" and rec["group_effects"][0]["choice"] == "centered"
+    assert rec["parameterization"] == "auto" and rec["group_effects"][0]["choice"] == "mixed"
     assert sh.load(tmp_path / "run").summary() == fish_fit.summary()
 
 
