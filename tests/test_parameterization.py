@@ -9,7 +9,6 @@ import pytest
 import stanhier as sh
 from conftest import quiet_brm
 from stanhier.bayes.parameterization import term_choices
-from stanhier.model.parameterization import split_positions, split_terms
 from stanhier.stan.codegen import build_model
 
 FISH_F = "fish_num ~ 1 + temperature + (temperature | weather)"
@@ -26,10 +25,10 @@ def test_rule_follows_the_information_ratio():
     # 200 levels, 2 counts each, small spread: the prior dominates each level -> non-centred
     weak = build_model("y ~ 1 + (1 | g)", _poisson(200, 2, 0.2), "poisson")
     assert [c.choice for c in term_choices(weak)] == ["noncentered"]
-    # 8 levels, 300 counts each: the data dominate -> centred (level mean split off)
+    # 8 levels, 300 counts each: the data dominate -> centred
     strong = build_model("y ~ 1 + (1 | g)", _poisson(8, 300, 0.5), "poisson")
     assert [c.choice for c in term_choices(strong)] == ["centered"]
-    assert strong.structure.split == (True,) and "zbar_1" in strong.code
+    assert strong.structure.terms == ((False, True),) and "z_1" not in strong.code
     # forced choices are kept, and name themselves as requested
     forced = build_model("y ~ 1 + (1 | g)", _poisson(8, 300, 0.5), "poisson", parameterization="noncentered")
     assert forced.structure.terms == ((False, False),) and "requested" in term_choices(forced)[0].reason
@@ -37,22 +36,13 @@ def test_rule_follows_the_information_ratio():
         build_model("y ~ 1 + (1 | g)", _poisson(8, 30, 0.5), "poisson", parameterization="partial")
 
 
-def test_split_needs_the_population_level_effect(fish):
-    spec = build_model("fish_num ~ 1 + (temperature | weather)", fish, "poisson")
-    assert split_positions(spec.design, 1) == (0, -1)
-    assert split_terms(spec.design, (True,)) == (False,)
-    spec = build_model(FISH_F, fish, "poisson")
-    assert split_positions(spec.design, 1) == (0, 1) and spec.structure.split == (True,)
-
-
 def test_choice_printed_and_recorded(fish_fit, tmp_path):
-    assert ("Group-level effects: (Intercept + temperature | weather) centred in Intercept, otherwise non-centred"
-            in str(fish_fit))
+    assert "Group-level effects: (Intercept + temperature | weather) centred" in str(fish_fit)
     fish_fit.save(tmp_path / "run")
     import json
 
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
-    assert rec["parameterization"] == "auto" and rec["group_effects"][0]["choice"] == "mixed"
+    assert rec["parameterization"] == "auto" and rec["group_effects"][0]["choice"] == "centered"
     assert sh.load(tmp_path / "run").summary() == fish_fit.summary()
 
 

@@ -11,10 +11,10 @@ Example
 >>> fish = pd.read_csv("tests/data/fish.csv")
 >>> fish["weather"] = (fish["weather"] == "sunny").astype(int)
 >>> spec = build_model("fish_num ~ 1 + temperature + (temperature | weather)", fish, "poisson")
->>> [c.choice for c in term_choices(spec)]   # Intercept centred, temperature non-centred
-['mixed']
+>>> [c.choice for c in term_choices(spec)]
+['centered']
 >>> summary_lines(spec)
-['Group-level effects: (Intercept + temperature | weather) centred in Intercept, otherwise non-centred']
+['Group-level effects: (Intercept + temperature | weather) centred']
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TermChoice:
     """The treatment of one group-level term."""
 
     term: str  #: ``(temperature | weather)``
-    choice: str  #: ``integrated_out``, ``centered``, ``noncentered`` or ``mixed`` (leading coefficients centred)
+    choice: str  #: ``integrated_out``, ``centered`` or ``noncentered``
     reason: str
 
 
@@ -54,16 +54,12 @@ def term_choices(spec: ModelSpec) -> list[TermChoice]:
                                   "layout), drawn afterwards from their exact conditionals"))
             continue
         choice = "centered" if centered else "noncentered"
-        split = bool(spec.structure.split) and spec.structure.split[k - 1]
         if spec.parameterization == "auto":
             info = term_information(spec.design, spec.family, spec.priors, k)
-            if split:
-                choice = "centered" if info.prefix == len(info.coefs) else "mixed"
             kap = ", ".join(f"{c} {x:.3g}" for c, x in zip(info.coefs, info.kappa))
-            reason = (f"auto: tau^2 * information per coefficient (median over levels): {kap}; "
-                      "centred where > 1" + ("; level mean non-centred" if split else ""))
-            if choice == "mixed":
-                reason += f"; centred: {', '.join(info.coefs[:info.prefix])}"
+            reason = (f"auto: median over levels of min over coefficients of tau^2 * information = "
+                      f"{info.median_kappa:.3g} ({'>' if centered else '<='} 1; per coefficient: {kap}; "
+                      f"tau = {', '.join(f'{t:.3g}' for t in info.tau)})")
         else:
             reason = f"parameterization={spec.parameterization!r} requested"
         out.append(TermChoice(text, choice, reason))
@@ -81,10 +77,4 @@ def summary_lines(spec: ModelSpec) -> list[str]:
     if not choices:
         return []
     names = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred"}
-
-    def text(c: TermChoice) -> str:
-        if c.choice == "mixed":
-            return f"{c.term} centred in {c.reason.rsplit('centred: ', 1)[1]}, otherwise non-centred"
-        return f"{c.term} {names[c.choice]}"
-
-    return ["Group-level effects: " + "; ".join(text(c) for c in choices)]
+    return ["Group-level effects: " + "; ".join(f"{c.term} {names[c.choice]}" for c in choices)]

@@ -45,9 +45,7 @@ from ..families import Family
 from .design import Design, GroupTerm
 from .priors import PriorSet
 
-__all__ = ["PARAMETERIZATIONS", "TermInformation", "term_information", "choose_centering", "centred_prefixes",
-           "split_positions",
-           "split_terms"]
+__all__ = ["PARAMETERIZATIONS", "TermInformation", "term_information", "choose_centering"]
 
 #: accepted values of ``parameterization``
 PARAMETERIZATIONS = ("auto", "noncentered", "centered")
@@ -66,8 +64,7 @@ class TermInformation:
     tau_prior: tuple[float, ...]  #: the prior scale of each sd
     kappa: tuple[float, ...]  #: per coefficient: median over levels of tau^2 * I
     median_kappa: float  #: median over levels of min over coefficients of tau^2 * I
-    centered: bool  #: every coefficient centred (kappa > 1 for all)
-    prefix: int  #: number of leading coefficients with kappa > 1 (centred in the split program)
+    centered: bool  #: the term is centred (median kappa > 1)
 
     def reason(self) -> str:
         kind = "centred" if self.centered else "non-centred"
@@ -158,7 +155,7 @@ def term_information(design: Design, family: Family, priors: PriorSet, k: int) -
     tau_prior = _sd_prior_scales(priors, k, M)
     tau = tau_prior.copy()
     ok = np.all(np.isfinite(est), axis=1)
-    if ok.sum() >= 2:
+    if ok.sum() >= 3:
         # method of moments: spread of the per-level estimates minus their sampling variance
         noise = np.array([np.mean(1.0 / np.maximum(marg[ok, m], 1e-300)) for m in range(M)])
         spread = np.var(est[ok], axis=0, ddof=1)
@@ -166,58 +163,17 @@ def term_information(design: Design, family: Family, priors: PriorSet, k: int) -
     kappa_jm = tau[None, :] ** 2 * marg
     med = float(np.median(kappa_jm.min(axis=1)))
     kappa = np.median(kappa_jm, axis=0)
-    prefix = 0
-    while prefix < M and kappa[prefix] > THRESHOLD:
-        prefix += 1
     return TermInformation(group=gt.term.group_name, coefs=gt.coef_names, tau=tuple(map(float, tau)),
                            tau_prior=tuple(map(float, tau_prior)), kappa=tuple(map(float, kappa)),
-                           median_kappa=med, centered=bool(med > THRESHOLD), prefix=prefix)
-
-
-def centred_prefixes(design: Design, family: Family, priors: PriorSet, parameterization: str) -> tuple[int, ...]:
-    """Per group-level term: how many leading coefficients are centred (0: none, M: all)."""
-    if parameterization == "centered":
-        return tuple(gt.M for gt in design.terms)
-    if parameterization == "noncentered":
-        return (0,) * len(design.terms)
-    return tuple(term_information(design, family, priors, k).prefix for k in range(1, len(design.terms) + 1))
+                           median_kappa=med, centered=bool(med > THRESHOLD))
 
 
 def choose_centering(design: Design, family: Family, priors: PriorSet, parameterization: str) -> tuple[bool, ...]:
-    """Per group-level term: True (centred) or False (non-centred), for the plain programs."""
-    return tuple(p == gt.M for p, gt in zip(centred_prefixes(design, family, priors, parameterization),
-                                             design.terms))
+    """Per group-level term: True (centred) or False (non-centred)."""
+    n = len(design.terms)
+    if parameterization == "centered":
+        return (True,) * n
+    if parameterization == "noncentered" or n == 0:
+        return (False,) * n
+    return tuple(term_information(design, family, priors, k).centered for k in range(1, n + 1))
 
-
-def split_positions(design: Design, k: int) -> tuple[int, ...]:
-    """Per coefficient of term ``k`` (1-based): its population-level effect's position in
-    brms's ``b`` (1-based; 0 for the intercept), or -1 if the fixed part lacks it."""
-    gt = design.terms[k - 1]
-    slopes = [n for n in design.fixed_names if not (design.has_intercept and n == "Intercept")]
-    out = []
-    for c in gt.coef_names:
-        if c == "Intercept":
-            out.append(0 if design.has_intercept else -1)
-        else:
-            out.append(slopes.index(c) + 1 if c in slopes else -1)
-    return tuple(out)
-
-
-def split_terms(design: Design, centered: tuple[bool, ...]) -> tuple[bool, ...]:
-    # centered: per term, whether at least its first coefficient is centred
-    """Per term: centred, with its level mean sampled non-centred through the population-level effects.
-
-    A centred term whose every coefficient is also a population-level effect leaves the
-    level mean of its effects informed by the prior alone (the data inform effect + mean);
-    that direction is sampled non-centred (see ``brm.stan``). Each population-level effect
-    can absorb one term's mean: later terms sharing one stay plainly centred.
-    """
-    claimed: set[int] = set()
-    out = []
-    for k, cen in enumerate(centered, start=1):
-        pos = split_positions(design, k)
-        ok = cen and design.terms[k - 1].n_levels >= 2 and min(pos) >= 0 and not claimed & set(pos)
-        if ok:
-            claimed |= set(pos)
-        out.append(bool(ok))
-    return tuple(out)

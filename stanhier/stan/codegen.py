@@ -31,8 +31,7 @@ from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.formula import parse_formula
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
-from ..model.parameterization import (PARAMETERIZATIONS, centred_prefixes, choose_centering, split_positions,
-                                     split_terms)
+from ..model.parameterization import PARAMETERIZATIONS, choose_centering
 from .marginal import MAX_DENSE_Q, marginal_layout, marginal_standata
 from .templating import render
 
@@ -64,9 +63,6 @@ class ModelStructure:
     suffstat: bool = False
     #: [marginal] group-level effects integrated out (brm_marginal.stan): "" (no), "blocks" or "dense"
     marginal: str = ""
-    #: [parameterization] per term: centred with the level mean split off (empty: none)
-    split: tuple[bool, ...] = ()
-    split_intercept: bool = False
 
     @property
     def glm(self) -> str | None:
@@ -91,18 +87,10 @@ class ModelSpec:
 def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
                  suffstat: bool = False, marginal: str = "") -> ModelStructure:
     # [parameterization] per-term centred / non-centred ("auto": stanhier.model.parameterization)
-    if marginal:
-        centered, split = (False,) * len(design.terms), ()
-    elif parameterization == "auto":
-        prefix = centred_prefixes(design, family, priors, parameterization)
-        split = split_terms(design, tuple(p >= 1 for p in prefix))
-        centered = tuple(sp or p == gt.M for sp, p, gt in zip(split, prefix, design.terms))
-    else:
-        centered, split = choose_centering(design, family, priors, parameterization), ()
+    centered = ((False,) * len(design.terms) if marginal
+                else choose_centering(design, family, priors, parameterization))
     return ModelStructure(
         suffstat=suffstat, marginal=marginal,
-        split=split if any(split) else (),
-        split_intercept=any(0 in split_positions(design, k) for k, sp in enumerate(split, start=1) if sp),
         family=family.name, link=family.link, discrete=family.is_discrete,
         has_intercept=design.has_intercept,
         terms=tuple((gt.correlated, cen) for gt, cen in zip(design.terms, centered)),
@@ -112,9 +100,8 @@ def structure_of(design: Design, family: Family, priors: PriorSet, parameterizat
 
 
 def _render(structure: ModelStructure, statements: Sequence[PriorStatement], design: Design) -> str:
-    split = structure.split or (False,) * len(structure.terms)
-    terms = [{"k": k, "correlated": c, "centered": cen, "split": sp}
-             for k, ((c, cen), sp) in enumerate(zip(structure.terms, split), start=1)]
+    terms = [{"k": k, "correlated": c, "centered": cen}
+             for k, (c, cen) in enumerate(structure.terms, start=1)]
     if structure.marginal:  # [marginal] Gaussian, group-level effects integrated out
         return render("brm_marginal.stan", s=structure, terms=terms, priors=list(statements),
                       layout=marginal_layout(design),
@@ -190,18 +177,6 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
         data[f"Z_{k}"] = gt.Z
         if gt.correlated:
             data[f"NC_{k}"] = gt.M * (gt.M - 1) // 2
-    if spec.structure.split:  # [parameterization] centred terms with the level mean split off
-        claimed: list[int] = []
-        prefix = centred_prefixes(d, spec.family, spec.priors, spec.parameterization)
-        for k, sp in enumerate(spec.structure.split, start=1):
-            if sp:
-                data[f"F_{k}"] = np.array(split_positions(d, k), dtype=int)
-                data[f"Mc_{k}"] = prefix[k - 1]
-                claimed += [f for f in split_positions(d, k) if f > 0]
-        kc = d.X.shape[1] - (1 if d.has_intercept else 0)
-        free = [j for j in range(1, kc + 1) if j not in claimed]
-        data["Kf"] = len(free)
-        data["free_b"] = np.array(free, dtype=int)
     data.update(spec.priors.standata())
     data["prior_only"] = 0
     return data

@@ -43,15 +43,6 @@ data {
   int<lower=1> NC_{{ t.k }};  // number of correlations
 {% endif %}
 {% endfor %}
-{% if s.split %}
-  // centred terms with their level mean split off (see transformed parameters)
-  int<lower=0> Kf;  // population-level effects sampled directly
-  array[Kf] int<lower=1> free_b;  // their positions in b
-{% for t in terms if t.split %}
-  array[M_{{ t.k }}] int<lower=0> F_{{ t.k }};  // per coefficient of term {{ t.k }}: its population-level effect's position in b (0: the intercept)
-  int<lower=0, upper=M_{{ t.k }}> Mc_{{ t.k }};  // its leading coefficients whose contrasts are centred (the rest non-centred)
-{% endfor %}
-{% endif %}
 {% for p in priors %}
   // prior {{ p.index }}: {{ p.dist }} on {{ p.comment }} ({{ p.param }})
 {% if not p.scalar %}
@@ -87,8 +78,8 @@ transformed data {
 {% endif %}
 }
 parameters {
-  vector[{{ "Kf" if s.split else "Kc" }}] b{{ "_free" if s.split }};  // population-level effects{{ " sampled directly" if s.split }}
-{% if s.has_intercept and not s.split_intercept %}
+  vector[Kc] b;  // population-level effects
+{% if s.has_intercept %}
   real Intercept;  // intercept for centred predictors
 {% endif %}
 {% if "sigma" in s.family_aux %}
@@ -103,11 +94,7 @@ parameters {
 {% for t in terms %}
   // group-level term {{ t.k }}
   vector<lower=0>[M_{{ t.k }}] sd_{{ t.k }};  // group-level standard deviations
-{% if t.split %}
-  vector[M_{{ t.k }}] eta_{{ t.k }};  // population-level effects plus the level mean of the group-level effects
-  vector[M_{{ t.k }}] zbar_{{ t.k }};  // standardized level mean of the group-level effects
-  matrix[N_{{ t.k }} - 1, M_{{ t.k }}] w_{{ t.k }};  // group-level effects in sum-to-zero contrasts (first Mc columns centred, the rest standardized)
-{% elif t.centered %}
+{% if t.centered %}
   matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }};  // group-level effects (centred parameterization)
 {% else %}
   matrix[M_{{ t.k }}, N_{{ t.k }}] z_{{ t.k }};  // standardized group-level effects
@@ -118,55 +105,6 @@ parameters {
 {% endfor %}
 }
 transformed parameters {
-{% if s.split %}
-  // Centred terms whose coefficients are all population-level effects too: only the prior
-  // informs the level mean of their effects, so it is sampled non-centred, and the
-  // population-level effect through eta = effect + level mean (the data inform eta):
-  //   rbar = diag(sd) L zbar / sqrt(N),  b = eta - rbar,  r = rbar + Helmert contrasts of c,
-  // where the rows of c ~ MVN(0, diag(sd) L L' diag(sd)) are sampled centred in their first
-  // Mc coefficients (c = w there) and non-centred in the rest (through the Cholesky factor)
-  // (centre what the data inform, not what they do not: Papaspiliopoulos et al. 2007).
-  vector[Kc] b;  // population-level effects
-{% if s.split_intercept %}
-  real Intercept;  // intercept for centred predictors
-{% endif %}
-{% for t in terms if t.split %}
-  matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }};  // group-level effects of term {{ t.k }}
-{% endfor %}
-  {
-    real b_icpt = 0;  // the intercept on the uncentred predictors
-    b[free_b] = b_free;
-{% for t in terms if t.split %}
-    {
-      matrix[M_{{ t.k }}, M_{{ t.k }}] Lsd = {% if t.correlated %}diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }}){% else %}diag_matrix(sd_{{ t.k }}){% endif %};
-      vector[M_{{ t.k }}] rbar = Lsd * zbar_{{ t.k }} / sqrt(N_{{ t.k }});
-      row_vector[M_{{ t.k }}] tail = rep_row_vector(0, M_{{ t.k }});
-      // Helmert column i: 1 / sqrt(i (i + 1)) on levels 1..i, -i / sqrt(i (i + 1)) on level i + 1
-      for (jj in 1:(N_{{ t.k }} - 1)) {
-        int i = N_{{ t.k }} - jj;
-        vector[M_{{ t.k }}] zi = w_{{ t.k }}[i]';
-        if (Mc_{{ t.k }} > 0) {
-          zi[1:Mc_{{ t.k }}] = mdivide_left_tri_low(Lsd[1:Mc_{{ t.k }}, 1:Mc_{{ t.k }}], zi[1:Mc_{{ t.k }}]);
-        }
-        row_vector[M_{{ t.k }}] a = (Lsd * zi)' / sqrt(i * (i + 1.0));
-        r_{{ t.k }}[i + 1] = rbar' + tail - i * a;
-        tail += a;
-      }
-      r_{{ t.k }}[1] = rbar' + tail;
-      for (m in 1:M_{{ t.k }}) {
-        if (F_{{ t.k }}[m] > 0) {
-          b[F_{{ t.k }}[m]] = eta_{{ t.k }}[m] - rbar[m];
-        } else {
-          b_icpt = eta_{{ t.k }}[m] - rbar[m];
-        }
-      }
-    }
-{% endfor %}
-{% if s.split_intercept %}
-    Intercept = b_icpt + dot_product(means_X, b);
-{% endif %}
-  }
-{% endif %}
 {% for t in terms %}
 {% if not t.centered %}
   // group-level term {{ t.k }}: r = (diag(sd) * {% if t.correlated %}L * {% endif %}z)'
@@ -229,19 +167,7 @@ model {
   // priors
   target += lprior;
 {% for t in terms %}
-{% if t.split %}
-  // group-level term {{ t.k }}: level mean non-centred, contrasts centred (rows ~ MVN(0, diag(sd) L L' diag(sd)))
-  target += std_normal_lpdf(zbar_{{ t.k }});
-  if (Mc_{{ t.k }} > 0) {
-    matrix[Mc_{{ t.k }}, Mc_{{ t.k }}] Lsd_{{ t.k }} = {% if t.correlated %}diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }}){% else %}diag_matrix(sd_{{ t.k }}){% endif %}[1:Mc_{{ t.k }}, 1:Mc_{{ t.k }}];
-    for (j in 1:(N_{{ t.k }} - 1)) {
-      target += multi_normal_cholesky_lpdf(w_{{ t.k }}[j, 1:Mc_{{ t.k }}] | rep_row_vector(0, Mc_{{ t.k }}), Lsd_{{ t.k }});
-    }
-  }
-  if (Mc_{{ t.k }} < M_{{ t.k }}) {
-    target += std_normal_lpdf(to_vector(w_{{ t.k }}[:, (Mc_{{ t.k }} + 1):M_{{ t.k }}]));
-  }
-{% elif t.centered %}
+{% if t.centered %}
 {% if t.correlated %}
   {
     // group-level term {{ t.k }}: rows of r ~ MVN(0, diag(sd) L L' diag(sd))
