@@ -47,7 +47,7 @@ CASES = {
 
 R_SCRIPT = r"""
 suppressMessages({library(brms); library(posterior)})
-if (!requireNamespace("BH", quietly = TRUE)) rstan::rstan_options(boost_lib = "/usr/include")
+if (dir.exists("/usr/include/boost")) rstan::rstan_options(boost_lib = "/usr/include")
 args <- commandArgs(trailingOnly = TRUE)
 d <- read.csv(args[1]); formula <- args[2]; fam <- eval(parse(text = args[3])); prep <- args[4]
 seeds <- as.integer(strsplit(args[5], ",")[[1]]); cores <- as.integer(args[6]); out <- args[7]
