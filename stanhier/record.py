@@ -266,8 +266,11 @@ def load(path: str | Path, data: Any = None) -> Any:
                     coef=p.get("coef", ""), group=p.get("group", "")) for p in record.get("priors", [])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanhierWarning)
+        options = {k: record.get(k, v) for k, v in BUILD_DEFAULTS.items()}
+        if "marginalize" not in record:  # records written before it existed ran brms's program
+            options["marginalize"] = True if record.get("sufficient_stats") else False
         spec = build_model(record["formula"], df, fam, priors, record.get("parameterization", "noncentered"),
-                           **{k: record.get(k, v) for k, v in BUILD_DEFAULTS.items()})
+                           **options)
 
     stan_data_text = json.dumps(to_jsonable(spec.standata()))
     if hashlib.sha256(stan_data_text.encode()).hexdigest() != record.get("stan_data_sha256"):

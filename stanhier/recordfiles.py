@@ -44,15 +44,15 @@ RECORD_FORMAT = 1
 
 #: the model builder's options besides formula, data, family, priors and parameterization, with
 #: their defaults (records written before they were stored are read with these)
-BUILD_DEFAULTS: dict[str, Any] = {"na_action": "drop", "collinear": "error", "sufficient_stats": False}
+BUILD_DEFAULTS: dict[str, Any] = {"na_action": "drop", "collinear": "error", "marginalize": None}
 
 _PACKAGES = ("stanhier", "numpy", "pandas", "scipy", "formulaic", "arviz", "xarray", "pystan",
              "httpstan", "cmdstanpy")
 
 
 def build_options(spec: Any) -> dict[str, Any]:
-    """``na_action``, ``collinear`` and ``sufficient_stats`` a Bayesian model was built with."""
-    return {"na_action": spec.na_action, "collinear": spec.collinear, "sufficient_stats": spec.sufficient_stats}
+    """``na_action``, ``collinear`` and ``marginalize`` a Bayesian model was built with."""
+    return {"na_action": spec.na_action, "collinear": spec.collinear, "marginalize": spec.marginalize}
 
 
 # ------------------------------------------------------------------ helpers
@@ -188,7 +188,7 @@ def python_call(fit: Any) -> str:
     if s.adapt_delta != SampleSettings.adapt_delta or s.max_treedepth != SampleSettings.max_treedepth:
         args.append(f"control={{'adapt_delta': {s.adapt_delta}, 'max_treedepth': {s.max_treedepth}}}")
     args.append(f"backend={fit.backend!r}")
-    if spec.parameterization != "noncentered":
+    if spec.parameterization != "auto":
         args.append(f"parameterization={spec.parameterization!r}")
     for name, value in build_options(spec).items():
         if value != BUILD_DEFAULTS[name]:
@@ -289,6 +289,8 @@ def write_brm_record(fit: Any, path: str | Path, *, include_data: bool = True, c
                     "group": p.group, "text": p.text} for p in spec.priors.user],
         "parameterization": spec.parameterization,
         **build_options(spec),
+        # how the group-level effects were sampled, per term, and why
+        "group_effects": [dataclasses.asdict(c) for c in fit.group_effect_choices()],
         "seed": raw.settings.seed,
         "settings": settings_dict(raw.settings),
         "backend": fit.backend,

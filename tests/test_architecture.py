@@ -250,7 +250,9 @@ def test_no_private_name_read_from_another_module(package):
 @pytest.mark.parametrize("formula, family, kwargs", [
     ("y ~ x + (x | g) + (1 || h)", "gaussian", {}),
     ("y ~ 0 + x + (x || g)", "poisson", {}),
-    ("y ~ x + (x | g)", "gaussian", {"sufficient_stats": True}),
+    ("y ~ x + (x | g)", "gaussian", {"marginalize": False}),
+    ("y ~ x + (x | g)", "gaussian", {"marginalize": True}),
+    ("y ~ x + (x | g)", "poisson", {"parameterization": "centered"}),
 ])
 def test_names_module_spells_the_programs_names(formula, family, kwargs):
     """Every name stan/names.py makes for a model is declared by the rendered program
@@ -273,10 +275,13 @@ def test_names_module_spells_the_programs_names(formula, family, kwargs):
     assert set(spec.standata()) == declared
     table = names.make_names(spec)
     stan_names = {e.stan for e in table.entries} | {names.LPRIOR}
-    if not spec.sufficient_stats:
+    if spec.structure.marginal:  # the effects r are drawn after sampling, not by the program
+        stan_names -= {names.term(info.index).r for info in table.terms}
+    else:
         for info in table.terms:
             t = names.term(info.index)
-            stan_names |= {t.sd, t.z, t.r} | ({t.L, t.cor} if info.correlated and info.M > 1 else set())
+            centered = spec.structure.terms[info.index][1]
+            stan_names |= {t.sd, t.r} | (set() if centered else {t.z}) | ({t.L, t.cor} if info.correlated and info.M > 1 else set())
     if table.has_intercept:
         stan_names |= {names.INTERCEPT, names.B_INTERCEPT}
     for name in stan_names:

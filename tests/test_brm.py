@@ -153,32 +153,6 @@ def test_bad_arguments_fail_before_compiling(sleep, kwargs, match):
         sh.brm("Reaction ~ Days + (Days | Subject)", data=sleep, progress=False, **kwargs)
 
 
-def test_sufficient_statistics_same_posterior(sleep, sleep_fit):
-    """sufficient_stats=True: the same log density (to rounding) at any point, and the same posterior."""
-    from stanhier.backends import get_backend
-    from stanhier.stan.codegen import build_model
-
-    f = "Reaction ~ Days + (Days | Subject)"
-    full, fast = build_model(f, sleep), build_model(f, sleep, sufficient_stats=True)
-    be = get_backend("pystan")
-    d_full = be.compile(full.code, progress=False).log_density(full.standata())
-    d_fast = be.compile(fast.code, progress=False).log_density(fast.standata())
-    assert d_full.n_params == d_fast.n_params
-    rng = np.random.default_rng(2)
-    for _ in range(5):
-        theta = rng.normal(0, 1, d_full.n_params)
-        theta[:2] += [10.0, 5.0]  # b and the centred intercept near plausible values
-        lp1, g1 = d_full.log_prob_grad(theta, jacobian=True)
-        lp2, g2 = d_fast.log_prob_grad(theta, jacobian=True)
-        assert lp2 == pytest.approx(lp1, rel=1e-9, abs=1e-6)
-        np.testing.assert_allclose(g2, g1, rtol=1e-6, atol=1e-6)
-    fit = quiet_brm(f, data=sleep, chains=4, iter=2000, seed=1, sufficient_stats=True)
-    a, b = fit.summary_table(), sleep_fit.summary_table()
-    for name in b.index:
-        assert abs(a.loc[name, "Estimate"] - b.loc[name, "Estimate"]) < 0.15 * b.loc[name, "Est.Error"], name
-    assert fit.idata.log_likelihood["log_lik"].shape[-1] == 180  # pointwise, from the design as usual
-
-
 def test_sufficient_statistics_only_where_exact(fish):
     with pytest.raises(sh.ArgumentError, match="sufficient_stats"):
         sh.brm("fish_num ~ temperature + (1 | weather)", data=fish, family="poisson",

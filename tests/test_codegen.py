@@ -76,13 +76,22 @@ def test_same_structure_same_bytes(sleep):
     ("brm_poisson_uncorr", "fish_num ~ 1 + temperature + (temperature || weather)", "poisson", "fish"),
 ])
 def test_golden_programs(name, formula, family, fixture, request):
-    code = sh.make_stancode(formula, request.getfixturevalue(fixture), family=family)
+    # brms's programs: the non-centred parameterization, group-level effects sampled
+    code = sh.make_stancode(formula, request.getfixturevalue(fixture), family=family,
+                            parameterization="noncentered", marginalize=False)
     path = GOLDEN / f"{name}.stan"
     assert code == path.read_text(), f"generated code changed; review and update {path}"
 
 
+def test_golden_marginal_program(sleep):
+    """The default Gaussian program: group-level effects integrated out (stanhier.bayes.marginal)."""
+    code = sh.make_stancode("Reaction ~ Days + (Days | Subject)", sleep)
+    path = GOLDEN / "brm_gaussian_marginal.stan"
+    assert code == path.read_text(), f"generated code changed; review and update {path}"
+
+
 def test_standata_shapes(sleep):
-    data = sh.make_standata("Reaction ~ Days + (Days | Subject)", sleep)
+    data = sh.make_standata("Reaction ~ Days + (Days | Subject)", sleep, marginalize=False)
     assert data["N"] == 180 and data["K"] == 2 and data["N_1"] == 18 and data["M_1"] == 2
     assert data["X"].shape == (180, 2) and data["Z_1"].shape == (180, 2)
     assert data["J_1"].min() == 1 and data["J_1"].max() == 18
@@ -92,6 +101,7 @@ def test_standata_shapes(sleep):
 def test_centered_parameterization_compiles_with_stanc(sleep):
     import httpstan.compile
 
-    code = sh.make_stancode("Reaction ~ Days + (Days | Subject)", sleep, parameterization="centered")
+    code = sh.make_stancode("Reaction ~ Days + (Days | Subject)", sleep, parameterization="centered",
+                            marginalize=False)
     assert "multi_normal_cholesky_lpdf" in code and "z_1" not in code
     httpstan.compile.compile(code, "model_centered")

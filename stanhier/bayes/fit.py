@@ -29,6 +29,7 @@ from ..recordfiles import write_brm_record
 from ..stan.codegen import ModelSpec
 from ..stan.names import NameEntry, NameTable, PosteriorDraws, make_names
 from . import compare, plots
+from .parameterization import TermChoice, term_choices
 from .predict import Kind, Predictor
 from .summary import column_summary, format_brms_summary, summary_stats
 
@@ -130,6 +131,10 @@ class BrmsFit:
                 rows.append({"name": e.name, "block": e.block, "group": e.group, "label": e.label, **stats})
             self._summary = pd.DataFrame(rows).set_index("name")
         return self._summary
+
+    def group_effect_choices(self) -> list[TermChoice]:
+        """How each group-level term was sampled (integrated out, centred or non-centred) and why."""
+        return term_choices(self.spec)
 
     def summary(self) -> str:
         """brms's printed summary (also ``print(fit)``)."""
@@ -389,7 +394,8 @@ class BrmsFit:
             design = self.spec.design
             few = [gt.term.group_name for gt in design.terms
                    if gt.n_levels <= 5 and design.N / gt.n_levels >= 20]
-            if few and self.spec.parameterization != "centered":
+            # [parameterization] "auto" may already have chosen the centred program
+            if few and not all(cen for _, cen in self.spec.structure.terms):
                 msg += (f" Grouping factor(s) {', '.join(map(repr, few))} have few levels with much data each: "
                         "parameterization='centered' usually removes such divergences.")
             elif few:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ArgumentError
+from .parameterization import summary_lines
 
 __all__ = ["format_brms_summary", "format_table", "summary_stats", "column_summary", "summarise_draws",
            "summary_frame", "quantile_names", "check_probs"]
@@ -144,6 +145,7 @@ def format_brms_summary(fit: Any) -> str:
         f"   Data: {fit.data_name} (Number of observations: {d.N}) ",
         f"  Draws: {s.chains} chains, each with iter = {s.iter}; warmup = {s.warmup}; thin = {s.thin};",
         f"         total post-warmup draws = {total}",
+        *summary_lines(spec),  # how each group-level term was sampled (integrated out / centred / not)
         "",
     ]
     if fit.names.groups:

@@ -15,9 +15,11 @@ Example
 >>> import pandas as pd
 >>> from stanhier.stan.codegen import build_model
 >>> df = pd.DataFrame({"y": [1.0, 2.0, 4.0, 3.0], "x": [0, 1, 0, 1], "g": list("aabb")})
->>> spec = build_model("y ~ x + (x | g)", df, "gaussian")
+>>> spec = build_model("y ~ x + (x | g)", df, "gaussian", marginalize=False)
 >>> "normal_id_glm_lpdf" in spec.code and "L_1" in spec.code
 True
+>>> build_model("y ~ x + (x | g)", df, "gaussian").structure.marginal   # effects integrated out
+'blocks'
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..model.crossprod import grouped_crossprod
 from ..model.design import Design
 from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.spec import build_frame
+from ..model.parameterization import PARAMETERIZATIONS, choose_centering
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from . import names
+from .marginal import MAX_DENSE_Q, marginal_layout, marginal_standata
 from .templating import render
 
 __all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata", "structure_of"]
@@ -50,8 +53,8 @@ class ModelStructure:
     terms: tuple[tuple[bool, bool], ...]  #: per term: (correlated, centered)
     priors: tuple[tuple, ...]  #: PriorStatement.structure() of each statement
     family_aux: tuple[str, ...] = ()
-    #: Gaussian likelihood from per-group cross-products (one grouping term): exact, O(groups)
-    suffstat: bool = False
+    #: group-level effects integrated out (brm_marginal.stan): "" (no), "blocks" or "dense"
+    marginal: str = ""
 
     @property
     def family_object(self) -> Family:
@@ -71,63 +74,82 @@ class ModelSpec:
     code: str
     na_action: str = "drop"  #: how rows with missing values were handled (``build_model``'s argument)
     collinear: str = "error"  #: how collinear predictors were handled (``build_model``'s argument)
-
-    @property
-    def sufficient_stats(self) -> bool:
-        """Whether the Gaussian likelihood uses per-group cross-products (``build_model``'s argument)."""
-        return self.structure.suffstat
+    marginalize: bool | None = None  #: ``build_model``'s argument (None: integrate out when the layout fits)
 
     def standata(self) -> dict[str, Any]:
         return make_standata(self)
 
 
 def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
-                 suffstat: bool = False) -> ModelStructure:
-    centered = parameterization == "centered"
+                 marginal: str = "") -> ModelStructure:
+    # per-term centred / non-centred ("auto": stanhier.model.parameterization)
+    centered = ((False,) * len(design.terms) if marginal
+                else choose_centering(design, family, priors, parameterization))
     return ModelStructure(
-        suffstat=suffstat,
+        marginal=marginal,
         family=family.name, link=family.link, discrete=family.is_discrete,
         has_intercept=design.has_intercept,
-        terms=tuple((gt.correlated, centered) for gt in design.terms),
+        terms=tuple((gt.correlated, cen) for gt, cen in zip(design.terms, centered)),
         priors=tuple(st.structure() for st in priors.statements),
         family_aux=family.aux,
     )
 
 
-def _render(structure: ModelStructure, statements: Sequence[PriorStatement]) -> str:
+def _render(structure: ModelStructure, statements: Sequence[PriorStatement], design: Design) -> str:
     terms = [{"k": k, "correlated": c, "centered": cen}
              for k, (c, cen) in enumerate(structure.terms, start=1)]
+    if structure.marginal:  # Gaussian, group-level effects integrated out
+        return render("brm_marginal.stan", s=structure, terms=terms, priors=list(statements),
+                      layout=marginal_layout(design),
+                      lambda_diagonal=not any(c for c, _ in structure.terms))
     return render("brm.stan", s=structure, fam=structure.family_object, terms=terms, priors=list(statements))
 
 
 def build_model(formula: str, data: Any, family: str | Family = "gaussian",
-                prior: Sequence[Prior] | Prior | None = None, parameterization: str = "noncentered",
+                prior: Sequence[Prior] | Prior | None = None, parameterization: str = "auto",
                 na_action: str = "drop", collinear: str = "error",
-                sufficient_stats: bool = False) -> ModelSpec:
-    """Parse, build the design, resolve priors and render the program (no compiling)."""
-    if parameterization not in ("noncentered", "centered"):
+                sufficient_stats: bool = False, marginalize: bool | None = None) -> ModelSpec:
+    """Parse, build the design, resolve priors and render the program (no compiling).
+
+    ``marginalize``: None (default) integrates the group-level effects out of Gaussian
+    models whenever their layout fits (:mod:`stanhier.stan.marginal`); True requires it;
+    False gives brms's program. ``sufficient_stats=True`` is the same as ``marginalize=True``.
+    """
+    if parameterization not in PARAMETERIZATIONS:
         raise ArgumentError(
-            f"parameterization must be 'noncentered' (brms's default) or 'centered', got {parameterization!r}."
+            f"parameterization must be one of {', '.join(map(repr, PARAMETERIZATIONS))}, got {parameterization!r}."
         )
+    if marginalize not in (None, True, False):
+        raise ArgumentError(f"marginalize must be None, True or False, got {marginalize!r}.")
+    if sufficient_stats and marginalize is False:
+        raise ArgumentError("sufficient_stats=True is marginalize=True; it cannot be combined with marginalize=False.")
+    if sufficient_stats:
+        marginalize = True
     frame = build_frame(formula, data, family, na_action=na_action, collinear=collinear)
     fam, design = frame.family, frame.design
     priors = resolve_priors(design, fam, [] if prior is None else prior)
-    if sufficient_stats and (fam.name != "gaussian" or len(design.terms) != 1):
+    # integrate the group-level effects out of Gaussian models when the layout fits
+    layout = marginal_layout(design) if fam.name == "gaussian" else None
+    if marginalize and layout is None:
         raise ArgumentError(
-            "sufficient_stats=True needs family 'gaussian' and exactly one group-level term such as "
-            f"'(x | g)'; this model has family {fam.name!r} and {len(design.terms)} term(s)."
+            "marginalize=True (or sufficient_stats=True) needs family 'gaussian' and group-level terms whose "
+            f"effects can be integrated out (one grouping factor, or several with at most {MAX_DENSE_Q} effects "
+            f"in all); this model has family {fam.name!r} and {len(design.terms)} group-level term(s). "
+            "Leave marginalize unset to let brm choose."
         )
-    structure = structure_of(design, fam, priors, parameterization, suffstat=sufficient_stats)
-    code = _render(structure, priors.statements)
+    use_marginal = layout is not None and marginalize is not False
+    structure = structure_of(design, fam, priors, parameterization, marginal=layout.kind if use_marginal else "")
+    code = _render(structure, priors.statements, design)
     return ModelSpec(design=design, family=fam, priors=priors, structure=structure,
-                     parameterization=parameterization, code=code, na_action=na_action, collinear=collinear)
+                     parameterization=parameterization, code=code, na_action=na_action, collinear=collinear,
+                     marginalize=marginalize)
 
 
 def make_standata(spec: ModelSpec) -> dict[str, Any]:
     """The data dict the program of ``spec`` reads (sizes, matrices, prior hyperparameters)."""
     d = spec.design
-    if spec.structure.suffstat:
-        return _suffstat_standata(spec)
+    if spec.structure.marginal:
+        return marginal_standata(d, marginal_layout(d), spec.priors.standata())
     data: dict[str, Any] = {names.N: d.N, names.K: d.X.shape[1], names.X: d.X}
     if spec.family.is_discrete:
         data[names.Y] = np.round(d.y).astype(int)
@@ -145,27 +167,4 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
             data[t.n_cor] = gt.M * (gt.M - 1) // 2
     data.update(spec.priors.standata())
     data[names.PRIOR_ONLY] = 0
-    return data
-
-
-def _suffstat_standata(spec: ModelSpec) -> dict[str, Any]:
-    """Per-group cross-products of A = [1, Xc, Z] and y (the Gaussian likelihood's sufficient
-    statistics): the program's cost per gradient then grows with the groups, not the rows."""
-    d = spec.design
-    (gt,) = d.terms
-    if d.has_intercept:
-        means = d.X[:, 1:].mean(axis=0)
-        A = np.column_stack([np.ones(d.N), d.X[:, 1:] - means, gt.Z])
-    else:
-        means = np.zeros(0)
-        A = np.column_stack([d.X, gt.Z])
-    P, G = A.shape[1], gt.n_levels
-    AtA = grouped_crossprod(A, A, gt.J, G)
-    Aty = grouped_crossprod(A, d.y, gt.J, G)
-    data: dict[str, Any] = {"N": d.N, "K": d.X.shape[1], "means_X": means, "P": P,
-                            "N_1": G, "M_1": gt.M, "AtA": AtA, "Aty": Aty, "yty": float(d.y @ d.y)}
-    if gt.correlated:
-        data["NC_1"] = gt.M * (gt.M - 1) // 2
-    data.update(spec.priors.standata())
-    data["prior_only"] = 0
     return data

@@ -7,58 +7,26 @@
 // {{ terms | length }} group-level term(s), each '(coefficients | group)' of the formula in order: term k uses N_k, M_k, J_k, Z_k, sd_k, z_k, r_k.
 data {
   int<lower=1> N;  // number of observations
-{% if s.suffstat %}
-  // Gaussian likelihood from sufficient statistics: for each level g of the grouping
-  // factor, A = [1, centred X, Z] restricted to its rows (computed once in Python)
-  int<lower=0> K;  // number of population-level columns (including the intercept column)
-  vector[K{{ " - 1" if s.has_intercept else "" }}] means_X;  // column means of X (without the intercept column)
-  int<lower=1> N_1;  // number of levels of the grouping factor
-  int<lower=1> M_1;  // number of group-level coefficients per level
-  int<lower=1> P;  // columns of A
-  array[N_1] matrix[P, P] AtA;  // A'A per level
-  array[N_1] vector[P] Aty;  // A'y per level
-  real yty;  // y'y
-{% else %}
 {% for line in fam.stan_data %}
   {{ line }}
 {% endfor %}
-{% endif %}
-{% if not s.suffstat %}
   int<lower=0> K;  // number of population-level columns (including the intercept column)
   matrix[N, K] X;  // population-level design matrix
-{% endif %}
 {% for t in terms %}
-{% if not s.suffstat %}
   // group-level term {{ t.k }}: {{ "correlated" if t.correlated else "uncorrelated" }} coefficients by one grouping factor
   int<lower=1> N_{{ t.k }};  // number of levels of the grouping factor
   int<lower=1> M_{{ t.k }};  // number of coefficients per level
   array[N] int<lower=1, upper=N_{{ t.k }}> J_{{ t.k }};  // level of each observation
   matrix[N, M_{{ t.k }}] Z_{{ t.k }};  // group-level design matrix
-{% endif %}
 {% if t.correlated %}
   int<lower=1> NC_{{ t.k }};  // number of correlations
 {% endif %}
 {% endfor %}
-{% for p in priors %}
-  // prior {{ p.index }}: {{ p.dist }} on {{ p.comment }} ({{ p.param }})
-{% if not p.scalar %}
-  int<lower=0> Np_{{ p.index }};
-  array[Np_{{ p.index }}] int<lower=1> Jp_{{ p.index }};
-{% for a in range(p.n_args) %}
-  vector[Np_{{ p.index }}] pa_{{ p.index }}_{{ a + 1 }};
-{% endfor %}
-{% else %}
-{% for a in range(p.n_args) %}
-  real pa_{{ p.index }}_{{ a + 1 }};
-{% endfor %}
-{% endif %}
-{% endfor %}
+{% include "prior_data.stan" %}
   int<lower=0, upper=1> prior_only;  // 1: ignore the likelihood (sample the prior)
 }
 transformed data {
-{% if s.suffstat %}
-  int Kc = K{{ " - 1" if s.has_intercept else "" }};  // population-level effects besides the intercept
-{% elif s.has_intercept %}
+{% if s.has_intercept %}
   // centre the predictors; the intercept column X[, 1] is dropped
   int Kc = K - 1;
   matrix[N, Kc] Xc;
@@ -101,34 +69,10 @@ transformed parameters {
   matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }} = {% if t.correlated %}(diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }}) * z_{{ t.k }})'{% else %}(diag_pre_multiply(sd_{{ t.k }}, z_{{ t.k }}))'{% endif %};
 {% endif %}
 {% endfor %}
-  real lprior = 0;  // log prior density (hyperparameters are data)
-{% for p in priors %}
-{% set args = [] %}
-{% for a in range(p.n_args) %}{% set _ = args.append("pa_%d_%d" % (p.index, a + 1)) %}{% endfor %}
-{% set target = p.param if p.scalar else p.param ~ "[Jp_" ~ p.index ~ "]" %}
-  lprior += {{ p.dist }}_lpdf({{ target }} | {{ args | join(", ") }});  // prior {{ p.index }}
-{% if p.truncated %}
-{% if p.scalar %}
-  lprior += -{{ p.dist }}_lccdf({{ p.lb }} | {{ args | join(", ") }});  // truncation at the lower bound
-{% else %}
-  lprior += -{{ p.dist }}_lccdf(rep_vector({{ p.lb }}, Np_{{ p.index }}) | {{ args | join(", ") }});  // truncation at the lower bound
-{% endif %}
-{% endif %}
-{% endfor %}
+{% include "lprior.stan" %}
 }
 model {
   // likelihood
-{% if s.suffstat %}
-  if (!prior_only) {
-    // sum of squared residuals from the per-level cross-products (exactly normal_id_glm's value)
-    real ss = yty;
-    for (g in 1:N_1) {
-      vector[P] theta_g = append_row({{ "append_row(Intercept, b)" if s.has_intercept else "b" }}, r_1[g]');
-      ss += quad_form(AtA[g], theta_g) - 2 * dot_product(theta_g, Aty[g]);
-    }
-    target += -N * (log(sigma) + 0.5 * log(2 * pi())) - 0.5 * ss / square(sigma);
-  }
-{% else %}
   if (!prior_only) {
     vector[N] mu = rep_vector({{ "Intercept" if s.has_intercept else "0.0" }}, N);
 {% for t in terms %}
@@ -138,7 +82,6 @@ model {
     {{ line }}
 {% endfor %}
   }
-{% endif %}
   // priors
   target += lprior;
 {% for t in terms %}

@@ -1,0 +1,147 @@
+"""Data of the marginalized Gaussian program (``brm_marginal.stan``): layout and cross-products.
+
+For a Gaussian ``brm`` the group-level effects enter the linear predictor linearly
+and have a Gaussian prior, so they can be integrated out exactly. The program then
+needs only cross-products of ``A`` (the population-level design: intercept column and
+centred predictors, as brms centres them), ``Z`` (the group-level design) and ``y``,
+arranged in independent *blocks* of random effects:
+
+* ``"blocks"``: every group-level term has the same grouping factor, e.g.
+  ``(Days | Subject)`` or ``(1 | g) + (0 + x | g)``: one block per level of the
+  factor, ``q`` = the number of coefficients of all terms together;
+* ``"dense"``: several grouping factors (crossed or nested), e.g.
+  ``(1 | plate) + (1 | sample)``: one block holding every effect of every level,
+  ``q = sum_k N_k * M_k`` (used while ``q <= MAX_DENSE_Q``; the cost per gradient
+  grows as ``q**3``).
+
+Within a block, term ``k`` occupies ``R_k`` consecutive copies (one per level in the
+dense layout, one in the blocks layout) of its ``M_k`` coefficients, starting at
+offset ``O_k``: the effect ``r_k[j, m]`` sits at ``O_k + j * M_k + m`` (dense, 0-based)
+or at ``O_k + m`` of block ``j`` (blocks).
+
+Example
+-------
+>>> import numpy as np, pandas as pd
+>>> from stanhier.model.formula import parse_formula
+>>> from stanhier.model.design import make_design
+>>> df = pd.DataFrame({"y": [1.0, 2.0, 4.0, 3.0, 2.5, 1.0], "x": [0, 1, 0, 1, 2, 2], "g": list("aabbcc")})
+>>> lay = marginal_layout(make_design(parse_formula("y ~ x + (x | g)"), df))
+>>> (lay.kind, lay.G, lay.q, lay.offsets, lay.copies)
+('blocks', 3, 2, (0,), (1,))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..model.crossprod import crossprod, grouped_crossprod, symmetrize
+from ..model.design import Design
+from . import names
+
+__all__ = ["MAX_DENSE_Q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
+           "marginal_standata"]
+
+#: largest stacked block (all effects of all levels) the dense layout accepts
+MAX_DENSE_Q = 200
+
+
+@dataclass(frozen=True)
+class MarginalLayout:
+    """How the group-level effects are arranged in independent blocks."""
+
+    kind: str  #: ``"blocks"`` (one block per level of the single grouping factor) or ``"dense"``
+    G: int  #: number of blocks
+    q: int  #: effects per block
+    offsets: tuple[int, ...]  #: per term: 0-based offset of its first effect in a block (O_k)
+    copies: tuple[int, ...]  #: per term: R_k, consecutive copies of its M_k coefficients
+
+
+def _same_factor(design: Design) -> bool:
+    first = design.terms[0]
+    return all(gt.term.group_name == first.term.group_name and gt.n_levels == first.n_levels
+               and np.array_equal(gt.J, first.J) for gt in design.terms[1:])
+
+
+def marginal_layout(design: Design, max_dense_q: int = MAX_DENSE_Q) -> MarginalLayout | None:
+    """The block layout of ``design``'s group-level effects, or None if it does not fit.
+
+    None when the model has no group-level term, or several grouping factors whose
+    stacked effects exceed ``max_dense_q``.
+    """
+    terms = design.terms
+    if not terms:
+        return None
+    if _same_factor(design):
+        offsets, o = [], 0
+        for gt in terms:
+            offsets.append(o)
+            o += gt.M
+        return MarginalLayout("blocks", terms[0].n_levels, o, tuple(offsets), (1,) * len(terms))
+    q = sum(gt.n_levels * gt.M for gt in terms)
+    if q > max_dense_q:
+        return None
+    offsets, o = [], 0
+    for gt in terms:
+        offsets.append(o)
+        o += gt.n_levels * gt.M
+    return MarginalLayout("dense", 1, q, tuple(offsets), tuple(gt.n_levels for gt in terms))
+
+
+def block_design(design: Design, layout: MarginalLayout) -> tuple[np.ndarray, np.ndarray]:
+    """``(block, Zb)``: the 0-based block of every row and its (N, q) row of Z within the block."""
+    N = design.N
+    if layout.kind == "blocks":
+        return design.terms[0].J.astype(np.int64), np.column_stack([gt.Z for gt in design.terms])
+    Zb = np.zeros((N, layout.q))
+    rows = np.arange(N)
+    for gt, o in zip(design.terms, layout.offsets):
+        for m in range(gt.M):
+            Zb[rows, o + gt.J * gt.M + m] = gt.Z[:, m]
+    return np.zeros(N, dtype=np.int64), Zb
+
+
+def fixed_design(design: Design) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, means_X)``: brms's population-level design (intercept column, then centred predictors)."""
+    X = design.X
+    if design.has_intercept:
+        means = X[:, 1:].mean(axis=0)
+        return np.column_stack([np.ones(design.N), X[:, 1:] - means]), means
+    return X, np.zeros(0)
+
+
+def cross_products(A: np.ndarray, Zb: np.ndarray, y: np.ndarray, block: np.ndarray,
+                   G: int) -> dict[str, np.ndarray]:
+    """Whole-data ``A'A, A'y, y'y`` and per-block ``Z'Z, Z'A, Z'y`` (:mod:`stanhier.model.crossprod`).
+
+    >>> A = np.ones((3, 1)); Z = np.array([[1.0], [2.0], [3.0]]); y = np.array([1.0, 0.0, 2.0])
+    >>> cp = cross_products(A, Z, y, np.array([0, 1, 1]), 2)
+    >>> cp["ZtZ"][:, 0, 0].tolist(), cp["Zty"][:, 0].tolist(), float(cp["yty"])
+    ([1.0, 13.0], [1.0, 6.0], 5.0)
+    """
+    return {"AtA": crossprod(A), "Aty": crossprod(A, y), "yty": float(y @ y),
+            "ZtZ": symmetrize(grouped_crossprod(Zb, Zb, block, G)), "ZtA": grouped_crossprod(Zb, A, block, G),
+            "Zty": grouped_crossprod(Zb, y, block, G)}
+
+
+def marginal_standata(design: Design, layout: MarginalLayout, prior_data: dict[str, Any]) -> dict[str, Any]:
+    """The data dict of ``brm_marginal.stan`` (``prior_data``: the priors' hyperparameters)."""
+    A, means = fixed_design(design)
+    block, Zb = block_design(design, layout)
+    cp = cross_products(A, Zb, design.y, block, layout.G)
+    data: dict[str, Any] = {names.N: design.N, names.K: design.X.shape[1], **cp, "G": layout.G, "q": layout.q}
+    if design.has_intercept:
+        data["means_X"] = means
+    for k, (gt, o, R) in enumerate(zip(design.terms, layout.offsets, layout.copies)):
+        t = names.term(k)
+        data[t.n_levels] = gt.n_levels
+        data[t.n_coefs] = gt.M
+        data[f"O_{t.suffix}"] = o
+        data[f"R_{t.suffix}"] = R
+        if gt.correlated:
+            data[t.n_cor] = gt.M * (gt.M - 1) // 2
+    data.update(prior_data)
+    data[names.PRIOR_ONLY] = 0
+    return data
