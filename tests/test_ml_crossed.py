@@ -13,7 +13,6 @@ The Stan program ml_lmm_crossed.stan defines the model: its log density at the o
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-os.environ.setdefault("STANHIER_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "stanhier"))
 
 from stanhier.errors import DataError  # noqa: E402
 from stanhier.model.design import make_design  # noqa: E402

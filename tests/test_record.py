@@ -128,7 +128,7 @@ def test_every_build_argument_is_recorded(sleep, tmp_path):
     assert list(fit.fixef().index) == ["Intercept", "Days"]
     folder = save(fit, tmp_path / "drop")
     rec = json.loads((folder / "record.json").read_text())
-    assert (rec["collinear"], rec["na_action"], rec["sufficient_stats"]) == ("drop", "raise", False)
+    assert (rec["collinear"], rec["na_action"], rec["marginalize"]) == ("drop", "raise", None)
     assert "collinear='drop'" in rec["command"] and "na_action='raise'" in rec["command"]
     again = load(folder)
     assert again.summary() == fit.summary()
@@ -136,15 +136,17 @@ def test_every_build_argument_is_recorded(sleep, tmp_path):
     np.testing.assert_array_equal(again.posterior_epred(), fit.posterior_epred())
 
 
-def test_sufficient_stats_fit_reloads_as_itself(sleep, tmp_path):
-    """A sufficient_stats fit comes back with the cross-product program and data, not the plain one
-    (whose Stan data would not match the saved model.data.json)."""
+def test_brms_program_fit_reloads_as_itself(sleep, tmp_path):
+    """A Gaussian fit run with brms's program (marginalize=False) comes back with that program and
+    its data, not the marginalized default (whose Stan data would not match model.data.json)."""
     from conftest import quiet_brm
 
     fit = quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=2, iter=300, seed=6,
-                    sufficient_stats=True)
-    folder = save(fit, tmp_path / "ss")
-    assert json.loads((folder / "record.json").read_text())["sufficient_stats"] is True
+                    marginalize=False)
+    folder = save(fit, tmp_path / "plain")
+    rec = json.loads((folder / "record.json").read_text())
+    assert rec["marginalize"] is False and rec["group_effects"][0]["choice"] == "noncentered"
+    assert "marginalize=False" in rec["command"]
     again = load(folder)
-    assert again.spec.sufficient_stats and "AtA" in again.standata()
+    assert not again.spec.structure.marginal and "Z_1" in again.standata()
     assert again.stancode() == fit.stancode() and again.summary() == fit.summary()
