@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import warnings as _warnings
 
+# ArviZ (imported when a fit is made) announces its coming refactor with a FutureWarning once
+# a day; it is addressed to library authors, not to stanhier's users
+_warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+
 with _warnings.catch_warnings():
     # third-party FutureWarnings on import (ArviZ announces its refactor once a day) are
     # for library authors, not for stanhier's users; stanhier's own warnings still show

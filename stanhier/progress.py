@@ -34,7 +34,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["compiling", "CompileStage", "SamplingProgress", "Spinner", "verbose", "VERBOSE_ENV", "logger"]
+__all__ = ["compiling", "CompileStage", "SamplingProgress", "Spinner", "verbose", "verbose_output", "VERBOSE_ENV",
+           "logger"]
 
 #: Environment variable that turns the engines' own console output back on (``1``/``true``).
 VERBOSE_ENV = "STANHIER_VERBOSE"
@@ -42,9 +43,26 @@ VERBOSE_ENV = "STANHIER_VERBOSE"
 logger = logging.getLogger("stanhier")
 
 
+_VERBOSE = threading.local()
+
+
 def verbose() -> bool:
-    """Whether the engines' own output (pystan, httpstan, CmdStan, the C++ compiler) is shown."""
+    """Whether the engines' own output (pystan, httpstan, CmdStan) is shown: inside
+    :func:`verbose_output` or with ``STANHIER_VERBOSE=1``."""
+    if getattr(_VERBOSE, "on", False):
+        return True
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextmanager
+def verbose_output(on: bool = True) -> Iterator[None]:
+    """Show the engines' own console output inside the block (``brm(..., verbose=True)``)."""
+    saved = getattr(_VERBOSE, "on", False)
+    _VERBOSE.on = bool(on) or saved
+    try:
+        yield
+    finally:
+        _VERBOSE.on = saved
 
 
 def _tqdm(**kwargs):
@@ -66,9 +84,10 @@ class CompileStage:
     runs) and ends with ``00:41, done``; :meth:`cached` ends it at once with ``cached``.
     """
 
-    def __init__(self, enabled: bool, desc: str) -> None:
+    def __init__(self, enabled: bool, desc: str, show_cached: bool = True) -> None:
         self.enabled = enabled
         self.desc = desc
+        self.show_cached = show_cached
         self.start = time.perf_counter()
         self.was_cached = False
         self._bar = None
@@ -97,7 +116,7 @@ class CompileStage:
     def cached(self) -> None:
         """The program was compiled before: one ``cached`` line."""
         self.was_cached = True
-        if not self.enabled:
+        if not self.enabled or (self._bar is None and not self.show_cached):
             return
         if self._bar is None:
             _tqdm(total=None, desc=f"{self.desc}: cached", bar_format="{desc}").close()
@@ -125,13 +144,15 @@ class CompileStage:
 
 
 @contextmanager
-def compiling(enabled: bool, desc: str = "Compiling Stan program") -> Iterator[CompileStage]:
+def compiling(enabled: bool, desc: str = "Compiling Stan program", *,
+              show_cached: bool = True) -> Iterator[CompileStage]:
     """A compile stage's display (nothing when ``enabled`` is false).
 
     The display appears when the caller says the compiler runs (:meth:`CompileStage.building`)
-    or that the program is cached (:meth:`CompileStage.cached`).
+    or that the program is cached (:meth:`CompileStage.cached`; no line if ``show_cached`` is
+    false, for quick fits such as ``lmer`` that would otherwise print it every time).
     """
-    stage = CompileStage(enabled, desc)
+    stage = CompileStage(enabled, desc, show_cached)
     ok = False
     try:
         yield stage

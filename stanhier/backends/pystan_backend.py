@@ -419,7 +419,7 @@ class PystanBackend(Backend):
 
         return f"httpstan-{httpstan.__version__}"
 
-    def compile(self, code: str, *, progress: bool = True) -> CompiledModel:
+    def compile(self, code: str, *, progress: bool = True, show_cached: bool = True) -> CompiledModel:
         import httpstan.cache
         import httpstan.compile
         import httpstan.models
@@ -427,7 +427,7 @@ class PystanBackend(Backend):
         model_name = httpstan.models.calculate_model_name(code)  # stanhier's key (see toolchain)
         model_id = model_name.split("/")[1]
         entry = self._root / "models" / model_id
-        with compiling(progress) as stage:
+        with compiling(progress, show_cached=show_cached) as stage:
             if cache.is_complete(entry):
                 stage.cached()
                 return _PystanModel(code, model_name, True, 0.0)
