@@ -27,8 +27,10 @@ Example
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -65,10 +67,18 @@ def verbose_output(on: bool = True) -> Iterator[None]:
         _VERBOSE.on = saved
 
 
+def _console_stream():
+    """A stream on the console's stderr that stays there while the compiler's file descriptors
+    are redirected to its log (a duplicate of descriptor 2); ``sys.stderr`` where there is none."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return sys.stderr
+    return os.fdopen(os.dup(fd), "w", buffering=1)
+
+
 def _tqdm(**kwargs):
     from tqdm.auto import tqdm
-
-    import sys
 
     if kwargs.get("file") is None:
         kwargs["file"] = sys.stderr  # bound now: later redirections of sys.stderr do not move the bar
@@ -91,13 +101,16 @@ class CompileStage:
         self.start = time.perf_counter()
         self.was_cached = False
         self._bar = None
+        self._stream = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _open(self) -> None:
         if not self.enabled or self._bar is not None:
             return
-        self._bar = _tqdm(total=None, desc=self.desc, bar_format="{desc}: {elapsed}{postfix}", mininterval=0.5)
+        self._stream = _console_stream()
+        self._bar = _tqdm(total=None, desc=self.desc, bar_format="{desc}: {elapsed}{postfix}", mininterval=0.5,
+                          file=self._stream)
         self._thread = threading.Thread(target=self._tick, name="stanhier-compile-progress", daemon=True)
         self._thread.start()
 
@@ -132,6 +145,9 @@ class CompileStage:
             self._bar.set_postfix_str(text, refresh=False)
             self._bar.close()
             self._bar = None
+        if self._stream is not None and self._stream is not sys.stderr:
+            self._stream.close()
+        self._stream = None
 
     @property
     def seconds(self) -> float:
