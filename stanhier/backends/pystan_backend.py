@@ -192,6 +192,8 @@ def _quiet(progress: bool, buffer: io.StringIO):
     finally:
         stan.model.ConsoleIO = saved
         stan.model.Model._create_fit = original_create_fit
+        if console.bar is None and progress and ok:
+            console.bar = make_bar()  # sampling ended before pystan reported any progress
         if console.bar is not None:
             console.bar.close(ok)
         if console.messages:
