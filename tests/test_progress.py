@@ -23,6 +23,9 @@ CHATTER = ("Building", "Gradient evaluation took", "Adjust your expectations", "
 
 FORMULA = "Reaction ~ Days + (1 | Subject)"
 
+#: the runs are short (they test the console, not the posterior): convergence warnings are expected
+pytestmark = pytest.mark.filterwarnings("ignore::stanhier.StanhierWarning")
+
 
 @pytest.fixture(scope="module")
 def compiled(sleep, engine):
