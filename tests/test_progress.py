@@ -83,3 +83,22 @@ def test_import_shows_no_future_warning(tmp_path, engine):
     proc = subprocess.run([sys.executable, "-c", "import arviz"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert "FutureWarning" in proc.stderr
+
+
+def test_spinner_appears_only_after_its_delay(capfd, engine):
+    """The ML spinner: nothing for a quick optimization, the evaluation count for a slow one."""
+    if engine != "pystan":
+        pytest.skip("engine-independent: runs once")
+    import time
+
+    from stanhier.progress import Spinner
+
+    with Spinner(delay=1.0) as quick:
+        quick.tick(5)
+    assert capfd.readouterr().err == ""
+    with Spinner(delay=0.2) as slow:
+        slow.tick(3)
+        time.sleep(0.3)
+        slow.tick(4)
+    err = capfd.readouterr().err
+    assert "ML optimization" in err and "7 evaluations" in err, err
