@@ -1,10 +1,19 @@
-"""Cold compile time and sampling time of three model structures on both engines.
+"""Cold compile time and sampling time of three model structures, before/after stanhier's
+compiler set-up, on both engines.
 
-Each engine compiles into a fresh, empty ``STANHIER_CACHE_DIR`` (so every compile is cold:
-about six compiles in all, several minutes), then samples 4 chains x 1000 iterations
-(500 warmup) with one seed. Prints a table and the machine (CPU model, cores, load).
+Each configuration compiles into a fresh, empty ``STANHIER_CACHE_DIR`` (so every compile is
+cold), then samples 4 chains x 1000 iterations (500 warmup) with one seed. Configurations:
 
-    CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py [--engines pystan,cmdstanpy]
+* ``pystan before``: httpstan's own flags (Python's CFLAGS with ``-g``; no precompiled header);
+* ``pystan after``: stanhier's flags (``-g0``) and the shared precompiled header, whose
+  one-off build is timed separately (``header`` row) before the first program compiles;
+* ``cmdstanpy``: CmdStan as stanhier runs it (its precompiled header, built once per CmdStan
+  tree, already exists).
+
+Wall seconds depend on the machine's load; ``compile cpu s`` is the CPU time of the
+compiler processes (less sensitive to other jobs). Prints a table and the machine.
+
+    CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py [--configs before,after,cmdstanpy]
 
 Example output is in docs/backends.md.
 """
@@ -60,32 +69,77 @@ def cases() -> list[tuple[str, str, pd.DataFrame, str]]:
     ]
 
 
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+#: configuration -> (engine, environment for it)
+CONFIGS = {
+    "before": ("pystan", {"STANHIER_PCH": "0", "STANHIER_CXXFLAGS": "-O3 -std=c++14 -Wno-sign-compare"}),
+    "after": ("pystan", {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": ""}),
+    "cmdstanpy": ("cmdstanpy", {}),
+}
+
+
+def _fresh_backends() -> None:
+    from stanhier.backends import _make_backend
+
+    _make_backend.cache_clear()  # a backend keeps the cache folder it was made with
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", default=",".join(available_backends()))
+    parser.add_argument("--configs", default="before,after" + (",cmdstanpy" if "cmdstanpy" in available_backends()
+                                                                 else ""))
     parser.add_argument("--iter", type=int, default=1000)
     args = parser.parse_args()
     rows = []
-    for engine in args.engines.split(","):
-        cache = Path(tempfile.mkdtemp(prefix=f"stanhier-bench-{engine}-"))
-        os.environ["STANHIER_CACHE_DIR"] = str(cache)
+    for config in args.configs.split(","):
+        engine, env = CONFIGS[config]
+        cache = Path(tempfile.mkdtemp(prefix=f"stanhier-bench-{config}-"))
+        os.environ.update({**env, "STANHIER_CACHE_DIR": str(cache)})
+        _fresh_backends()
         try:
+            if config == "after":
+                from stanhier.backends import toolchain
+
+                t0, c0 = time.perf_counter(), _children_cpu()
+                toolchain.precompiled_header()
+                rows.append({"config": config, "model": "header (once per installation)", "cache hit": False,
+                             "compile s": round(time.perf_counter() - t0, 1),
+                             "compile cpu s": round(_children_cpu() - c0, 1)})
+                print(rows[-1], flush=True)
             for name, formula, data, family in cases():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), _children_cpu()
                     fit = sh.brm(formula, data=data, family=family, backend=engine, chains=4, iter=args.iter,
                                  seed=1, progress=False)
                     total = time.perf_counter() - t0
-                rows.append({"engine": engine, "model": name, "cache hit": fit.cache_hit,
+                rows.append({"config": config, "model": name, "cache hit": fit.cache_hit,
                              "compile s": round(fit.compile_seconds, 1),
+                             "compile cpu s": round(_children_cpu() - c0, 1) if engine == "pystan" else None,
                              "sampling s": round(fit.raw.seconds, 1), "total s": round(total, 1),
                              "max Rhat": round(float(fit.summary_table()["Rhat"].max()), 3)})
                 print(rows[-1], flush=True)
         finally:
             shutil.rmtree(cache, ignore_errors=True)
+            for key in env:
+                os.environ.pop(key, None)
     print()
-    print(pd.DataFrame(rows).to_string(index=False))
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    if {"before", "after"} <= set(table["config"]):
+        b = table[table.config == "before"].set_index("model")
+        a = table[table.config == "after"].set_index("model")
+        common = [m for m in b.index if m in a.index]
+        print("\nafter/before: compile wall " + ", ".join(f"{m}: {a.loc[m, 'compile s'] / b.loc[m, 'compile s']:.2f}"
+                                                       for m in common))
+        print("after/before: sampling " + ", ".join(f"{m}: {a.loc[m, 'sampling s'] / b.loc[m, 'sampling s']:.2f}"
+                                                  for m in common))
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(f"\nmachine: {_cpu()}, {os.cpu_count()} cores, load average {load[0]:.1f} at the end; "
           f"{platform.platform()}; chains run in parallel; {args.iter} iterations per chain (half warmup)")

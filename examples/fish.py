@@ -48,9 +48,9 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"brm: {formula} (Poisson), {args.chains} chains x {args.iter} iterations, seed 1 "
-          "(the first run compiles the Stan program, about a minute)...", flush=True)
+          "(the first run compiles the Stan program once)...", flush=True)
     fit = sh.brm(formula, data=fish, family="poisson", chains=args.chains, iter=args.iter,
-                 warmup=args.iter // 2, seed=1, progress=False)
+                 warmup=args.iter // 2, seed=1)  # progress (compiling, sampling) on stderr
     print(fit)
     print(f"\n(compile {'cache hit' if fit.cache_hit else f'{fit.compile_seconds:.1f} s'}, "
           f"sampling {fit.sample_seconds:.1f} s, total {time.perf_counter() - start:.1f} s)")

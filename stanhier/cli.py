@@ -42,6 +42,7 @@ from .errors import ArgumentError, DataError, StanhierError, StanhierWarning
 from .families import get_family
 from .model.formula import no_random_effects
 from .model.priors import prior
+from .progress import verbose_output
 from .record import load, read_record, save, write_stan_data
 
 __all__ = ["main", "build_parser", "parse_prior", "read_data", "example_data_path"]
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Hierarchical regression with brms/lme4 formulas on Stan: Bayesian fits (NUTS) and "
         "maximum-likelihood fits on the marginalized model, with reproducible run records."))
     parser.add_argument("--version", action="version", version=f"stanhier {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and the engines' own output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         args.family = "poisson"
         args.prior = []
     try:
-        with _Warnings(err) as warned:
+        with _Warnings(err) as warned, verbose_output(bool(getattr(args, "debug", False))):
             if args.command in ("fit", "example"):
                 return _fit(args, argv, out, warned)
             if args.command == "stancode":

@@ -55,9 +55,10 @@ def _binaries(entry: Path) -> list[Path]:
     return list(entry.glob("*.so")) + [p for p in [entry / "model"] if p.is_file()]
 
 
-def test_two_processes_compile_one_program(private_cache, tmp_path):
+def test_two_processes_compile_one_program(private_cache, tmp_path, engine):
     """Both processes start at once: one compiles under the lock, the other waits and reuses it.
-    Nothing is written to the working directory (the compiler's build folder stays in the cache)."""
+    Nothing is written to the working directory (the compiler's build folder stays in the cache).
+    With pystan the cache has no precompiled header yet: one process builds it, once."""
     env = {**os.environ, "STANHIER_CACHE_DIR": str(private_cache)}
     code = textwrap.dedent(COMPILE.format(code=TINY))
     workdir = tmp_path / "work"
@@ -70,6 +71,12 @@ def test_two_processes_compile_one_program(private_cache, tmp_path):
     # log density of y = (1, 3) at mu = 2 under normal(mu, 1), Jacobian off, constants dropped by ~
     assert all(r["lp"] == pytest.approx(-1.0) for r in results)
     assert list(workdir.iterdir()) == []
+    if engine == "pystan":  # there was no precompiled header yet: exactly one was built, once
+        headers = [p for p in (private_cache / "pch").iterdir() if p.is_dir()]
+        assert len(headers) == 1, headers
+        assert (headers[0] / "COMPLETE").is_file() and (headers[0] / "stan_pch.hpp.gch").is_file()
+        assert len((headers[0] / "builds").read_text().splitlines()) == 1
+        assert not list(headers[0].glob(".*.gch"))  # no temporary file left
 
 
 def test_partial_cache_entry_is_rebuilt(private_cache, engine):

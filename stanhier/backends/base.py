@@ -231,7 +231,10 @@ class Backend(abc.ABC):
     def stan_version(self) -> str: ...
 
     @abc.abstractmethod
-    def compile(self, code: str, *, progress: bool = True) -> CompiledModel: ...
+    def compile(self, code: str, *, progress: bool = True, show_cached: bool = True) -> CompiledModel:
+        """Compile ``code`` (or find it in the cache). ``progress``: show the compile display
+        (elapsed time while compiling; a ``cached`` line on a cache hit unless ``show_cached``
+        is false)."""
 
 
 def reshape_flat(flat: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:

@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -38,6 +39,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from .. import cache
+from ..progress import SamplingProgress, compiling, verbose
 from ..errors import BackendError, SamplingError, StanCompileError
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
                    code_line)
@@ -45,6 +47,10 @@ from .declarations import (Declaration, ParameterLayout, UnsupportedDeclaration,
                            variables_from_columns)
 
 __all__ = ["CmdStanPyBackend", "cmdstan_release"]
+
+#: ``make`` variables for every program: CmdStan's precompiled model header stays on (it is
+#: CmdStan's default with g++; an environment that turned it off would double compile times).
+CPP_OPTIONS = {"PRECOMPILED_HEADERS": "true"}
 
 #: CmdStan's L-BFGS tolerances for ML (tighter than CmdStan's defaults; Newton polishing follows).
 OPTIMIZE_ARGS = ("iter=10000", "algorithm=lbfgs", "tol_rel_grad=1e3", "tol_rel_obj=1e2")
@@ -62,17 +68,66 @@ def cmdstan_release(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def _cmdstanpy_logging(progress: bool) -> Iterator[None]:
-    """Silence cmdstanpy's logger unless ``progress``; its level is restored afterwards."""
+    """Keep cmdstanpy's log lines (``CmdStan start processing``, ...) off the console unless
+    the user asks for them (``STANHIER_VERBOSE=1``); the logger's level is restored afterwards.
+    ``progress`` is kept for callers; stanhier's own displays replace cmdstanpy's."""
     from cmdstanpy.utils import get_logger
 
     logger = get_logger()  # the first call configures the logger; do it before saving the level
     saved = logger.level
-    if not progress:
+    if not verbose():
         logger.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
         logger.setLevel(saved)
+
+
+@contextlib.contextmanager
+def _one_progress_display(settings: SampleSettings) -> Iterator[None]:
+    """cmdstanpy draws one bar per chain; stanhier shows one for all chains (iterations done of
+    ``chains * iter``, warmup or sampling) by replacing cmdstanpy's progress hook. cmdstanpy's
+    padding of stdout after sampling is dropped."""
+    import sys
+
+    import cmdstanpy.model
+
+    if not settings.progress or verbose():
+        yield
+        return
+    model_cls = cmdstanpy.model.CmdStanModel
+    original = model_cls.__dict__["_wrap_sampler_progress_hook"]
+    stderr = sys.stderr
+    bars: list[SamplingProgress] = []
+    pattern = re.compile(r"(Chain \[(\d+)\] )?Iteration:\s+(\d+)")
+
+    def wrap(chain_ids: list[int], total: int):
+        bar = SamplingProgress(len(chain_ids), total, settings.warmup, file=stderr)
+        bars.append(bar)
+        done: dict[int, int] = {}
+
+        def hook(line: str, idx: int) -> None:
+            if line == "Done":
+                return
+            match = pattern.match(line)
+            if match is None:
+                return
+            chain = int(match.group(2) or chain_ids[idx])
+            done[chain] = int(match.group(3))
+            bar.update(sum(done.values()), "sampling" if "Sampling" in line else "warmup")
+
+        return hook
+
+    model_cls._wrap_sampler_progress_hook = staticmethod(wrap)
+    ok = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+        ok = True
+    finally:
+        model_cls._wrap_sampler_progress_hook = original
+        for bar in bars:
+            bar.close(ok)
 
 
 def _stan_message(text: str) -> str:
@@ -298,14 +353,15 @@ class _CmdStanModel(CompiledModel):
             out_dir.mkdir()
             try:
                 model = cmdstanpy.CmdStanModel(exe_file=str(self.exe))
-                fit = model.sample(
-                    data=str(data_file), chains=settings.chains,
-                    parallel_chains=settings.cores or settings.chains,
-                    iter_warmup=settings.warmup, iter_sampling=settings.iter - settings.warmup,
-                    thin=settings.thin, seed=settings.seed, adapt_delta=settings.adapt_delta,
-                    max_treedepth=settings.max_treedepth, inits=inits, output_dir=str(out_dir),
-                    show_progress=settings.progress, show_console=False, sig_figs=18,
-                )
+                with _one_progress_display(settings):
+                    fit = model.sample(
+                        data=str(data_file), chains=settings.chains,
+                        parallel_chains=settings.cores or settings.chains,
+                        iter_warmup=settings.warmup, iter_sampling=settings.iter - settings.warmup,
+                        thin=settings.thin, seed=settings.seed, adapt_delta=settings.adapt_delta,
+                        max_treedepth=settings.max_treedepth, inits=inits, output_dir=str(out_dir),
+                        show_progress=settings.progress and not verbose(), show_console=verbose(), sig_figs=18,
+                    )
                 names = list(fit.column_names)
                 values = np.asarray(fit.draws(concat_chains=False), float)  # (draw, chain, column)
             except RuntimeError as exc:
@@ -350,36 +406,40 @@ class CmdStanPyBackend(Backend):
     def stan_version(self) -> str:
         return f"cmdstan-{self.release}"
 
-    def compile(self, code: str, *, progress: bool = True) -> CompiledModel:
+    def compile(self, code: str, *, progress: bool = True, show_cached: bool = True) -> CompiledModel:
+        """Compile ``code`` with CmdStan's ``make`` (cached). CmdStan compiles every program
+        with its precompiled model header (``PRECOMPILED_HEADERS=true``, CmdStan's default
+        with g++ on Linux and macOS), built once per CmdStan tree."""
         import cmdstanpy
 
         key = cache.program_key(code, self.name, f"{self.stan_version}|{self.path}")
         entry = cache.entry_dir(self.name, key)
         exe = entry / "model"
-        if cache.is_complete(entry) and _executable_runs(exe):
-            return _CmdStanModel(code, exe, True, 0.0)
-        start = time.perf_counter()
-        with cache.locked_entry(self.name, key) as entry:
-            if cache.is_complete(entry):
-                if _executable_runs(exe):  # another process built it while we waited
-                    return _CmdStanModel(code, exe, True, 0.0)
-                cache.clear_entry(entry)  # stale: built against a CmdStan tree that is gone
-            stan_file = entry / "model.stan"
-            stan_file.write_text(code)
-            if progress:
-                print("Compiling the Stan program with CmdStan (once per model structure)...", flush=True)
-            with _cmdstanpy_logging(progress):
-                try:
-                    cmdstanpy.CmdStanModel(stan_file=str(stan_file), exe_file=None)
-                except (ValueError, RuntimeError) as exc:
-                    message = str(exc)
-                    raise StanCompileError(f"Stan could not compile the program:\n{message.strip()}"
-                                           f"{code_line(message, code)}") from None
-            if not _executable_runs(exe):
-                raise BackendError(f"CmdStan built {exe} but it does not run; check the CmdStan "
-                                   f"installation at {self.path}.")
-            cache.mark_complete(entry)
-        seconds = time.perf_counter() - start
-        if progress:
-            print(f"Compiled in {seconds:.1f} s.", flush=True)
+        with compiling(progress, show_cached=show_cached) as stage:
+            if cache.is_complete(entry) and _executable_runs(exe):
+                stage.cached()
+                return _CmdStanModel(code, exe, True, 0.0)
+            start = time.perf_counter()
+            with cache.locked_entry(self.name, key) as entry:
+                if cache.is_complete(entry):
+                    if _executable_runs(exe):  # another process built it while we waited
+                        stage.cached()
+                        return _CmdStanModel(code, exe, True, 0.0)
+                    cache.clear_entry(entry)  # stale: built against a CmdStan tree that is gone
+                stan_file = entry / "model.stan"
+                stan_file.write_text(code)
+                stage.building("CmdStan")
+                with _cmdstanpy_logging(progress):
+                    try:
+                        cmdstanpy.CmdStanModel(stan_file=str(stan_file), exe_file=None,
+                                               cpp_options=dict(CPP_OPTIONS))
+                    except (ValueError, RuntimeError) as exc:
+                        message = str(exc)
+                        raise StanCompileError(f"Stan could not compile the program:\n{message.strip()}"
+                                               f"{code_line(message, code)}") from None
+                if not _executable_runs(exe):
+                    raise BackendError(f"CmdStan built {exe} but it does not run; check the CmdStan "
+                                       f"installation at {self.path}.")
+                cache.mark_complete(entry)
+            seconds = time.perf_counter() - start
         return _CmdStanModel(code, exe, False, seconds)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -22,55 +23,185 @@ from typing import Any
 import numpy as np
 
 from .. import cache
+from ..progress import SamplingProgress, compiling, verbose
 from ..errors import SamplingError, StanCompileError, StanhierError
+from . import toolchain
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
                    code_line, reshape_flat)
 
 __all__ = ["PystanBackend"]
 
+logger = logging.getLogger("stanhier")
+
 
 def _point_httpstan_at(entry_root: Path) -> None:
     """Make httpstan keep its models under stanhier's cache (children are forked)."""
     import httpstan.cache
+    import httpstan.models
 
     def cache_directory() -> Path:
         return entry_root
 
     httpstan.cache.cache_directory = cache_directory
+    # one key for a program whatever the interpreter's spelling (httpstan hashes sys.executable)
+    httpstan.models.calculate_model_name = toolchain.model_name_for
     _guard_progress_parser()
 
 
 class _ProgressPattern:
-    """httpstan's progress regex, never returning an empty list.
+    """httpstan's progress regex, never returning an empty list; it remembers the phase.
 
     httpstan (4.13) reads sampler progress with ``iteration_info_re.findall(message).pop()``;
     under load a message can arrive split so that it says ``info:Iteration`` without a
     complete progress line, and the ``IndexError`` ends the whole fit. Progress text is
-    cosmetic, so an unmatched message gives a placeholder instead.
+    cosmetic, so an unmatched message gives the last complete one instead. The phase of the
+    latest message (``warmup`` or ``sampling``) is kept for stanhier's progress display.
     """
 
     def __init__(self, pattern) -> None:
         self.pattern = pattern
+        self.last = b"Iteration: 0 / 1 [  0%]  (Warmup)"
+        self.phase = "warmup"
 
     def findall(self, message: bytes) -> list[bytes]:
-        return self.pattern.findall(message) or [b"Iteration: (progress message split)"]
+        found = self.pattern.findall(message)
+        if found:
+            self.last = found[-1]
+            self.phase = "sampling" if b"(Sampling)" in self.last else "warmup"
+        return found or [self.last]
 
 
-def _guard_progress_parser() -> None:
+def _guard_progress_parser() -> _ProgressPattern:
     import httpstan.views
 
     if not isinstance(httpstan.views.iteration_info_re, _ProgressPattern):
         httpstan.views.iteration_info_re = _ProgressPattern(httpstan.views.iteration_info_re)
+    return httpstan.views.iteration_info_re
+
+
+#: lines of Stan's console output that are information, not a problem
+_INFO = re.compile(r"Gradient evaluation took|transitions using \d+ leapfrog|Adjust your expectations|"
+                   r"Messages received during sampling|Messages from stanc|^\s*$")
+
+
+class _Output:
+    """One of pystan's console sections (clikit): text goes to the buffer; sampling progress
+    lines (``Sampling:  45% (3600/8000)``) move stanhier's display."""
+
+    def __init__(self, console: "_Console") -> None:
+        self.console = console
+
+    def write(self, text: str) -> None:
+        self.console.take(text)
+
+    write_line = write
+
+    def clear(self) -> None:
+        pass
+
+
+class _Console:
+    """Stands in for clikit's ``ConsoleIO`` in ``stan.model`` while stanhier samples."""
+
+    def __init__(self, buffer: io.StringIO, bar_factory) -> None:
+        self.buffer = buffer
+        self.bar_factory = bar_factory
+        self.bar: SamplingProgress | None = None
+        self.messages: list[str] = []
+
+    def __call__(self) -> "_Console":  # stan.model calls ConsoleIO()
+        return self
+
+    def section(self) -> "_Console":
+        return self
+
+    @property
+    def output(self) -> _Output:
+        return _Output(self)
+
+    error_output = output
+
+    def supports_ansi(self) -> bool:
+        return True
+
+    def take(self, text: str) -> None:
+        text = re.sub(r"</?[\w=;,]*>", "", str(text))  # clikit's style tags
+        self.buffer.write(text + "\n")
+        m = re.search(r"Sampling:\s+\d+%\s+\((\d+)/(\d+)\)", text)
+        if m and self.bar_factory is not None:
+            if self.bar is None:
+                self.bar = self.bar_factory()
+            if self.bar is not None:
+                self.bar.update(int(m.group(1)), _guard_progress_parser().phase)
+
+    def error_line(self, text: str) -> None:
+        text = re.sub(r"</?[\w=;,]*>", "", str(text))
+        self.buffer.write(text + "\n")
+        if not _INFO.search(text):
+            self.messages.append(text.strip())
+
+    write_line = error_line
+    line = error_line
+
+
+def _summarise(messages: list[str]) -> str:
+    """One line for Stan's warnings during sampling (rejected proposals and why)."""
+    reasons = [m for m in messages if m.startswith("Exception")]
+    if not reasons:
+        return ""
+    common = max(set(reasons), key=reasons.count)
+    return (f"Stan rejected {len(reasons)} proposal{'s' if len(reasons) != 1 else ''} while sampling "
+            f"(harmless when rare, e.g. early in warmup); most often: {common}")
 
 
 @contextlib.contextmanager
 def _quiet(progress: bool, buffer: io.StringIO):
-    """Keep pystan's console output in ``buffer`` (for error messages) unless progress is wanted."""
-    if progress:
+    """pystan's console output goes to ``buffer`` (for error messages and the log), and
+    stanhier's sampling display shows progress unless ``progress`` is false. With
+    ``STANHIER_VERBOSE=1`` pystan prints its own output as it always does."""
+    import sys
+
+    import stan.model
+
+    if verbose():
         yield
         return
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        yield
+    stderr = sys.stderr
+    shape: dict[str, int] = {}
+    original_create_fit = stan.model.Model._create_fit
+
+    def create_fit(model, *, function, num_chains, **kwargs):  # learn chains/iterations for the display
+        shape.update(chains=int(num_chains), warmup=int(kwargs.get("num_warmup", 1000)),
+                     samples=int(kwargs.get("num_samples", 1000)))
+        return original_create_fit(model, function=function, num_chains=num_chains, **kwargs)
+
+    def make_bar() -> SamplingProgress | None:
+        if not shape:
+            return None
+        return SamplingProgress(shape["chains"], shape["warmup"] + shape["samples"], shape["warmup"],
+                                enabled=True, file=stderr)
+
+    console = _Console(buffer, make_bar if progress else None)
+    saved = stan.model.ConsoleIO
+    stan.model.ConsoleIO = console
+    stan.model.Model._create_fit = create_fit
+    ok = False
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+        ok = True
+    finally:
+        stan.model.ConsoleIO = saved
+        stan.model.Model._create_fit = original_create_fit
+        if console.bar is None and progress and ok:
+            console.bar = make_bar()  # sampling ended before pystan reported any progress
+        if console.bar is not None:
+            console.bar.close(ok)
+        if console.messages:
+            logger.info("Stan's messages while sampling:\n%s", "\n".join(console.messages))
+        summary = _summarise(console.messages)
+        if summary and progress and ok:
+            print(summary, file=stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -303,43 +434,49 @@ class PystanBackend(Backend):
 
         return f"httpstan-{httpstan.__version__}"
 
-    def compile(self, code: str, *, progress: bool = True) -> CompiledModel:
+    def compile(self, code: str, *, progress: bool = True, show_cached: bool = True) -> CompiledModel:
         import httpstan.cache
         import httpstan.compile
         import httpstan.models
 
-        model_name = httpstan.models.calculate_model_name(code)
+        model_name = httpstan.models.calculate_model_name(code)  # stanhier's key (see toolchain)
         model_id = model_name.split("/")[1]
         entry = self._root / "models" / model_id
-        if cache.is_complete(entry):
-            return _PystanModel(code, model_name, True, 0.0)
-        start = time.perf_counter()
-        key_root = self._root / "models"
-        key_root.mkdir(parents=True, exist_ok=True)
-        with cache.locked_entry("pystan/models", model_id) as entry:
-            if cache.is_complete(entry):  # another process built it while we waited
+        with compiling(progress, show_cached=show_cached) as stage:
+            if cache.is_complete(entry):
+                stage.cached()
                 return _PystanModel(code, model_name, True, 0.0)
-            if progress:
-                print("Compiling the Stan program (once per model structure)...", flush=True)
-            try:  # stanc first: its errors are the clearest
-                _, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
-            except ValueError as exc:
-                raise _compile_error(str(exc), code) from None
-            try:
-                # setuptools puts its build/ folder in the working directory: use the cache entry,
-                # so nothing is written where the user works and parallel builds do not collide
-                with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry):
-                    output = asyncio.run(httpstan.models.build_services_extension_module(code))
-                shutil.rmtree(entry / "build", ignore_errors=True)
-            except Exception as exc:
-                log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
-                raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None
-            (entry / "model.stan").write_text(code)
-            # what httpstan's own cache lookup (used by stan.build) expects to find
-            httpstan.cache.dump_stanc_warnings(_relevant_warnings(stanc_warnings), model_name)
-            httpstan.cache.dump_services_extension_module_compiler_output(str(output), model_name)
-            cache.mark_complete(entry)
-        seconds = time.perf_counter() - start
-        if progress:
-            print(f"Compiled in {seconds:.1f} s.", flush=True)
+            start = time.perf_counter()
+            key_root = self._root / "models"
+            key_root.mkdir(parents=True, exist_ok=True)
+            with cache.locked_entry("pystan/models", model_id) as entry:
+                if cache.is_complete(entry):  # another process built it while we waited
+                    stage.cached()
+                    return _PystanModel(code, model_name, True, 0.0)
+                stage.building("stanc")
+                try:  # stanc first: its errors are the clearest
+                    _, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
+                except ValueError as exc:
+                    raise _compile_error(str(exc), code) from None
+                flags = toolchain.compile_flags()
+                header = toolchain.precompiled_header(
+                    flags, on_build=lambda: stage.building("shared Stan header, once per installation"))
+                stage.building("C++")
+                try:
+                    # setuptools puts its build/ folder in the working directory: use the cache entry,
+                    # so nothing is written where the user works and parallel builds do not collide
+                    with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry):
+                        output = asyncio.run(httpstan.models.build_services_extension_module(
+                            code, extra_compile_args=flags + toolchain.header_flags(header)))
+                    shutil.rmtree(entry / "build", ignore_errors=True)
+                except Exception as exc:
+                    log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
+                    raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None
+                (entry / "model.stan").write_text(code)
+                # what httpstan's own cache lookup (used by stan.build) expects to find
+                httpstan.cache.dump_stanc_warnings(_relevant_warnings(stanc_warnings), model_name)
+                httpstan.cache.dump_services_extension_module_compiler_output(str(output), model_name)
+                cache.mark_complete(entry)
+            seconds = time.perf_counter() - start
+        logger.debug("compiled %s in %.1f s (precompiled header: %s)", model_name, seconds, header)
         return _PystanModel(code, model_name, False, seconds)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..backends import SampleSettings, get_backend
 from ..errors import ArgumentError, StanhierWarning
+from ..progress import verbose_output
 from ..families import Family
 from ..model.design import data_label
 from ..model.priors import Prior
@@ -78,7 +79,7 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
         cores: int | None = None, init: Any = None, control: Mapping[str, Any] | None = None, backend: str = "auto",
         parameterization: str = "auto", progress: bool = True, na_action: str = "drop",
         collinear: str = "error", sufficient_stats: bool = False, marginalize: bool | None = None,
-        data_name: str | None = None) -> BrmsFit:
+        data_name: str | None = None, verbose: bool = False) -> BrmsFit:
     """Fit a Bayesian hierarchical model with Stan's NUTS, as brms's ``brm``.
 
     Arguments follow brms (the sampler's defaults are those of
@@ -102,6 +103,11 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     ``na_action="drop"`` drops rows with missing values (with a
     warning; ``"raise"`` errors); ``collinear="error"`` names constant or collinear
     predictors (``"drop"`` drops them with a warning).
+    ``progress=True`` shows one display per stage on stderr (compiling, or ``cached``;
+    sampling: iterations across chains, warmup or sampling, elapsed and remaining time);
+    ``progress=False`` prints nothing. ``verbose=True`` also shows the engines' own output
+    (pystan's and CmdStan's messages, e.g. gradient timings), which is otherwise kept off
+    the console (Stan's warnings while sampling are summarised in one line).
 
     >>> import pandas as pd, stanhier as sh                                  # doctest: +SKIP
     >>> fish = pd.read_csv("examples/fish.csv")                              # doctest: +SKIP
@@ -119,8 +125,9 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
                                   collinear=collinear, sufficient_stats=sufficient_stats,
                                   marginalize=marginalize)
     be = get_backend(backend)
-    model = be.compile(spec.code, progress=progress)
-    raw = model.sample(spec.standata(), settings)
+    with verbose_output(verbose):
+        model = be.compile(spec.code, progress=progress)
+        raw = model.sample(spec.standata(), settings)
     raw = complete_draws(spec, raw)  # marginalized fits: draw every r_k from its exact conditional
     fit = BrmsFit(spec, raw, backend=be.name, cache_hit=model.cache_hit,
                   compile_seconds=model.compile_seconds, data_name=data_name or data_label(data))

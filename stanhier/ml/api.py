@@ -55,7 +55,8 @@ def _check_backend(backend: str) -> None:
 
 def _compile(kind: str, backend: str, progress: bool) -> CompiledModel:
     _check_backend(backend)
-    return get_backend(backend).compile(stan_program(kind), progress=progress)
+    # the display appears only while a program really compiles (quick refits print nothing)
+    return get_backend(backend).compile(stan_program(kind), progress=progress, show_cached=False)
 
 
 def _scale(problem: MLProblem, design: Design) -> np.ndarray:
@@ -128,7 +129,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
         if start is not None:
             starts.insert(0, _user_start(start, problem, starts[0]))
         info = maximize(density, starts, _scale(problem, design), tol=tol,
-                        native=model.native_optimizer(standata))
+                        native=model.native_optimizer(standata), progress=progress)
     fit = MerFit(call=call, design=design, layout=lay, family=family, problem=problem, model=model,
                  density=density, optimum=info)
     if not info.converged:
@@ -156,7 +157,7 @@ def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndar
 
 
 def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
-         progress: bool = False, start: dict | None = None, control: dict | None = None,
+         progress: bool = True, start: dict | None = None, control: dict | None = None,
          na_action: str = "drop", collinear: str = "drop"):
     """Fit a linear mixed model by maximum likelihood or REML, as lme4's ``lmer``.
 
@@ -169,6 +170,9 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
     data : pandas DataFrame (or dict of columns).
     REML : ``True`` (lme4's default) for the REML criterion, ``False`` for maximum likelihood.
     backend : ``"auto"``, ``"pystan"`` or ``"cmdstanpy"``.
+    progress : show what takes time on stderr: the compile (only when the program is not in the
+        cache yet) and a spinner with the number of evaluations when the optimization takes over
+        a second. ``False``: print nothing.
     start : optional ``{"theta": [...]}`` starting values (lme4's relative covariance factor).
     na_action : ``"drop"`` rows with missing values (with a warning) or ``"raise"``.
     collinear : ``"drop"`` (lme4's behaviour, with a warning) or ``"error"`` for constant or
@@ -192,7 +196,7 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
 
 
 def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
-          backend: str = "auto", progress: bool = False, start: dict | None = None,
+          backend: str = "auto", progress: bool = True, start: dict | None = None,
           control: dict | None = None, na_action: str = "drop", collinear: str = "drop"):
     """Fit a generalized linear mixed model by (approximate) maximum likelihood, as lme4's ``glmer``.
 
@@ -200,6 +204,7 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
     with that many nodes (one scalar random-effects term only, as lme4).
     Families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
     ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``).
+    ``progress`` as in :func:`lmer`.
 
     Example
     -------

@@ -12,6 +12,7 @@ from scipy import optimize as sopt
 
 from ..backends.base import LogDensity, fd_hessian
 from ..errors import SamplingError
+from ..progress import Spinner
 
 __all__ = ["OptimumInfo", "maximize", "evaluate_at"]
 
@@ -33,7 +34,8 @@ class OptimumInfo:
 
 def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *,
              tol: float = 1e-8,
-             native: Callable[[np.ndarray], np.ndarray] | None = None) -> OptimumInfo:
+             native: Callable[[np.ndarray], np.ndarray] | None = None,
+             progress: bool = False) -> OptimumInfo:
     """Maximize ``density`` from several starts: scipy L-BFGS on scaled coordinates, then
     Newton steps on a finite-difference Hessian of the Stan gradient.
 
@@ -41,13 +43,21 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
     falling back to a max-abs scaled gradient below 1e-3 where -H is not positive definite
     (singular fits). A failed start is retried from the next one. ``native``: the
     backend's own optimizer (CmdStan's ``optimize(jacobian=False)``) replaces scipy's
-    L-BFGS for the first stage.
+    L-BFGS for the first stage. ``progress``: a spinner with the evaluation count on stderr
+    once the optimization has taken a second.
     """
+    with Spinner("ML optimization", enabled=progress, delay=1.0) as spinner:
+        return _maximize(density, starts, scale, tol, native, spinner)
+
+
+def _maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, tol: float,
+              native: Callable[[np.ndarray], np.ndarray] | None, spinner: Spinner) -> OptimumInfo:
     t0 = time.perf_counter()
     count = {"n": 0}
 
     def value_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
         count["n"] += 1
+        spinner.tick()
         try:
             lp, g = density.log_prob_grad(x)
         except (RuntimeError, ValueError):
