@@ -289,7 +289,9 @@ def write_brm_record(fit: Any, path: str | Path, *, include_data: bool = True, c
                     "group": p.group, "text": p.text} for p in spec.priors.user],
         "parameterization": spec.parameterization,
         **build_options(spec),
-        "seed": raw.settings.seed,
+        "seed": raw.settings.seed,  # the seed the draws came from, also when stanhier drew it
+        "seed_drawn": bool(getattr(raw, "seed_drawn", False)),
+        "chain_seeds": raw.settings.chain_seeds(),
         "settings": settings_dict(raw.settings),
         "backend": fit.backend,
         "stan_version": stan_version(fit.backend),

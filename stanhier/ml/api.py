@@ -137,7 +137,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
             f"after {info.n_starts} start(s)); rescale predictors or simplify the random effects.",
             StanhierWarning, stacklevel=3)
     if fit.is_singular():
-        warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
+        warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
 
 

@@ -659,7 +659,7 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6) -> Cross
         warnings.warn(f"Model failed to converge: {message} (max |gradient| {np.max(np.abs(grad)):.2g}); "
                       "rescale predictors or simplify the random effects.", StanhierWarning, stacklevel=3)
     if fit.is_singular():
-        warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
+        warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
 
 

@@ -306,7 +306,7 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *,
     if not ok:
         warnings.warn(f"Model failed to converge: {res.message}", StanhierWarning, stacklevel=3)
     if fit.is_singular():
-        warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
+        warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
 
 

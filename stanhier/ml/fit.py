@@ -531,7 +531,7 @@ class MerFit:
                         f"{d['optimizer_message']}): rescale predictors, simplify the random effects, "
                         "or give start= values.")
         if d["singular"]:
-            msgs.append("boundary (singular) fit: a variance is ~0 or a correlation ~±1; see help('isSingular'). "
+            msgs.append("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular()). "
                         "Consider a simpler random-effects structure (e.g. '||' or dropping a slope).")
         if not d["standard_errors"]:
             msgs.append(f"No standard errors: {d['vcov_method']}.")
