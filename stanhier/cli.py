@@ -274,7 +274,9 @@ def brm_kwargs(args: argparse.Namespace, priors: list) -> dict[str, Any]:
 
 def ml_kwargs(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """``("lmer" | "glmer", keyword arguments)`` the command line gives: Gaussian -> lmer."""
-    kwargs: dict[str, Any] = dict(backend=args.backend, progress=args.progress, start=read_start(args.start))
+    # without --progress a long ML fit still says what it is doing (progress=None)
+    kwargs: dict[str, Any] = dict(backend=args.backend, progress=True if args.progress else None,
+                                  start=read_start(args.start))
     if args.tol is not None:
         kwargs["control"] = {"tol": args.tol}
     for name in ("na_action", "collinear"):

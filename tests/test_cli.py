@@ -258,7 +258,7 @@ def test_flags_reach_lmer_and_glmer():
                 "--collinear", "error", "--backend", "pystan"]))
     assert which == "lmer" and kwargs == dict(REML=False, control={"tol": 1e-10}, start={"theta": [0.5]},
                                               na_action="raise", collinear="error", backend="pystan",
-                                              progress=False)
+                                              progress=None)
     assert ml_kwargs(build_parser().parse_args(base + ["--REML"]))[1]["REML"] is True
     assert ml_kwargs(build_parser().parse_args(base + ["--ml"]))[1]["REML"] is False  # older spelling
     which, kwargs = ml_kwargs(build_parser().parse_args(base + ["--family", "poisson", "--nAGQ", "7"]))

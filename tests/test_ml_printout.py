@@ -106,3 +106,25 @@ def test_r_format_rules():
     assert r_format([0.00001234], 4) == ["1.234e-05"]
     assert format_pvals([0.866, 2.86e-14]) == ["0.866", "2.86e-14"]
     assert abbreviate(["(Intercept)", "cHEIGHT", "YEAR96", "YEAR97"], 6) == ["(Intr)", "cHEIGH", "YEAR96", "YEAR97"]
+
+
+def test_long_fit_says_what_it_is_doing(sleepstudy, engine, capsys, monkeypatch):
+    """A fit that runs longer than QUIET_SECONDS (here 0) prints what it does on stderr: the
+    step, evaluations and best log-likelihood so far, and when it is done; a quick fit is silent,
+    and progress=False always."""
+    import stanhier.ml.optimizer as opt
+
+    sh.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    assert capsys.readouterr().err == ""  # quick: nothing said
+    monkeypatch.setattr(opt, "QUIET_SECONDS", 0.0)
+    m = sh.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    err = capsys.readouterr().err
+    assert "lmer: maximizing the REML criterion over 6 parameters (36 random effects integrated out exactly)" in err
+    assert "best REML log-criterion so far" in err and "lmer: done in" in err
+    assert f"{m.optimum.n_evals} evaluations" in err
+    sh.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, progress=False)
+    assert capsys.readouterr().err == ""
+    fish = pd.read_csv(DATA / "fish.csv")
+    sh.glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson")
+    assert "glmer: maximizing the Laplace log-likelihood over 3 parameters (2 random effects in 1 term(s)" in \
+        capsys.readouterr().err

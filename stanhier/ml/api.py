@@ -41,7 +41,7 @@ from .fit import MerFit, MLCall
 from .crossed import fit_crossed_lmm, needs_crossed
 from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
 from .layout import build_layout
-from .optimizer import evaluate_at, maximize
+from .optimizer import Heartbeat, evaluate_at, maximize
 from .problem import MLProblem, glmm_problem, lmm_problem, stan_program, start_values
 
 __all__ = ["lmer", "glmer", "fit_ml"]
@@ -81,7 +81,7 @@ def _tolerance(control: dict | None) -> float:
     return float(tol)
 
 
-def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool = False,
+def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool | None = False,
            optimum: np.ndarray | None = None) -> MerFit:
     """Fit the ML model described by ``call`` to ``data`` (``lmer``, ``glmer`` and
     :func:`stanhier.record.load` all build through here).
@@ -112,7 +112,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
         )
     problem = (lmm_problem(design, lay, call.REML) if kind == "lmm"
                else glmm_problem(design, lay, family, call.nAGQ))
-    model = _compile(kind, call.backend, progress)
+    model = _compile(kind, call.backend, bool(progress))
     standata = problem.standata()
     density = model.log_density(standata)
     if density.n_params != problem.n_params:  # pragma: no cover - a programming error
@@ -128,7 +128,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
         if start is not None:
             starts.insert(0, _user_start(start, problem, starts[0]))
         info = maximize(density, starts, _scale(problem, design), tol=tol,
-                        native=model.native_optimizer(standata))
+                        native=model.native_optimizer(standata), heartbeat=_heartbeat(call, problem, lay, progress))
     fit = MerFit(call=call, design=design, layout=lay, family=family, problem=problem, model=model,
                  density=density, optimum=info)
     if not info.converged:
@@ -139,6 +139,20 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
     if fit.is_singular():
         warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
+
+
+def _heartbeat(call: MLCall, problem: MLProblem, lay: Any, progress: bool | None) -> Heartbeat:
+    """What a long ML fit reports while it runs (see :class:`~stanhier.ml.optimizer.Heartbeat`)."""
+    effects = f"{sum(s.M * s.L for s in lay.slots)} random effects"
+    if call.kind == "lmm":
+        what = (f"maximizing the {'REML criterion' if call.REML else 'log-likelihood'} over {problem.n_params} "
+                f"parameters ({effects} integrated out exactly)")
+    else:
+        approx = "Laplace" if call.nAGQ == 1 else f"adaptive Gauss-Hermite ({call.nAGQ} nodes)"
+        what = (f"maximizing the {approx} log-likelihood over {problem.n_params} parameters ({effects} "
+                f"in {len(lay.slots)} term(s) integrated out, Newton iterations inside Stan)")
+    return Heartbeat("lmer" if call.kind == "lmm" else "glmer", what, progress=progress,
+                     value="REML log-criterion" if call.kind == "lmm" and call.REML else "logLik")
 
 
 def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndarray:
@@ -156,7 +170,7 @@ def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndar
 
 
 def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
-         progress: bool = False, start: dict | None = None, control: dict | None = None,
+         progress: bool | None = None, start: dict | None = None, control: dict | None = None,
          na_action: str = "drop", collinear: str = "drop"):
     """Fit a linear mixed model by maximum likelihood or REML, as lme4's ``lmer``.
 
@@ -169,6 +183,9 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
     data : pandas DataFrame (or dict of columns).
     REML : ``True`` (lme4's default) for the REML criterion, ``False`` for maximum likelihood.
     backend : ``"auto"``, ``"pystan"`` or ``"cmdstanpy"``.
+    progress : ``None`` (default): a fit that runs longer than 10 s says what it is doing on
+        standard error (step, evaluations, best log-likelihood so far); ``True``: from the
+        start (and compiler messages); ``False``: silent.
     start : optional ``{"theta": [...]}`` starting values (lme4's relative covariance factor).
     na_action : ``"drop"`` rows with missing values (with a warning) or ``"raise"``.
     collinear : ``"drop"`` (lme4's behaviour, with a warning) or ``"error"`` for constant or
@@ -192,7 +209,7 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
 
 
 def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
-          backend: str = "auto", progress: bool = False, start: dict | None = None,
+          backend: str = "auto", progress: bool | None = None, start: dict | None = None,
           control: dict | None = None, na_action: str = "drop", collinear: str = "drop"):
     """Fit a generalized linear mixed model by (approximate) maximum likelihood, as lme4's ``glmer``.
 

@@ -622,8 +622,8 @@ class CrossedMerFit(MerFit):
         x = np.concatenate([self.fixef().to_numpy(), self.theta, self.aux])
         return float(density.log_prob(x)), self.logLik()
 
-    def summary(self) -> str:
-        lines = super().summary().split("\n")
+    def summary(self, *args: Any, **kwargs: Any) -> str:
+        lines = super().summary(*args, **kwargs).split("\n")
         at = next((i for i, s in enumerate(lines) if s.startswith("   Data:")), 1)
         lines.insert(at + 1, f"Evaluator: {self.evaluator.split(';')[0]}")
         return "\n".join(lines)

@@ -282,7 +282,9 @@ class MerFit:
             return self.residual_variance() * np.linalg.inv(self._at_optimum["XtVX"])
         # GLMM: finite-difference Hessian of the marginal log-likelihood over (beta, theta, ...)
         x = np.concatenate([self._beta, self._theta, self._aux])
-        H = self.density.hessian(x, step=1e-4)
+        H = self.optimum.hessian  # the optimizer's, when it is the Hessian at this point (same steps)
+        if H is None or np.shape(H) != (len(x), len(x)) or not np.array_equal(np.asarray(self.optimum.theta), x):
+            H = self.density.hessian(x, step=1e-4)
         try:
             np.linalg.cholesky(-H)
             cov = np.linalg.inv(-H)[:K, :K]

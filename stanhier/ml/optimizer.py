@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TextIO
 
 import numpy as np
 from scipy import optimize as sopt
@@ -13,7 +14,75 @@ from scipy import optimize as sopt
 from ..backends.base import LogDensity, fd_hessian
 from ..errors import SamplingError
 
-__all__ = ["OptimumInfo", "maximize", "evaluate_at"]
+__all__ = ["OptimumInfo", "maximize", "evaluate_at", "Heartbeat", "QUIET_SECONDS", "EVERY_SECONDS"]
+
+#: a fit running longer than this (seconds) starts saying what it is doing (progress=None)
+QUIET_SECONDS = 10.0
+#: seconds between its status lines
+EVERY_SECONDS = 30.0
+
+
+class Heartbeat:
+    """Says what a long fit is doing: a status line on standard error once the fit has run
+    ``after`` seconds, then every ``every`` seconds, and a closing line; silent for quick fits.
+
+    ``progress``: None (default) reports only fits that take long; True reports from the
+    start; False never.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> hb = Heartbeat("glmer", "maximizing the log-likelihood", progress=True, stream=out)
+    >>> hb.tick(-10.5); hb.done()
+    >>> print(out.getvalue().replace(" 0 s", " t s"), end="")   # doctest: +ELLIPSIS
+    glmer: maximizing the log-likelihood
+    glmer: t s, 1 evaluations (... s each), best logLik so far -10.5000
+    glmer: done in t s (1 evaluations).
+    """
+
+    def __init__(self, who: str, what: str, *, progress: bool | None = None, after: float | None = None,
+                 every: float | None = None, stream: TextIO | None = None, value: str = "logLik") -> None:
+        self.who, self.what, self.value = who, what, value
+        self.progress = progress
+        after = QUIET_SECONDS if after is None else after
+        self.every = EVERY_SECONDS if every is None else every
+        self.after = 0.0 if progress else after
+        self.stream = stream
+        self.start = time.perf_counter()
+        self.last: float | None = None
+        self.n = 0
+        self.best = -np.inf
+        self.phase = ""
+        self.said = False
+
+    def set_phase(self, phase: str) -> None:
+        """Name the current step (shown in the next status line)."""
+        self.phase = phase
+
+    def tick(self, lp: float) -> None:
+        """One log-likelihood evaluation done (value ``lp``)."""
+        self.n += 1
+        if np.isfinite(lp):
+            self.best = max(self.best, float(lp))
+        if self.progress is False:
+            return
+        now = time.perf_counter()
+        elapsed = now - self.start
+        if elapsed < self.after or (self.last is not None and now - self.last < self.every):
+            return
+        self.last = now
+        if not self.said:
+            self._say(f"{self.who}: {self.what}")
+            self.said = True
+        best = f", best {self.value} so far {self.best:.4f}" if np.isfinite(self.best) else ""
+        phase = f" ({self.phase})" if self.phase else ""
+        self._say(f"{self.who}: {elapsed:.0f} s, {self.n} evaluations ({elapsed / self.n:.2g} s each){best}{phase}")
+
+    def done(self) -> None:
+        if self.last is not None:
+            self._say(f"{self.who}: done in {time.perf_counter() - self.start:.0f} s ({self.n} evaluations).")
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.stream or sys.stderr, flush=True)
 
 # --------------------------------------------------------------------------- optimizer
 @dataclass(frozen=True, eq=False)
@@ -23,7 +92,7 @@ class OptimumInfo:
     theta: np.ndarray  #: unconstrained parameter vector at the optimum
     lp: float
     grad: np.ndarray
-    hessian: np.ndarray | None
+    hessian: np.ndarray | None  #: finite-difference Hessian (step 1e-4) at ``theta``
     converged: bool
     message: str
     n_evals: int
@@ -33,7 +102,8 @@ class OptimumInfo:
 
 def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *,
              tol: float = 1e-8,
-             native: Callable[[np.ndarray], np.ndarray] | None = None) -> OptimumInfo:
+             native: Callable[[np.ndarray], np.ndarray] | None = None,
+             heartbeat: Heartbeat | None = None) -> OptimumInfo:
     """Maximize ``density`` from several starts: scipy L-BFGS on scaled coordinates, then
     Newton steps on a finite-difference Hessian of the Stan gradient.
 
@@ -41,17 +111,21 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
     falling back to a max-abs scaled gradient below 1e-3 where -H is not positive definite
     (singular fits). A failed start is retried from the next one. ``native``: the
     backend's own optimizer (CmdStan's ``optimize(jacobian=False)``) replaces scipy's
-    L-BFGS for the first stage.
+    L-BFGS for the first stage. ``heartbeat``: told of every evaluation and of each step
+    (:class:`Heartbeat`), so a long fit says what it is doing.
     """
     t0 = time.perf_counter()
     count = {"n": 0}
+    beat = heartbeat or Heartbeat("fit", "maximizing the log-likelihood", progress=False)
 
     def value_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
         count["n"] += 1
         try:
             lp, g = density.log_prob_grad(x)
         except (RuntimeError, ValueError):
+            beat.tick(-np.inf)
             return -np.inf, np.full(len(x), np.nan)
+        beat.tick(float(lp))
         return float(lp), np.asarray(g, float)
 
     def neg(z: np.ndarray, center: np.ndarray) -> tuple[float, np.ndarray]:
@@ -64,6 +138,7 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
     n_starts = 0
     for x0 in starts:
         n_starts += 1
+        beat.set_phase(f"L-BFGS from start {n_starts}" if len(starts) > 1 else "L-BFGS")
         lp0, _ = value_grad(x0)
         if not np.isfinite(lp0):
             continue
@@ -76,6 +151,7 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
             res = sopt.minimize(neg, np.zeros_like(x0), args=(x0,), jac=True, method="L-BFGS-B",
                                 options={"maxiter": 5000, "gtol": 1e-9, "ftol": 1e-15, "maxcor": 30})
             x = x0 + scale * res.x
+        beat.set_phase(f"Newton steps, finite-difference Hessian ({2 * len(x)} gradients each)")
         x, lp, H, ok = _newton_polish(value_grad, x, tol)
         if best is None or lp > best[0] + 1e-9:
             best = (lp, x, H, ok)
@@ -88,6 +164,7 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
         )
     lp, x, H, ok = best
     _, g = value_grad(x)
+    beat.done()
     msg = "converged" if ok else "the optimizer did not reach a point with zero gradient"
     return OptimumInfo(theta=x, lp=lp, grad=g, hessian=H, converged=ok, message=msg,
                        n_evals=count["n"], n_starts=n_starts, seconds=time.perf_counter() - t0)
@@ -95,9 +172,9 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
 
 def _newton_polish(value_grad, x: np.ndarray, tol: float, max_iter: int = 20):
     lp, g = value_grad(x)
-    H = None
+    H, H_at = None, None
     for _ in range(max_iter):
-        H = fd_hessian(value_grad, x, 1e-4)
+        H, H_at = fd_hessian(value_grad, x, 1e-4), x.copy()
         negH = -H
         try:
             C = np.linalg.cholesky(negH)
@@ -125,7 +202,7 @@ def _newton_polish(value_grad, x: np.ndarray, tol: float, max_iter: int = 20):
             x, lp, g = x_new, lp_new, g_new
             break
         x, lp, g = x_new, lp_new, g_new
-    if H is None:
+    if H is None or not np.array_equal(H_at, x):  # the Hessian returned is the one at x (reused for SEs)
         H = fd_hessian(value_grad, x, 1e-4)
     return x, lp, H, _is_optimum(x, g, H, tol)
 

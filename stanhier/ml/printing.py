@@ -247,10 +247,12 @@ def print_coefmat(names: list[str], columns: list[str], values: list[list[float]
         pv = format_pvals(ps, dig_tst)
         w = max(len(s) for s in pv)
         show_stars = any(p < 0.1 for p in ps if not math.isnan(p))
+        marks = [signif_stars(p) for p in ps]
+        mw = max(len(m) for m in marks)
         for i in range(n):
             cells[i].append(pv[i].rjust(w))
             if show_stars:
-                cells[i].append(signif_stars(ps[i]))
+                cells[i].append(marks[i].ljust(mw))  # R: format(Signif), left-justified
         if show_stars:
             header.append("")
     lines = char_matrix_lines(header, cells, names, right=True)
