@@ -27,7 +27,8 @@ class Heartbeat:
     ``after`` seconds, then every ``every`` seconds, and a closing line; silent for quick fits.
 
     ``progress``: None (default) reports only fits that take long; True reports from the
-    start; False never.
+    start; False never. A watcher thread writes the lines, so a long step that makes no
+    evaluation here (CmdStan's own optimizer) is reported too.
 
     >>> import io
     >>> out = io.StringIO()
@@ -41,6 +42,8 @@ class Heartbeat:
 
     def __init__(self, who: str, what: str, *, progress: bool | None = None, after: float | None = None,
                  every: float | None = None, stream: TextIO | None = None, value: str = "logLik") -> None:
+        import threading
+
         self.who, self.what, self.value = who, what, value
         self.progress = progress
         after = QUIET_SECONDS if after is None else after
@@ -53,6 +56,16 @@ class Heartbeat:
         self.best = -np.inf
         self.phase = ""
         self.said = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if progress is not False:  # a watcher reports long steps too
+            self._thread = threading.Thread(target=self._watch, daemon=True, name="stanhier-heartbeat")
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            self._maybe_report()
 
     def set_phase(self, phase: str) -> None:
         """Name the current step (shown in the next status line)."""
@@ -63,26 +76,38 @@ class Heartbeat:
         self.n += 1
         if np.isfinite(lp):
             self.best = max(self.best, float(lp))
+        self._maybe_report()
+
+    def _maybe_report(self) -> None:
         if self.progress is False:
             return
-        now = time.perf_counter()
-        elapsed = now - self.start
-        if elapsed < self.after or (self.last is not None and now - self.last < self.every):
-            return
-        self.last = now
-        if not self.said:
-            self._say(f"{self.who}: {self.what}")
-            self.said = True
-        best = f", best {self.value} so far {self.best:.4f}" if np.isfinite(self.best) else ""
-        phase = f" ({self.phase})" if self.phase else ""
-        self._say(f"{self.who}: {elapsed:.0f} s, {self.n} evaluations ({elapsed / self.n:.2g} s each){best}{phase}")
+        with self._lock:
+            now = time.perf_counter()
+            elapsed = now - self.start
+            if elapsed < self.after or (self.last is not None and now - self.last < self.every):
+                return
+            self.last = now
+            if not self.said:
+                self._say(f"{self.who}: {self.what}")
+                self.said = True
+            best = f", best {self.value} so far {self.best:.4f}" if np.isfinite(self.best) else ""
+            each = f" ({elapsed / self.n:.2g} s each)" if self.n else ""
+            phase = f" ({self.phase})" if self.phase else ""
+            self._say(f"{self.who}: {elapsed:.0f} s, {self.n} evaluations{each}{best}{phase}")
 
     def done(self) -> None:
-        if self.last is not None:
-            self._say(f"{self.who}: done in {time.perf_counter() - self.start:.0f} s ({self.n} evaluations).")
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with self._lock:
+            if self.last is not None:
+                self._say(f"{self.who}: done in {time.perf_counter() - self.start:.0f} s ({self.n} evaluations).")
+            self.last = None
+            self.progress = False  # nothing more after done
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream or sys.stderr, flush=True)
+
 
 # --------------------------------------------------------------------------- optimizer
 @dataclass(frozen=True, eq=False)
@@ -134,6 +159,13 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
             return 1e300, np.zeros_like(z)
         return -lp, -g * scale
 
+    try:
+        return _maximize(value_grad, neg, starts, scale, tol, native, beat, t0, count)
+    finally:
+        beat.done()
+
+
+def _maximize(value_grad, neg, starts, scale, tol, native, beat, t0, count) -> OptimumInfo:
     best: tuple[float, np.ndarray] | None = None
     n_starts = 0
     for x0 in starts:
@@ -143,6 +175,7 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
         if not np.isfinite(lp0):
             continue
         if native is not None:
+            beat.set_phase("CmdStan's L-BFGS" + (f" from start {n_starts}" if len(starts) > 1 else ""))
             try:
                 x = native(x0)
             except SamplingError:
@@ -164,7 +197,6 @@ def maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, *
         )
     lp, x, H, ok = best
     _, g = value_grad(x)
-    beat.done()
     msg = "converged" if ok else "the optimizer did not reach a point with zero gradient"
     return OptimumInfo(theta=x, lp=lp, grad=g, hessian=H, converged=ok, message=msg,
                        n_evals=count["n"], n_starts=n_starts, seconds=time.perf_counter() - t0)
