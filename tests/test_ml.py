@@ -297,7 +297,7 @@ def test_print_glmer_layout(fits):
 def test_accessors(fits):
     fit = fits("sleepstudy_corr_ML")
     fe = fit.fixef()
-    ci = fit.confint()
+    ci = fit.confint(method="Wald")
     se = np.sqrt(np.diag(fit.vcov()))
     np.testing.assert_allclose(ci["97.5 %"] - fe, 1.959964 * se, rtol=1e-5)
     assert fit.deviance() == pytest.approx(-2 * fit.logLik())

@@ -320,14 +320,22 @@ class MerFit:
             tab["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(est / se))
         return tab
 
-    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
-        """Wald confidence intervals of the fixed effects (``confint(fit, method="Wald")``).
+    def confint(self, level: float = 0.95, method: str = "profile", parm: list[str] | None = None) -> pd.DataFrame:
+        """Confidence intervals, as lme4's ``confint(fit)``.
 
-        lme4 also lists NA rows for the variance parameters with ``method="Wald"``; they are
-        omitted here. Profile and bootstrap intervals are not implemented.
+        ``method="profile"`` (lme4's default): likelihood-profile intervals for the SDs and
+        correlations of the random effects, the residual SD and the fixed effects, with
+        lme4's ``oldNames = FALSE`` row names (:mod:`stanhier.ml.profile`; a REML fit is
+        profiled on its ML refit, as lme4 does). ``method="Wald"``: the fixed effects only
+        (lme4 also lists NA rows for the variance parameters; they are omitted here).
+        ``parm``: the rows wanted (profile). Bootstrap intervals are not implemented.
         """
+        if method == "profile":
+            from .profile import profile_confint
+
+            return profile_confint(self, level, parm)
         if method != "Wald":
-            raise ArgumentError(f"confint(method={method!r}) is not implemented; use method='Wald'.")
+            raise ArgumentError(f"confint(method={method!r}) is not implemented; use 'profile' (default) or 'Wald'.")
         if not 0 < level < 1:
             raise ArgumentError(f"level must be between 0 and 1, got {level!r}.")
         z = stats.norm.ppf(0.5 + level / 2)
