@@ -219,6 +219,10 @@ class MerFit:
         """Terms in lme4's order (decreasing number of levels; stable)."""
         return sorted(self.layout.slots, key=lambda s: -s.L)
 
+    def term_slots(self) -> list:
+        """The random terms' slots (:class:`~stanhier.ml.layout.TermSlot`) in lme4's order."""
+        return list(self._ordered_slots())
+
     # ------------------------------------------------------------------ basics
     def nobs(self) -> int:
         return int(self.design.N)

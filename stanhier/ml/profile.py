@@ -44,7 +44,7 @@ class _Reparam:
         self.T = fit.problem.n_theta
         self.A = fit.problem.n_aux
         self.lmm = fit.kind == "lmm"
-        self.slots = list(fit._ordered_slots())
+        self.slots = fit.term_slots()
         self.names: list[str] = []
         self.kinds: list[str] = []  # "sd", "cor", "sigma", "aux", "beta"
         self.index: list[tuple] = []  # per u entry: (slot position, i, j)
@@ -200,6 +200,24 @@ class _Profiler:
         return -math.inf if direction < 0 else math.inf
 
 
+def _ml_refit(fit: Any) -> Any:
+    """The ML fit of a REML fit's model (the same program, data with REML off), started
+    at the REML optimum; an ML fit itself."""
+    if not getattr(fit, "REML", False):
+        return fit
+    import dataclasses
+
+    from .optimizer import maximize
+    from .problem import lmm_problem
+
+    problem = lmm_problem(fit.design, fit.layout, False)
+    density = fit.model.log_density(problem.standata())
+    x0 = np.asarray(fit.optimum.theta, float)
+    info = maximize(density, [x0], np.maximum(1.0, np.abs(x0)))
+    return type(fit)(call=dataclasses.replace(fit.call, REML=False), design=fit.design, layout=fit.layout,
+                     family=fit.family, problem=problem, model=fit.model, density=density, optimum=info)
+
+
 def profile_confint(fit: Any, level: float = 0.95, parm: Sequence[str] | None = None) -> pd.DataFrame:
     """lme4's ``confint(m)`` (profile): one row per parameter (lme4's ``oldNames = FALSE``
     names), columns ``"2.5 %"`` and ``"97.5 %"``. A REML fit is profiled on its ML refit, as
@@ -210,9 +228,7 @@ def profile_confint(fit: Any, level: float = 0.95, parm: Sequence[str] | None = 
     if getattr(fit, "density", None) is None:
         raise ArgumentError("Profile intervals need the fit's Stan log density; this fit ran on the "
                             "blocked evaluator for large crossed designs: use confint(method='Wald').")
-    from .anova import _ml_version
-
-    ml, _ = _ml_version(fit, True)
+    ml = _ml_refit(fit)
     prof = _Profiler(ml)
     rp = prof.rp
     wanted = list(range(prof.n)) if parm is None else [rp.names.index(p) if p in rp.names else -1 for p in parm]
@@ -220,7 +236,7 @@ def profile_confint(fit: Any, level: float = 0.95, parm: Sequence[str] | None = 
         bad = [p for p, w in zip(parm or [], wanted) if w == -1]
         raise ArgumentError(f"Unknown parameter(s) {bad}; profile intervals are for {rp.names}.")
     z = float(stats.norm.ppf(0.5 + level / 2))
-    se = np.sqrt(np.diag(np.asarray(ml._vcov, float)))
+    se = np.sqrt(np.diag(ml.vcov().to_numpy(float)))
     rows = []
     for j in wanted:
         kind = rp.kinds[j]
