@@ -7,6 +7,7 @@ machine, the times and the ratios stanhier / peer.
 Usage::
 
     python benchmarks/bench_ml.py [--reps 5] [--n 100000] [--groups 1000] [--crossed yes|no|only]
+    python benchmarks/bench_ml.py --crossed only --cases glmer_grouseticks   # one case
 
 Needs ``Rscript`` with lme4 (``apt-get install r-base-core r-cran-lme4``) for the lme4
 column and statsmodels for its column; a missing peer is reported, not fatal.
@@ -196,6 +197,10 @@ CROSSED = {
     "insteval_full_ML": ("y ~ service + (1 | s) + (1 | d) + (1 | dept:service)", "insteval", False),
     "sim_crossed_1M": ("y ~ x + (1 | a) + (1 | b)", "sim1m", False),
     "glmer_poisson_crossed": ("y ~ x + (1 | a) + (1 | b)", "simpois", None),  # None: glmer, Poisson, Laplace
+    # lme4's grouseticks (tests/data/grouseticks.csv, written from lme4): three crossed/nested
+    # intercepts with 403 + 118 + 63 levels; issue 13 measured 147 s here against lme4's ~1 s
+    "glmer_grouseticks": ("TICKS ~ YEAR + cHEIGHT + (1 | INDEX) + (1 | BROOD) + (1 | LOCATION)", "grouseticks",
+                          None),
 }
 SIMPOIS_TRUTH = {"a": 0.6, "b": 0.4, "(Intercept)": 0.3, "x": 0.4}
 SIM1M_TRUTH = {"a": 0.8, "b": 0.5, "Residual": 1.0, "(Intercept)": 1.0, "x": 0.5}
@@ -204,7 +209,8 @@ R_CROSSED = r"""
 suppressMessages(library(lme4))
 args <- commandArgs(TRUE); file <- args[1]; form <- as.formula(args[2]); reml <- as.logical(args[3])
 d <- read.csv(file)
-for (v in intersect(c("s", "d", "dept", "service", "a", "b"), names(d))) d[[v]] <- factor(d[[v]])
+for (v in intersect(c("s", "d", "dept", "service", "a", "b", "INDEX", "BROOD", "YEAR", "LOCATION"), names(d)))
+  d[[v]] <- factor(d[[v]])
 t <- system.time(m <- if (is.na(reml)) glmer(form, d, family = poisson) else lmer(form, d, REML = reml))[["elapsed"]]
 vc <- as.data.frame(VarCorr(m))
 mem <- as.numeric(strsplit(grep("VmHWM", readLines("/proc/self/status"), value = TRUE), "[ \t]+")[[1]][2]) / 1024
@@ -235,6 +241,9 @@ def simulate_poisson_crossed(n: int = 40_000, n_a: int = 1_600, n_b: int = 400, 
 
 
 def crossed_data(name: str) -> pd.DataFrame:
+    if name == "grouseticks":  # factors as lme4 has them (YEAR 95 is the baseline)
+        return pd.read_csv(ROOT / "tests" / "data" / "grouseticks.csv",
+                           dtype={"INDEX": str, "BROOD": str, "YEAR": str, "LOCATION": str})
     if name == "insteval":
         return pd.read_csv(ROOT / "tests" / "data" / "InstEval.csv")
     if name == "simpois":
@@ -265,7 +274,8 @@ def run_crossed(skip_lme4: bool, only: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "crossed.R").write_text(R_CROSSED)
-        files = {"insteval": ROOT / "tests" / "data" / "InstEval.csv"}
+        files = {"insteval": ROOT / "tests" / "data" / "InstEval.csv",
+                 "grouseticks": ROOT / "tests" / "data" / "grouseticks.csv"}
         for key, (formula, data_name, reml) in CROSSED.items():
             if only and key not in only:
                 continue
@@ -307,6 +317,8 @@ def run_crossed(skip_lme4: bool, only: list[str] | None = None) -> None:
     if sim:
         print("simulated truth: SD a 0.8, b 0.5, residual 1.0; fixef (1, 0.5); "
               f"peak RSS {sim[3]['peak_mb'] / 1024:.2f} GB (limit 4 GB)")
+    if any(r[0] == "glmer_grouseticks" for r in rows):
+        print("grouseticks: lme4's data set, 403 rows; INDEX (403 levels, one per row), BROOD (118), LOCATION (63)")
     if any(r[0] == "glmer_poisson_crossed" for r in rows):
         print("Poisson simulated truth: SD a 0.6, b 0.4; fixef (0.3, 0.4); 1,600 x 400 levels, 40,000 rows")
 

@@ -25,6 +25,9 @@ Prior(dist='normal', args=(0.0, 1.0), class_='b', coef='temperature', group='')
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import re
 import shlex
 import sys
 import traceback
@@ -45,14 +48,15 @@ from .model.priors import prior
 from .progress import verbose_output
 from .record import load, read_record, save, write_stan_data
 
-__all__ = ["main", "build_parser", "parse_prior", "read_data", "example_data_path"]
+__all__ = ["main", "build_parser", "parse_prior", "read_data", "example_data_path", "cli_wording", "brm_kwargs",
+           "ml_kwargs", "read_init", "read_start", "recorded_command", "CLI_FLAGS", "PYTHON_ONLY"]
 
 _HINTS: dict[str, str] = {
     "FormulaError": "check the formula: lme4/brms syntax, e.g. \"y ~ x + (x | g)\", with column names of the data",
     "DataError": "check the data file: column names, missing values and the response's values",
     "FamilyError": "check --family (gaussian, poisson, binomial, bernoulli, negbinomial, ...) against the response",
     "PriorError": "write priors as DIST(ARGS):CLASS[:COEF[:GROUP]], e.g. \"normal(0,1):b:temperature\"",
-    "ArgumentError": "check the numeric options (--chains, --iter, --warmup, --seed, ...)",
+    "ArgumentError": "check the options (--chains, --iter, --warmup, --seed, ...); stanhier fit --help lists them",
     "BackendError": "use --backend pystan, or install CmdStan: python -m cmdstanpy.install_cmdstan",
     "StanCompileError": "the generated Stan program did not compile; see Stan's message above",
     "SamplingError": "Stan failed while sampling; try --init 0 or stronger priors",
@@ -152,7 +156,7 @@ class _Warnings:
         for w in self._caught:
             if issubclass(w.category, StanhierWarning) and str(w.message) not in seen:
                 seen.add(str(w.message))
-                print(f"warning: {w.message}", file=self.stream)
+                print(f"warning: {cli_wording(str(w.message))}", file=self.stream)
 
 
 # ------------------------------------------------------------------ commands
@@ -164,40 +168,181 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help='a prior, e.g. "normal(0,1):b:temperature" (repeatable)')
 
 
+#: How each keyword argument of ``brm``, ``lmer`` and ``glmer`` is given on the command line
+#: (``tests/test_cli.py`` checks every keyword of their signatures is here or in PYTHON_ONLY).
+CLI_FLAGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "brm": {
+        "formula": ("FORMULA",), "data": ("--data",), "family": ("--family",), "prior": ("--prior",),
+        "chains": ("--chains",), "iter": ("--iter",), "warmup": ("--warmup",), "thin": ("--thin",),
+        "seed": ("--seed",), "cores": ("--cores",), "init": ("--init",),
+        "control": ("--adapt-delta", "--max-treedepth"), "backend": ("--backend",),
+        "parameterization": ("--parameterization",), "marginalize": ("--marginalize",),
+        "sufficient_stats": ("--sufficient-stats",), "progress": ("--progress",),
+        "na_action": ("--na-action",), "collinear": ("--collinear",),
+    },
+    "lmer": {
+        "formula": ("FORMULA",), "data": ("--data",), "REML": ("--REML",), "backend": ("--backend",),
+        "progress": ("--progress",), "start": ("--start",), "control": ("--tol",),
+        "na_action": ("--na-action",), "collinear": ("--collinear",),
+    },
+    "glmer": {
+        "formula": ("FORMULA",), "data": ("--data",), "family": ("--family",), "nAGQ": ("--nAGQ",),
+        "backend": ("--backend",), "progress": ("--progress",), "start": ("--start",),
+        "control": ("--tol",), "na_action": ("--na-action",), "collinear": ("--collinear",),
+    },
+}
+
+#: Keyword arguments with no flag, and why.
+PYTHON_ONLY: dict[str, dict[str, str]] = {
+    "brm": {"data_name": "the CLI names the data after the --data file (its file name without .csv)"},
+    "lmer": {}, "glmer": {},
+}
+
+#: flags that only mean something for one method (an error with the other)
+_BAYES_ONLY = ("--chains", "--iter", "--warmup", "--thin", "--cores", "--init", "--adapt-delta",
+               "--max-treedepth", "--parameterization", "--marginalize", "--no-marginalize",
+               "--sufficient-stats", "--prior")
+_ML_ONLY = ("--REML", "--no-REML", "--ml", "--nAGQ", "--nagq", "--tol", "--start")
+
+
+def _given(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """The flags of ``flags`` that appear in ``argv`` (as ``--flag`` or ``--flag=value``)."""
+    return [f for f in flags if any(a == f or a.startswith(f + "=") for a in argv)]
+
+
+def read_init(text: str | None) -> Any:
+    """``--init``: a number r (uniform(-r, r) on the unconstrained scale), ``random``, or a
+    JSON file of initial values (an object, or a list of objects, one per chain).
+
+    >>> read_init("0"), read_init("random"), read_init(None)
+    (0.0, 'random', None)
+    """
+    if text is None or text == "random":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    path = Path(text)
+    if not path.is_file():
+        raise ArgumentError(f"--init {text!r} is neither a number, 'random', nor a JSON file of initial values.")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArgumentError(f"--init {text!r}: not valid JSON ({exc}).") from None
+    if not isinstance(values, (dict, list)):
+        raise ArgumentError(f"--init {text!r}: the JSON must be an object (name: value) or a list of them.")
+    return values
+
+
+def read_start(text: str | None) -> dict | None:
+    """``--start``: lme4's starting values as JSON, e.g. ``'{"theta": [1, 0, 1]}'``, or a JSON file.
+
+    >>> read_start('{"theta": [1.0]}')
+    {'theta': [1.0]}
+    """
+    if text is None:
+        return None
+    source = Path(text).read_text() if not text.lstrip().startswith("{") and Path(text).is_file() else text
+    try:
+        values = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise ArgumentError(f"--start must be JSON such as '{{\"theta\": [1, 0, 1]}}' (or a JSON file): {exc}.") from None
+    if not isinstance(values, dict):
+        raise ArgumentError("--start must be a JSON object such as '{\"theta\": [1, 0, 1]}'.")
+    return values
+
+
+def brm_kwargs(args: argparse.Namespace, priors: list) -> dict[str, Any]:
+    """The keyword arguments of ``brm`` the command line gives (unset flags: brm's defaults)."""
+    kwargs: dict[str, Any] = dict(
+        family=args.family, prior=priors or None, chains=args.chains, iter=args.iter, warmup=args.warmup,
+        thin=args.thin, seed=args.seed, cores=args.cores, init=read_init(args.init),
+        control={"adapt_delta": args.adapt_delta, "max_treedepth": args.max_treedepth},
+        backend=args.backend, progress=args.progress)
+    optional = {"parameterization": args.parameterization, "na_action": args.na_action,
+                "collinear": args.collinear, "marginalize": args.marginalize,
+                "sufficient_stats": args.sufficient_stats or None}
+    accepted = inspect.signature(brm).parameters
+    for name, value in optional.items():
+        if value is None:
+            continue
+        if name not in accepted:
+            raise ArgumentError(f"--{name.replace('_', '-')} is not supported by this version of stanhier.")
+        kwargs[name] = value
+    return kwargs
+
+
+def ml_kwargs(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``("lmer" | "glmer", keyword arguments)`` the command line gives: Gaussian -> lmer."""
+    # without --progress a long ML fit still says what it is doing (progress=None)
+    kwargs: dict[str, Any] = dict(backend=args.backend, progress=True if args.progress else None,
+                                  start=read_start(args.start))
+    if args.tol is not None:
+        kwargs["control"] = {"tol": args.tol}
+    for name in ("na_action", "collinear"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if get_family(args.family).name == "gaussian":
+        if args.nAGQ is not None:
+            raise ArgumentError("--nAGQ applies to non-Gaussian families (glmer); a Gaussian model's "
+                                "likelihood is exact (lmer).")
+        if args.REML is not None:
+            kwargs["REML"] = args.REML
+        return "lmer", kwargs
+    if args.REML is not None:
+        raise ArgumentError(f"--REML/--no-REML apply to Gaussian models (lmer); --family {args.family} "
+                            "is fitted by maximum likelihood (glmer).")
+    kwargs["family"] = args.family
+    if args.nAGQ is not None:
+        kwargs["nAGQ"] = args.nAGQ
+    return "glmer", kwargs
+
+
+def _check_method_flags(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    wrong = _given(argv, _BAYES_ONLY if args.method == "ml" else _ML_ONLY)
+    if wrong:
+        other = "bayes" if args.method == "ml" else "ml"
+        raise ArgumentError(f"{', '.join(wrong)} appl{'ies' if len(wrong) == 1 else 'y'} to --method {other} only; "
+                            f"this is a --method {args.method} fit.")
+
+
+def recorded_command(argv: Sequence[str], seed: int | None) -> str:
+    """The command line to record: ``argv``, plus ``--seed`` with the seed used when none was
+    given, so that running the recorded command reproduces the draws.
+
+    >>> recorded_command(["fit", "y ~ x", "--data", "d.csv"], 42)
+    "stanhier fit 'y ~ x' --data d.csv --seed 42"
+    """
+    argv = list(argv)
+    if seed is not None and not _given(argv, ("--seed",)):
+        argv += ["--seed", str(seed)]
+    return _command_line(argv)
+
+
 def _fit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, warned: "_Warnings | None" = None) -> int:
+    _check_method_flags(args, argv)
     data = _fish_data() if args.command == "example" else read_data(args.data)
     priors = [parse_prior(p) for p in getattr(args, "prior", [])]
-    command = _command_line(argv)
-    method = args.method
-    if method == "ml":
-        return _fit_ml(args, data, priors, command, out)
-    control = {"adapt_delta": args.adapt_delta, "max_treedepth": args.max_treedepth}
-    fit = brm(args.formula, data=data, family=args.family, prior=priors or None,
-                 chains=args.chains, iter=args.iter, warmup=args.warmup, thin=args.thin, seed=args.seed,
-                 cores=args.cores, init=args.init, control=control, backend=args.backend,
-                 progress=args.progress, data_name=data.attrs.get("name", "data"))
-    print(fit.summary(), file=out)
+    if args.method == "ml":
+        return _fit_ml(args, data, _command_line(argv), out)
+    fit = brm(args.formula, data=data, **brm_kwargs(args, priors), data_name=data.attrs.get("name", "data"))
+    print(cli_wording(fit.summary()), file=out)
     if warned is not None:
         warned.shown.update(fit.diagnostic_messages())
     if args.out:
+        # the seed used (drawn when none was given) is part of the recorded command
+        command = recorded_command(argv, fit.raw.settings.seed)
         save(fit, args.out, include_data=not args.no_data, command=command,
              input_file=None if args.command == "example" else args.data)
         print(f"\nRun record written to {args.out}", file=out)
     return 0
 
 
-def _ml_fit(formula: str, data: pd.DataFrame, family: str, reml: bool, nagq: int, backend: str):
-    if get_family(family).name == "gaussian":
-        return lmer(formula, data, REML=reml, backend=backend)
-    return glmer(formula, data, family=family, nAGQ=nagq, backend=backend)
-
-
-def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, priors: list, command: str, out: TextIO) -> int:
-    if priors:
-        raise ArgumentError("--prior applies to --method bayes only; ML fits (lmer/glmer) have no priors.")
-    fit = _ml_fit(args.formula, data, args.family, not args.ml, args.nagq, args.backend)
-    text = str(fit)
-    print(text, file=out)
+def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, command: str, out: TextIO) -> int:
+    which, kwargs = ml_kwargs(args)
+    fit = (lmer if which == "lmer" else glmer)(args.formula, data, **kwargs)
+    print(cli_wording(str(fit)), file=out)
     if args.out:
         save(fit, args.out, include_data=not args.no_data, command=command,
              input_file=None if args.command == "example" else args.data)
@@ -208,7 +353,8 @@ def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, priors: list, command:
 def _stancode(args: argparse.Namespace, out: TextIO) -> int:
     data = read_data(args.data)
     priors = [parse_prior(p) for p in args.prior] or None
-    code = make_stancode(args.formula, data, args.family, priors)
+    kwargs = {} if args.parameterization is None else {"parameterization": args.parameterization}
+    code = make_stancode(args.formula, data, args.family, priors, **kwargs)
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +374,7 @@ def _load_record(folder: str):
 
 def _summary(args: argparse.Namespace, out: TextIO) -> int:
     _record, fit = _load_record(args.run)
-    print(fit.summary().rstrip("\n"), file=out)
+    print(cli_wording(fit.summary()).rstrip("\n"), file=out)
     return 0
 
 
@@ -283,18 +429,84 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iter", type=int, default=SampleSettings.iter, help="warmup + sampling iterations per chain")
     g.add_argument("--warmup", type=int, default=SampleSettings.warmup, help="default iter // 2")
     g.add_argument("--thin", type=int, default=SampleSettings.thin)
-    g.add_argument("--seed", type=int, default=None, help="random seed (same seed -> same draws)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="random seed (same seed -> same draws); without it one is drawn and recorded")
     g.add_argument("--cores", type=int, default=None)
-    g.add_argument("--init", type=float, default=None, help="inits uniform(-r, r) on the unconstrained scale")
-    g.add_argument("--adapt-delta", type=float, default=SampleSettings.adapt_delta)
-    g.add_argument("--max-treedepth", type=int, default=SampleSettings.max_treedepth)
-    g.add_argument("--progress", action="store_true", help="show Stan's progress")
+    g.add_argument("--init", default=None, metavar="R|random|FILE.json",
+                   help="inits uniform(-R, R) on the unconstrained scale (default 2), or a JSON file of values")
+    g.add_argument("--adapt-delta", type=float, default=SampleSettings.adapt_delta,
+                   help="target acceptance rate (brms's control adapt_delta)")
+    g.add_argument("--max-treedepth", type=int, default=SampleSettings.max_treedepth,
+                   help="NUTS maximum tree depth (brms's control max_treedepth)")
+    g.add_argument("--parameterization", choices=("auto", "noncentered", "centered"), default=None,
+                   help="how group-level effects are sampled (default: brm's)")
+    g.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="Gaussian models: integrate the group-level effects out (default: where possible)")
+    g.add_argument("--sufficient-stats", action="store_true", default=False,
+                   help="Gaussian: likelihood from per-group cross-products")
     g2 = p.add_argument_group("ml (lmer/glmer) options")
-    g2.add_argument("--ml", action="store_true", help="lmer: maximum likelihood instead of REML")
-    g2.add_argument("--nagq", type=int, default=1, help="glmer: 1 = Laplace, >1 adaptive Gauss-Hermite nodes")
+    g2.add_argument("--REML", action=argparse.BooleanOptionalAction, default=None,
+                    help="lmer: REML criterion (default, as lme4) or --no-REML for maximum likelihood")
+    g2.add_argument("--ml", dest="REML", action="store_false", help=argparse.SUPPRESS)  # older spelling of --no-REML
+    g2.add_argument("--nAGQ", "--nagq", dest="nAGQ", type=int, default=None,
+                    help="glmer: 1 = Laplace (default), >1 adaptive Gauss-Hermite nodes")
+    g2.add_argument("--tol", type=float, default=None, help="optimizer tolerance (control tol, default 1e-8)")
+    g2.add_argument("--start", default=None, metavar="JSON",
+                    help='starting values, e.g. \'{"theta": [1, 0, 1]}\' (or a JSON file)')
+    c = p.add_argument_group("data handling")
+    c.add_argument("--na-action", choices=("drop", "raise"), default=None,
+                   help="rows with missing values: drop with a warning (default) or raise an error")
+    c.add_argument("--collinear", choices=("error", "drop"), default=None,
+                   help="constant/collinear predictors (default: error for bayes, drop for ml as lme4)")
     p.add_argument("--backend", default="auto", choices=("auto", "pystan", "cmdstanpy"))
+    p.add_argument("--progress", action="store_true", help="show Stan's progress")
     p.add_argument("--out", default=None, help="folder for the run record")
     p.add_argument("--no-data", action="store_true", help="do not copy the data into the run record")
+
+
+#: Python keyword arguments in library messages -> the CLI flag that sets them
+_KEYWORD_FLAGS = {
+    "adapt_delta": "--adapt-delta", "max_treedepth": "--max-treedepth", "parameterization": "--parameterization",
+    "allow_new_levels": "--allow-new-levels", "collinear": "--collinear", "na_action": "--na-action",
+    "REML": "--REML", "nAGQ": "--nAGQ", "init": "--init", "backend": "--backend", "family": "--family",
+    "chains": "--chains", "iter": "--iter", "warmup": "--warmup", "thin": "--thin", "seed": "--seed",
+    "cores": "--cores", "marginalize": "--marginalize", "sufficient_stats": "--sufficient-stats",
+    "re_formula": "--re-formula", "start": "--start", "tol": "--tol", "prior": "--prior",
+}
+_BOOLEAN_NEGATIONS = {"REML": "--no-REML", "marginalize": "--no-marginalize"}
+
+
+def cli_wording(text: str) -> str:
+    """A library message in command-line terms: Python keyword syntax becomes the CLI flag.
+
+    >>> cli_wording("Increasing adapt_delta may help (control={'adapt_delta': 0.95}).")
+    'Increasing --adapt-delta may help (--adapt-delta 0.95).'
+    >>> cli_wording("pass allow_new_levels=True to predict; or refit with REML=False.")
+    'pass --allow-new-levels to predict; or refit with --no-REML.'
+    >>> cli_wording("parameterization='centered' usually helps")
+    '--parameterization centered usually helps'
+    """
+    names = "|".join(sorted(_KEYWORD_FLAGS, key=len, reverse=True))
+
+    def control(m: re.Match) -> str:
+        items = re.findall(r"['\"](\w+)['\"]\s*:\s*([^,}]+)", m.group(1))
+        return " ".join(f"{_KEYWORD_FLAGS.get(k, '--' + k.replace('_', '-'))} {v.strip()}" for k, v in items)
+
+    def keyword(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        flag = _KEYWORD_FLAGS[name]
+        if value == "True":
+            return flag
+        if value == "False":
+            return _BOOLEAN_NEGATIONS.get(name, flag)
+        return f"{flag} {value.strip(chr(39) + chr(34))}" if value else flag
+
+    text = re.sub(r"\bcontrol\s*=\s*\{([^}]*)\}", control, text)
+    text = re.sub(r"\bcontrol\[['\"](\w+)['\"]\]", lambda m: _KEYWORD_FLAGS.get(m.group(1), m.group(0)), text)
+    text = re.sub(rf"(?<![\w-])({names})=('[^']*'|\"[^\"]*\"|-?\d+(?:\.\d+)?(?:e-?\d+)?|\w*)", keyword, text)
+    text = re.sub(rf"(?<![\w'\"-])(adapt_delta|max_treedepth|allow_new_levels|na_action|sufficient_stats)\b(?!['\"])",
+                  lambda m: _KEYWORD_FLAGS[m.group(1)], text)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stancode", help="print the generated Stan program (--out: write it with its data)")
     _model_args(p)
+    p.add_argument("--parameterization", choices=("auto", "noncentered", "centered"), default=None,
+                   help="how group-level effects are sampled (default: brm's)")
     p.add_argument("--out", default=None, help="write the program here (and its data as NAME.data.json)")
 
     p = sub.add_parser("summary", help="print the summary of a saved run (no refitting)")
@@ -376,7 +590,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     except StanhierError as exc:
         if args.debug:
             traceback.print_exc(file=err)
-        print(f"error: {exc}", file=err)
+        print(f"error: {cli_wording(str(exc))}", file=err)
         hint = getattr(exc, "hint", None) or _HINTS.get(type(exc).__name__, "see stanhier --help")
         print(f"hint: {hint} (--debug shows the traceback)",
               file=err)

@@ -27,6 +27,7 @@ __all__ = [
     "StanCompileError",
     "SamplingError",
     "StanhierWarning",
+    "user_stacklevel",
 ]
 
 
@@ -68,3 +69,30 @@ class SamplingError(StanhierError, RuntimeError):
 
 class StanhierWarning(UserWarning):
     """Warnings about fits (diagnostics, dropped rows, singular fits)."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called in the caller of this function that
+    points at the first frame outside stanhier: the user's line, however deep the call.
+
+    >>> import warnings
+    >>> def f():
+    ...     warnings.warn("x", StanhierWarning, stacklevel=user_stacklevel())
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always"); f()
+    >>> w[0].filename.endswith(".py") or "doctest" in w[0].filename
+    True
+    """
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)  # the function that warns: stacklevel 1
+    level = 1
+    try:
+        while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+            frame = frame.f_back
+            level += 1
+        return level if frame is not None else 2
+    finally:
+        del frame

@@ -4,7 +4,8 @@ A run record is a plain folder that holds everything needed to read, audit and
 reproduce a fit:
 
 =====================  =========================================================
-``record.json``        formula, family, priors, seed, sampler settings, backend,
+``record.json``        formula, family, priors, the seed used (drawn and recorded when
+                       none was given; per chain in ``chain_seeds``), sampler settings, backend,
                        package and Stan versions, sha256 of the data, the call
 ``command.txt``        the exact call (Python or ``stanhier`` command line)
 ``model.stan``         the generated Stan program
@@ -288,7 +289,8 @@ def load(path: str | Path, data: Any = None) -> Any:
     settings = SampleSettings(**{k: v for k, v in sdict.items()
                                  if k in {f.name for f in dataclasses.fields(SampleSettings)}})
     raw = RawSample(draws=draws, stats=stats, settings=settings,
-                    seconds=float(record.get("sample_seconds", 0.0)))
+                    seconds=float(record.get("sample_seconds", 0.0)),
+                    seed_drawn=bool(record.get("seed_drawn", False)))
     fit = BrmsFit(spec, raw, backend=record.get("backend", "pystan"), cache_hit=True,
                   compile_seconds=0.0, data_name=record.get("data_name", "data"))
     fit.record = record  # type: ignore[attr-defined]

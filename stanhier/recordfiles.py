@@ -291,7 +291,9 @@ def write_brm_record(fit: Any, path: str | Path, *, include_data: bool = True, c
         **build_options(spec),
         # how the group-level effects were sampled, per term, and why
         "group_effects": [dataclasses.asdict(c) for c in fit.group_effect_choices()],
-        "seed": raw.settings.seed,
+        "seed": raw.settings.seed,  # the seed the draws came from, also when stanhier drew it
+        "seed_drawn": bool(getattr(raw, "seed_drawn", False)),
+        "chain_seeds": raw.settings.chain_seeds(),
         "settings": settings_dict(raw.settings),
         "backend": fit.backend,
         "stan_version": stan_version(fit.backend),

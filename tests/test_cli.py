@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import io
 import json
 import subprocess
@@ -13,7 +15,8 @@ import pandas as pd
 import pytest
 
 import stanhier as sh
-from stanhier.cli import build_parser, example_data_path, main, parse_prior
+from stanhier.cli import (CLI_FLAGS, PYTHON_ONLY, brm_kwargs, build_parser, cli_wording, example_data_path, main,
+                          ml_kwargs, parse_prior)
 from stanhier.record import save
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,12 +105,12 @@ def test_fit_summary_from_record(fish_fit, fish_csv, tmp_path):
     code, out, err = run(["fit", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson",
                           "--chains", "2", "--iter", "600", "--seed", "1", "--out", str(out_dir)])
     assert code == 0, err
-    assert fish_fit.summary() in out
+    assert cli_wording(fish_fit.summary()) in out
     rec = json.loads((out_dir / "record.json").read_text())
     assert rec["command"] == ("stanhier fit 'fish_num ~ 1 + temperature + (temperature | weather)' --data "
                               f"{fish_csv} --family poisson --chains 2 --iter 600 --seed 1 --out {out_dir}")
     code, out2, _ = run(["summary", str(out_dir)])
-    assert code == 0 and out2.rstrip("\n") == fish_fit.summary()
+    assert code == 0 and out2.rstrip("\n") == cli_wording(fish_fit.summary())
     code, _, err = run(["summary", str(tmp_path)])
     assert code == 1 and "not a stanhier run record" in err
 
@@ -131,7 +134,12 @@ def test_example_fish_ships_and_runs(fish_fit, tmp_path):
     assert shipped.read_bytes() == (ROOT / "examples" / "fish.csv").read_bytes()
     code, out, err = run(["example", "fish", "--chains", "2", "--iter", "600", "--out", str(tmp_path / "ex")])
     assert code == 0, err
-    assert fish_fit.summary() in out  # same data, seed 1, same draws
+    assert cli_wording(fish_fit.summary()) in out  # same data, seed 1, same draws
+    # the seed model's fit has diagnostics: the advice names CLI flags, not Python syntax
+    if fish_fit.diagnostic_messages():
+        assert "--adapt-delta" in out + err
+    for python in ("control=", "adapt_delta", "allow_new_levels=", "parameterization=", "help("):
+        assert python not in out + err, python
     assert build_parser().parse_args(["example", "fish"]).seed == 1
 
 
@@ -191,3 +199,105 @@ def test_sampler_defaults_are_brms_and_shared():
     assert {k: sig[k].default for k in ("chains", "iter", "thin")} == {k: brms[k] for k in ("chains", "iter", "thin")}
     s = SampleSettings()
     assert {k: getattr(s, k) for k in brms} == brms and s.warmup == 1000
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["fit"]
+
+
+def test_every_keyword_of_brm_lmer_glmer_has_a_flag():
+    """Each keyword argument of the Python functions is a CLI flag, or is listed as Python-only
+    with a reason; every flag named exists in ``stanhier fit``."""
+    options = {s for a in _fit_parser()._actions for s in a.option_strings}
+    for name, fn in (("brm", sh.brm), ("lmer", sh.lmer), ("glmer", sh.glmer)):
+        for param in inspect.signature(fn).parameters:
+            flags = CLI_FLAGS[name].get(param)
+            reason = PYTHON_ONLY[name].get(param)
+            assert flags or reason, f"{name}({param}=...) has no CLI flag and is not listed as Python-only"
+            assert not (flags and reason), f"{name}({param}=...) is both a flag and Python-only"
+            if reason:
+                assert len(reason) > 20, f"give a reason why {name}({param}=...) is Python-only"
+            for flag in flags or ():
+                assert flag == "FORMULA" or flag in options, f"{name}({param}=...): no {flag} in stanhier fit"
+
+
+def test_flags_reach_brm(tmp_path):
+    inits = tmp_path / "inits.json"
+    inits.write_text('{"sigma": 1.0}')
+    argv = ["fit", "y ~ x", "--data", "d.csv", "--family", "poisson", "--chains", "3", "--iter", "500",
+            "--warmup", "100", "--thin", "2", "--seed", "9", "--cores", "1", "--init", str(inits),
+            "--adapt-delta", "0.95", "--max-treedepth", "12", "--parameterization", "centered",
+            "--sufficient-stats", "--na-action", "raise", "--collinear", "drop", "--backend", "pystan",
+            "--progress"]
+    args = build_parser().parse_args(argv)
+    kwargs = brm_kwargs(args, [])
+    assert kwargs == dict(family="poisson", prior=None, chains=3, iter=500, warmup=100, thin=2, seed=9, cores=1,
+                          init={"sigma": 1.0}, control={"adapt_delta": 0.95, "max_treedepth": 12},
+                          backend="pystan", progress=True, parameterization="centered", na_action="raise",
+                          collinear="drop", sufficient_stats=True)
+    assert set(kwargs) <= set(inspect.signature(sh.brm).parameters)
+    assert build_parser().parse_args(argv[:4] + ["--parameterization", "auto"]).parameterization == "auto"
+    assert brm_kwargs(build_parser().parse_args(argv[:4] + ["--init", "0.5"]), [])["init"] == 0.5
+    for flag, value in (("--marginalize", True), ("--no-marginalize", False)):
+        args = build_parser().parse_args(argv[:4] + [flag])
+        if "marginalize" in inspect.signature(sh.brm).parameters:
+            assert brm_kwargs(args, [])["marginalize"] is value
+        else:
+            with pytest.raises(sh.ArgumentError, match="--marginalize"):
+                brm_kwargs(args, [])
+    # unset flags leave brm's own defaults
+    plain = brm_kwargs(build_parser().parse_args(argv[:4]), [])
+    assert not {"parameterization", "na_action", "collinear", "marginalize", "sufficient_stats"} & set(plain)
+
+
+def test_flags_reach_lmer_and_glmer():
+    base = ["fit", "y ~ x + (1 | g)", "--data", "d.csv", "--method", "ml"]
+    which, kwargs = ml_kwargs(build_parser().parse_args(
+        base + ["--no-REML", "--tol", "1e-10", "--start", '{"theta": [0.5]}', "--na-action", "raise",
+                "--collinear", "error", "--backend", "pystan"]))
+    assert which == "lmer" and kwargs == dict(REML=False, control={"tol": 1e-10}, start={"theta": [0.5]},
+                                              na_action="raise", collinear="error", backend="pystan",
+                                              progress=None)
+    assert ml_kwargs(build_parser().parse_args(base + ["--REML"]))[1]["REML"] is True
+    assert ml_kwargs(build_parser().parse_args(base + ["--ml"]))[1]["REML"] is False  # older spelling
+    which, kwargs = ml_kwargs(build_parser().parse_args(base + ["--family", "poisson", "--nAGQ", "7"]))
+    assert which == "glmer" and kwargs["nAGQ"] == 7 and kwargs["family"] == "poisson"
+    for fn, (which, kwargs) in ((sh.lmer, ml_kwargs(build_parser().parse_args(base))),
+                                (sh.glmer, ml_kwargs(build_parser().parse_args(base + ["--family", "poisson"])))):
+        assert set(kwargs) <= set(inspect.signature(fn).parameters)
+    with pytest.raises(sh.ArgumentError, match="--nAGQ"):
+        ml_kwargs(build_parser().parse_args(base + ["--nAGQ", "3"]))
+    with pytest.raises(sh.ArgumentError, match="--REML"):
+        ml_kwargs(build_parser().parse_args(base + ["--family", "poisson", "--no-REML"]))
+
+
+def test_flags_of_the_other_method_are_errors(fish_csv):
+    code, _, err = run(["fit", FISH_FORMULA, "--data", str(fish_csv), "--method", "ml", "--chains", "2"])
+    assert code == 1 and "--chains applies to --method bayes only" in err
+    code, _, err = run(["fit", FISH_FORMULA, "--data", str(fish_csv), "--nAGQ", "2"])
+    assert code == 1 and "--nAGQ applies to --method ml only" in err
+
+
+def test_ml_flags_change_the_fit(sleep, tmp_path):
+    """--no-REML gives lme4's ML fit of sleepstudy, the default its REML fit (lme4's numbers)."""
+    csv = tmp_path / "sleepstudy.csv"
+    sleep.to_csv(csv, index=False)
+    formula = "Reaction ~ Days + (Days | Subject)"
+    code, out, err = run(["fit", formula, "--data", str(csv), "--method", "ml", "--no-REML"])
+    assert code == 0, err
+    assert "logLik" in out and "-876.0" in out and "   Data: sleepstudy" in out
+    code, out, err = run(["fit", formula, "--data", str(csv), "--method", "ml"])
+    assert code == 0 and "REML criterion at convergence: 1743.6" in out, err
+
+
+def test_cli_messages_name_flags(fish_fit, fish, tmp_path):
+    """A library error printed by the CLI names the CLI flag (--allow-new-levels), not Python syntax."""
+    folder = save(fish_fit, tmp_path / "run")
+    new = fish.head(3).copy()
+    new["weather"] = 7  # a level the fit has not seen
+    new.to_csv(tmp_path / "new.csv", index=False)
+    code, _, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv")])
+    assert code == 1 and "--allow-new-levels" in err and "allow_new_levels=True" not in err, err
+    code, _, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv"), "--allow-new-levels"])
+    assert code == 0, err

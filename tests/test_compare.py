@@ -97,6 +97,13 @@ def test_pareto_k_warning_names_the_outlier(sleep_fit_outlier):
     assert len(msgs) == 1, msgs
     assert f"Found {bad.size} observation(s) with a pareto_k > {threshold:.2g} in model 'outlier'" in msgs[0]
     assert f"(rows {', '.join(map(str, bad[:10]))}" in msgs[0] and "(rows 0" in msgs[0]
+    # the warning points at the user's line (here), through loo(fit) and fit.loo() alike
+    for call in (lambda: loo(sleep_fit_outlier, name="outlier"), lambda: sleep_fit_outlier.loo(name="outlier")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        where = [w for w in caught if issubclass(w.category, sh.StanhierWarning)]
+        assert where and where[0].filename == __file__, where[0].filename
 
 
 def test_loo_compare(sleep_fit, sleep_fit_nodays, sleep_loo):

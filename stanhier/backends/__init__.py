@@ -19,6 +19,7 @@ stanhier.errors.ArgumentError: Unknown backend 'stanX'; choose one of auto, pyst
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +28,7 @@ import platformdirs
 
 from ..errors import ArgumentError, BackendError
 from .base import Backend, CompiledModel, LogDensity, RawSample, SampleSettings
-from .cmdstanpy_backend import CmdStanPyBackend
+from .cmdstanpy_backend import CmdStanPyBackend, adopt_cmdstanpy_tmpdir
 from .pystan_backend import PystanBackend
 
 __all__ = ["get_backend", "available_backends", "cmdstan_available", "default_engine", "ENGINE_ENV",
@@ -52,6 +53,8 @@ def _locate_cmdstan() -> tuple[bool, str]:
         import cmdstanpy
     except ImportError:
         return False, "cmdstanpy is not installed (pip install 'cmdstanpy<2')"
+    with contextlib.suppress(Exception):  # cmdstanpy's scratch folder: out of the system temp folder
+        adopt_cmdstanpy_tmpdir()
     try:
         cmdstanpy.cmdstan_path()
         return True, ""

@@ -17,6 +17,7 @@ Example
 from __future__ import annotations
 
 import abc
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -27,8 +28,20 @@ from ..errors import ArgumentError
 
 __all__ = [
     "SampleSettings", "RawSample", "LogDensity", "CompiledModel", "Backend",
-    "reshape_flat", "fd_hessian", "code_line", "SAMPLER_STATS",
+    "reshape_flat", "fd_hessian", "code_line", "SAMPLER_STATS", "fresh_seed", "MAX_SEED",
 ]
+
+#: seeds stanhier draws lie in [0, MAX_SEED): valid for Stan (unsigned 32-bit) and numpy
+MAX_SEED = 2**31 - 1
+
+
+def fresh_seed() -> int:
+    """A seed from the operating system's entropy, for a fit given none (it is recorded).
+
+    >>> 0 <= fresh_seed() < MAX_SEED
+    True
+    """
+    return int(np.random.SeedSequence().entropy % MAX_SEED)
 
 #: Stan's per-draw sampler statistics, in Stan's order.
 SAMPLER_STATS = ("lp__", "accept_stat__", "stepsize__", "treedepth__", "n_leapfrog__",
@@ -75,6 +88,30 @@ class SampleSettings:
         if self.cores is not None and (not isinstance(self.cores, (int, np.integer)) or self.cores < 1):
             raise ArgumentError(f"cores must be a positive integer, got {self.cores!r}.")
 
+    def with_seed(self) -> "SampleSettings":
+        """These settings with a seed: the given one, else a fresh one (:func:`fresh_seed`).
+
+        Backends sample with the result and return it in :class:`RawSample`, so a fit always
+        knows the seed its draws came from and re-running with that seed reproduces them.
+
+        >>> SampleSettings(seed=7).with_seed().seed
+        7
+        >>> SampleSettings().with_seed().seed is not None
+        True
+        """
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=fresh_seed())
+
+    def chain_seeds(self) -> list[dict[str, int]]:
+        """What seeds each chain: Stan seeds every chain with ``seed`` and advances its random
+        number generator by the chain id (1, 2, ...), on both engines.
+
+        >>> SampleSettings(chains=2, seed=5).chain_seeds()
+        [{'chain': 1, 'seed': 5, 'chain_id': 1}, {'chain': 2, 'seed': 5, 'chain_id': 2}]
+        """
+        return [{"chain": i + 1, "seed": self.seed, "chain_id": i + 1} for i in range(self.chains)]
+
     @property
     def draws_per_chain(self) -> int:
         return (self.iter - self.warmup + self.thin - 1) // self.thin
@@ -113,6 +150,8 @@ class RawSample:
     settings: SampleSettings
     seconds: float
     messages: str = ""
+    #: True when no seed was given and the backend drew ``settings.seed`` itself
+    seed_drawn: bool = False
 
 
 class LogDensity(abc.ABC):

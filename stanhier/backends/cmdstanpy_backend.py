@@ -22,11 +22,13 @@ True
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import itertools
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -46,7 +48,7 @@ from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample,
 from .declarations import (Declaration, ParameterLayout, UnsupportedDeclaration, parse_declarations,
                            variables_from_columns)
 
-__all__ = ["CmdStanPyBackend", "cmdstan_release"]
+__all__ = ["CmdStanPyBackend", "cmdstan_release", "adopt_cmdstanpy_tmpdir"]
 
 #: ``make`` variables for every program: CmdStan's precompiled model header stays on (it is
 #: CmdStan's default with g++; an environment that turned it off would double compile times).
@@ -185,12 +187,75 @@ def _complete(found: Mapping[str, np.ndarray], decls: tuple[Declaration, ...], e
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _work_root() -> Path:
+    """``<cache>/cmdstanpy/work/<pid>``: this process's scratch folder for CmdStan's files.
+
+    Kept in stanhier's cache, not the system temporary folder: a fit (whose log density
+    keeps its data file for post-estimation) leaves nothing behind there. Each workspace
+    is removed when done or at exit; folders of processes that no longer run (killed) are
+    removed when the next process makes its own.
+    """
+    global _WORK_ROOT
+    if _WORK_ROOT is None or not _WORK_ROOT.is_dir():
+        base = cache.cache_dir() / "cmdstanpy" / "work"
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.iterdir():
+            if old.name.isdigit() and int(old.name) != os.getpid() and not _pid_alive(int(old.name)):
+                shutil.rmtree(old, ignore_errors=True)
+        root = base / str(os.getpid())
+        root.mkdir(exist_ok=True)
+        atexit.register(_remove_own, str(root), os.getpid())
+        _WORK_ROOT = root
+    return _WORK_ROOT
+
+
+_WORK_ROOT: Path | None = None
+
+
+def _remove_own(path: str, pid: int) -> None:
+    if os.getpid() == pid:  # not in a forked child that exits
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def adopt_cmdstanpy_tmpdir() -> None:
+    """Point cmdstanpy's scratch folder (made in the system temporary folder when cmdstanpy is
+    imported, removed at exit) at stanhier's work folder, and remove the one it made.
+
+    stanhier passes every file path to CmdStan itself, so the folder stays empty; this only
+    keeps the system temporary folder as it was.
+    """
+    import cmdstanpy
+    import cmdstanpy.model
+
+    current = Path(getattr(cmdstanpy, "_TMPDIR", ""))
+    root = _work_root()
+    if current == root:
+        return
+    if current.is_dir() and current.parent == Path(tempfile.gettempdir()):
+        with contextlib.suppress(OSError):
+            current.rmdir()  # only if empty: never remove files cmdstanpy put there
+        if current.exists():
+            return
+    cmdstanpy._TMPDIR = str(root)
+    cmdstanpy.model._TMPDIR = str(root)
+
+
 class _Workspace:
-    """A temporary directory holding one data set's JSON and per-call files; removed when
-    the owner is garbage collected or at exit."""
+    """A scratch folder (under :func:`_work_root`) holding one data set's JSON and per-call
+    files; removed when the owner is garbage collected or at exit."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="stanhier-cmdstan-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="ws-", dir=_work_root()))
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
         self.data_file = self.dir / "data.json"
         _write_json(self.data_file, data)
@@ -338,7 +403,9 @@ class _CmdStanModel(CompiledModel):
         import cmdstanpy
 
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="stanhier-cmdstan-") as tmp, \
+        seed_drawn = settings.seed is None
+        settings = settings.with_seed()  # the seed used is returned with the draws (and recorded)
+        with tempfile.TemporaryDirectory(prefix="stanhier-cmdstan-", dir=_work_root()) as tmp, \
                 _cmdstanpy_logging(settings.progress):
             data_file = Path(tmp) / "data.json"
             _write_json(data_file, data)
@@ -378,7 +445,7 @@ class _CmdStanModel(CompiledModel):
         found = {k: v.reshape((chains, draws) + v.shape[1:]) for k, v in found.items()}
         variables = _complete(found, self.declarations, data, (chains, draws))
         return RawSample(draws=variables, stats={k: stats[k] for k in SAMPLER_STATS if k in stats},
-                         settings=settings, seconds=seconds)
+                         settings=settings, seconds=seconds, seed_drawn=seed_drawn)
 
 
 def _executable_runs(exe: Path) -> bool:
@@ -399,6 +466,7 @@ class CmdStanPyBackend(Backend):
     def __init__(self) -> None:
         import cmdstanpy
 
+        adopt_cmdstanpy_tmpdir()
         self.path = Path(cmdstanpy.cmdstan_path()).resolve()
         self.release = cmdstan_release(self.path) or ".".join(map(str, cmdstanpy.cmdstan_version() or ()))
 

@@ -71,6 +71,46 @@ class _ProgressPattern:
         return found or [self.last]
 
 
+class _SocketNames:
+    """Stands in for ``tempfile`` in httpstan's services module, noting the names it hands out.
+
+    httpstan binds a Unix socket per Stan call at a ``tempfile.mkstemp`` name in the system
+    temporary folder and never removes the file (``httpstan_*.sock``): :func:`_remove_sockets`
+    removes the ones made during a call.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self._tempfile = tempfile
+        self.made: list[str] = []
+
+    def mkstemp(self, *args: Any, **kwargs: Any):
+        fd, name = self._tempfile.mkstemp(*args, **kwargs)
+        self.made.append(name)
+        return fd, name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tempfile, name)
+
+
+@contextlib.contextmanager
+def _remove_sockets():
+    """Remove the socket files httpstan creates in the temporary folder during the block."""
+    import httpstan.services_stub as stub
+
+    names = stub.tempfile if isinstance(stub.tempfile, _SocketNames) else _SocketNames()
+    stub.tempfile = names
+    first = len(names.made)
+    try:
+        yield
+    finally:
+        for name in names.made[first:]:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        del names.made[first:]
+
+
 def _guard_progress_parser() -> _ProgressPattern:
     import httpstan.views
 
@@ -331,11 +371,13 @@ class _PystanModel(CompiledModel):
         else:
             kwargs["init_radius"] = settings.init_radius
         start = time.perf_counter()
-        seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
+        seed_drawn = settings.seed is None
+        settings = settings.with_seed()  # the seed used is returned with the draws (and recorded)
+        seed = int(settings.seed)
         console = io.StringIO()
         self._drop_cached_fits()  # never serve a stored fit: every call really samples
         try:
-            with _quiet(settings.progress, console):
+            with _quiet(settings.progress, console), _remove_sockets():
                 posterior = stan.build(self.code, data=data, random_seed=int(seed))
                 # pystan swallows Ctrl-C and returns None; its workers ignore SIGINT
                 fit = posterior.sample(**kwargs) if posterior is not None else None
@@ -363,7 +405,7 @@ class _PystanModel(CompiledModel):
             draws[name] = reshape_flat(flat[:, :, pos:pos + size], tuple(dims))
             pos += size
         stats = {k: stats[k] for k in SAMPLER_STATS if k in stats}
-        return RawSample(draws=draws, stats=stats, settings=settings, seconds=seconds)
+        return RawSample(draws=draws, stats=stats, settings=settings, seconds=seconds, seed_drawn=seed_drawn)
 
     def _drop_cached_fits(self) -> None:
         """httpstan stores every seeded fit on disk; stanhier keeps draws itself."""

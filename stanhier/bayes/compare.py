@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ArgumentError, DataError, StanhierWarning
+from ..errors import ArgumentError, DataError, StanhierWarning, user_stacklevel
 from .summary import summarise_draws, summary_frame
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,7 +82,7 @@ def loo(fit: "BrmsFit", *, pointwise: bool = True, reff: float | None = None, na
             f"Found {bad.size} observation(s) with a pareto_k > {thr:.2g} in model {name!r} (rows {shown}): "
             "the PSIS-LOO estimate may be unreliable. Consider K-fold cross-validation or refitting "
             "without those observations (brms's reloo/kfold).",
-            StanhierWarning, stacklevel=2,
+            StanhierWarning, stacklevel=user_stacklevel(),
         )
     return res
 
@@ -101,7 +101,7 @@ def waic(fit: "BrmsFit", *, name: str = "fit"):
     if getattr(res, "warning", False) or any("p_waic" in str(w.message) for w in caught):
         warnings.warn(
             f"Model {name!r}: some pointwise p_waic estimates exceed 0.4; WAIC may be unreliable. "
-            "We recommend loo() instead.", StanhierWarning, stacklevel=2,
+            "We recommend loo() instead.", StanhierWarning, stacklevel=user_stacklevel(),
         )
     return res
 

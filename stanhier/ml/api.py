@@ -82,7 +82,7 @@ def _tolerance(control: dict | None) -> float:
     return float(tol)
 
 
-def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool = False,
+def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool | None = False,
            optimum: np.ndarray | None = None) -> MerFit:
     """Fit the ML model described by ``call`` to ``data`` (``lmer``, ``glmer`` and
     :func:`stanhier.record.load` all build through here).
@@ -113,7 +113,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
         )
     problem = (lmm_problem(design, lay, call.REML) if kind == "lmm"
                else glmm_problem(design, lay, family, call.nAGQ))
-    model = _compile(kind, call.backend, progress)
+    model = _compile(kind, call.backend, bool(progress))
     standata = problem.standata()
     density = model.log_density(standata)
     if density.n_params != problem.n_params:  # pragma: no cover - a programming error
@@ -138,7 +138,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
             f"after {info.n_starts} start(s)); rescale predictors or simplify the random effects.",
             StanhierWarning, stacklevel=3)
     if fit.is_singular():
-        warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
+        warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
 
 

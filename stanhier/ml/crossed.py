@@ -622,8 +622,8 @@ class CrossedMerFit(MerFit):
         x = np.concatenate([self.fixef().to_numpy(), self.theta, self.aux])
         return float(density.log_prob(x)), self.logLik()
 
-    def summary(self) -> str:
-        lines = super().summary().split("\n")
+    def summary(self, *args: Any, **kwargs: Any) -> str:
+        lines = super().summary(*args, **kwargs).split("\n")
         at = next((i for i, s in enumerate(lines) if s.startswith("   Data:")), 1)
         lines.insert(at + 1, f"Evaluator: {self.evaluator.split(';')[0]}")
         return "\n".join(lines)
@@ -659,7 +659,7 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6) -> Cross
         warnings.warn(f"Model failed to converge: {message} (max |gradient| {np.max(np.abs(grad)):.2g}); "
                       "rescale predictors or simplify the random effects.", StanhierWarning, stacklevel=3)
     if fit.is_singular():
-        warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
+        warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
 
 

@@ -239,8 +239,8 @@ class CrossedGlmerFit(MerFit):
         raise ArgumentError("This fit ran on the blocked evaluator; ml_glmm.stan's data are built by "
                             "stanhier.ml.problem.glmm_problem for designs within the stacked layout.")
 
-    def summary(self) -> str:
-        lines = super().summary().split("\n")
+    def summary(self, *args: Any, **kwargs: Any) -> str:
+        lines = super().summary(*args, **kwargs).split("\n")
         at = next((i for i, s in enumerate(lines) if s.startswith("   Data:")), 1)
         lines.insert(at + 1, f"Evaluator: {self.evaluator.split(';')[0]}")
         return "\n".join(lines)
@@ -306,7 +306,7 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *,
     if not ok:
         warnings.warn(f"Model failed to converge: {res.message}", StanhierWarning, stacklevel=3)
     if fit.is_singular():
-        warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
+        warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
 
 

@@ -28,10 +28,32 @@ from ..model.design import Design
 from ..model.formula import no_random_effects, parse_formula
 from .layout import RandomLayout
 from .optimizer import OptimumInfo
-from .printing import pval, sig, stars, text_table
+from .printing import (abbreviate, char_matrix_lines, named_vector_lines, print_coefmat, r_cat_number, r_format,
+                       r_round, zapsmall)
 from .problem import MLProblem
 
-__all__ = ["MerFit", "MLCall"]
+__all__ = ["MerFit", "MLCall", "expand_double_verts"]
+
+
+def expand_double_verts(formula: str) -> str:
+    """The formula as lme4 prints it: each ``(x || g)`` expanded (lme4's ``expandDoubleVerts``).
+
+    >>> expand_double_verts("Reaction ~ Days + (Days || Subject)")
+    'Reaction ~ Days + ((1 | Subject) + (0 + Days | Subject))'
+    >>> expand_double_verts("y ~ (0 + a + b || g)")
+    'y ~ ((0 + a | g) + (0 + b | g))'
+    """
+    import re
+
+    def expand(m: "re.Match") -> str:
+        terms = [t.strip() for t in m.group(1).split("+") if t.strip()]
+        group = m.group(2).strip()
+        intercept = "0" not in terms and "-1" not in terms
+        parts = ([f"(1 | {group})"] if intercept else []) + [
+            f"(0 + {t} | {group})" for t in terms if t not in ("0", "1", "-1")]
+        return "(" + " + ".join(parts) + ")"
+
+    return re.sub(r"\(([^()|]*)\|\|([^()|]*)\)", expand, formula)
 
 
 @dataclass(frozen=True)
@@ -197,6 +219,10 @@ class MerFit:
         """Terms in lme4's order (decreasing number of levels; stable)."""
         return sorted(self.layout.slots, key=lambda s: -s.L)
 
+    def term_slots(self) -> list:
+        """The random terms' slots (:class:`~stanhier.ml.layout.TermSlot`) in lme4's order."""
+        return list(self._ordered_slots())
+
     # ------------------------------------------------------------------ basics
     def nobs(self) -> int:
         return int(self.design.N)
@@ -260,7 +286,9 @@ class MerFit:
             return self.residual_variance() * np.linalg.inv(self._at_optimum["XtVX"])
         # GLMM: finite-difference Hessian of the marginal log-likelihood over (beta, theta, ...)
         x = np.concatenate([self._beta, self._theta, self._aux])
-        H = self.density.hessian(x, step=1e-4)
+        H = self.optimum.hessian  # the optimizer's, when it is the Hessian at this point (same steps)
+        if H is None or np.shape(H) != (len(x), len(x)) or not np.array_equal(np.asarray(self.optimum.theta), x):
+            H = self.density.hessian(x, step=1e-4)
         try:
             np.linalg.cholesky(-H)
             cov = np.linalg.inv(-H)[:K, :K]
@@ -296,14 +324,22 @@ class MerFit:
             tab["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(est / se))
         return tab
 
-    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
-        """Wald confidence intervals of the fixed effects (``confint(fit, method="Wald")``).
+    def confint(self, level: float = 0.95, method: str = "profile", parm: list[str] | None = None) -> pd.DataFrame:
+        """Confidence intervals, as lme4's ``confint(fit)``.
 
-        lme4 also lists NA rows for the variance parameters with ``method="Wald"``; they are
-        omitted here. Profile and bootstrap intervals are not implemented.
+        ``method="profile"`` (lme4's default): likelihood-profile intervals for the SDs and
+        correlations of the random effects, the residual SD and the fixed effects, with
+        lme4's ``oldNames = FALSE`` row names (:mod:`stanhier.ml.profile`; a REML fit is
+        profiled on its ML refit, as lme4 does). ``method="Wald"``: the fixed effects only
+        (lme4 also lists NA rows for the variance parameters; they are omitted here).
+        ``parm``: the rows wanted (profile). Bootstrap intervals are not implemented.
         """
+        if method == "profile":
+            from .profile import profile_confint
+
+            return profile_confint(self, level, parm)
         if method != "Wald":
-            raise ArgumentError(f"confint(method={method!r}) is not implemented; use method='Wald'.")
+            raise ArgumentError(f"confint(method={method!r}) is not implemented; use 'profile' (default) or 'Wald'.")
         if not 0 < level < 1:
             raise ArgumentError(f"level must be between 0 and 1, got {level!r}.")
         z = stats.norm.ppf(0.5 + level / 2)
@@ -508,6 +544,23 @@ class MerFit:
                   else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nAGQ}")
         return f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']"
 
+    def _title_lines(self, width: int = 80) -> list[str]:
+        """lme4's ``.prt.methTit``: the title and ``['class']``, wrapped as R wraps a long one."""
+        title = self._title()
+        method, _, cls = title.rpartition(" [")
+        cls = cls.rstrip("]").strip("'")
+        if len(method) + 5 + len(cls) <= width:
+            return [title]
+        import textwrap
+
+        lines = textwrap.wrap(method, width=width - 3, subsequent_indent="  ", break_on_hyphens=False)
+        tail = f" [{cls}]"
+        if len(lines[-1]) + len(tail) <= width:
+            lines[-1] += tail
+        else:
+            lines.append(tail.lstrip())
+        return lines
+
     def diagnostics(self) -> dict[str, Any]:
         """The optimizer's report in one place: convergence, gradient, singularity, Hessian."""
         _ = self._vcov  # decides vcov_method
@@ -531,78 +584,111 @@ class MerFit:
                         f"{d['optimizer_message']}): rescale predictors, simplify the random effects, "
                         "or give start= values.")
         if d["singular"]:
-            msgs.append("boundary (singular) fit: a variance is ~0 or a correlation ~±1; see help('isSingular'). "
+            msgs.append("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular()). "
                         "Consider a simpler random-effects structure (e.g. '||' or dropping a slope).")
         if not d["standard_errors"]:
             msgs.append(f"No standard errors: {d['vcov_method']}.")
         return msgs
 
-    def summary(self) -> str:
-        """lme4's ``summary()`` printout."""
-        lines = [self._title()]
+    def summary(self, digits: int = 4, correlation: bool | None = None) -> str:
+        """lme4's ``summary()`` printout, formatted by R's rules (``print.summary.merMod``
+        with ``digits = 4``): one number of decimals per column, the random-effects and
+        fixed-effects tables, and (``correlation``: default for 2 to 20 fixed effects) the
+        "Correlation of Fixed Effects" block. Problems follow as ``Warning:`` lines."""
+        lines = self._title_lines()
         if self.kind == "glmm":
             fam = self.family.lme4_label(self._family_aux())
             lines.append(f" Family: {fam}  ( {self.family.link} )")
-        lines += [f"Formula: {self.formula}", f"   Data: {self.data_name}", ""]
+        lines += [f"Formula: {expand_double_verts(self.formula)}", f"   Data: {self.data_name}", ""]
         if self.REML:
-            lines += [f"REML criterion at convergence: {self.REMLcrit():.1f}", ""]
+            lines += [f"REML criterion at convergence: {r_cat_number(r_round(self.REMLcrit(), 1))}", ""]
         else:
-            lines += text_table([["AIC", "BIC", "logLik", "deviance", "df.resid"],
-                             [f"{self.AIC():.1f}", f"{self.BIC():.1f}", f"{self.logLik():.1f}",
-                              f"{-2 * self.logLik():.1f}", f"{self.df_residual()}"]], right=True)
+            vals = [r_round(v, 1) for v in (self.AIC(), self.BIC(), self.logLik(), -2 * self.logLik())]
+            cells = r_format(vals, 7) + [str(int(self.df_residual()))]
+            lines += named_vector_lines(["AIC", "BIC", "logLik", "deviance", "df.resid"], cells)
             lines.append("")
         res = self.residuals(type="pearson", scaled=True)
-        q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1])
+        q = zapsmall(np.quantile(res, [0, 0.25, 0.5, 0.75, 1]), digits + 1)
         lines.append("Scaled residuals: ")
-        lines += text_table([["Min", "1Q", "Median", "3Q", "Max"], [sig(v, 4) for v in q]], right=True)
+        lines += named_vector_lines(["Min", "1Q", "Median", "3Q", "Max"], r_format(q, digits))
         lines += ["", "Random effects:"]
-        lines += self._varcorr_lines()
+        lines += self._varcorr_lines(digits)
         grp = self.ngrps()
         lines.append(f"Number of obs: {self.nobs()}, groups:  "
                      + "; ".join(f"{k}, {v}" for k, v in grp.items()))
         lines += ["", "Fixed effects:"]
-        lines += self._coef_lines()
+        lines += self._coef_lines(digits)
+        p = len(self._beta)
+        if (correlation if correlation is not None else 1 < p <= 20) and p > 1:
+            lines += ["", "Correlation of Fixed Effects:"] + self._fixef_cor_lines()
         msgs = self.diagnostic_messages()
         if msgs:
             lines += [""] + [f"Warning: {m}" for m in msgs]
         return "\n".join(lines) + "\n"
 
-    def _varcorr_lines(self) -> list[str]:
-        rows = [["Groups", "Name", "Variance", "Std.Dev.", "Corr"]]
-        any_corr = False
-        for label, names, cov, corr in self._term_covariances():
+    def _varcorr_lines(self, digits: int = 4) -> list[str]:
+        """lme4's ``formatVC``: Variance and Std.Dev. each formatted as one column, correlations
+        with two decimals (formatted per term, lower triangle), left-justified columns."""
+        terms = self._term_covariances()
+        sds, groups, names, blocks = [], [], [], []
+        for label, tnames, cov, corr in terms:
             sd = np.sqrt(np.maximum(np.diag(cov), 0))
-            for i, name in enumerate(names):
-                cors = []
-                if corr and i > 0:
-                    any_corr = True
-                    cors = [f"{cov[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] > 0 and sd[j] > 0 else " NaN"
-                            for j in range(i)]
-                rows.append([label if i == 0 else "", name, sig(cov[i, i], 4), sig(sd[i], 4), " ".join(cors)])
+            sds += list(sd)
+            groups += [label] + [""] * (len(tnames) - 1)
+            names += list(tnames)
+            blocks.append((cov, sd, corr))
         if self.kind == "lmm":
             s = self.sigma()
-            rows.append(["Residual", "", sig(s * s, 4), sig(s, 4), ""])
-        if not any_corr:
-            rows = [r[:4] for r in rows]
-        return text_table(rows, right=False, indent=" ")
+            sds.append(s)
+            groups.append("Residual")
+            names.append("")
+        variance = r_format([v * v for v in sds], digits)
+        stddev = r_format(sds, digits)
+        maxlen = max((len(c[1]) for c in blocks), default=1)
+        corr_cells: list[list[str]] = []
+        if maxlen > 1:
+            dig = max(2, digits - 2)
+            for cov, sd, corr in blocks:
+                m = len(sd)
+                if not corr:  # `||` parts and scalar terms: no correlations shown
+                    corr_cells += [[""] * (maxlen - 1) for _ in range(m)]
+                    continue
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cm = cov / np.outer(sd, sd)
+                np.fill_diagonal(cm, 1.0)
+                flat = r_format([r_round(v, dig) for v in cm.ravel()], 7, nsmall=dig)
+                cc = np.array(flat, dtype=object).reshape(m, m)
+                for i in range(m):
+                    row = [cc[i, j] if j < i else "" for j in range(m)] + [""] * (maxlen - m)
+                    corr_cells.append(row[:maxlen - 1])
+            corr_cells += [[""] * (maxlen - 1) for _ in range(len(sds) - len(corr_cells))]
+        header = ["Groups", "Name", "Variance", "Std.Dev."]
+        rows = [[g, n, v, d] for g, n, v, d in zip(groups, names, variance, stddev)]
+        if maxlen > 1:
+            header += ["Corr"] + [""] * (maxlen - 2)
+            rows = [r + c for r, c in zip(rows, corr_cells)]
+        return char_matrix_lines(header, rows)
 
-    def _coef_lines(self) -> list[str]:
+    def _coef_lines(self, digits: int = 4) -> list[str]:
         tab = self.coef_table()
-        header = [""] + list(tab.columns)
-        rows = [header]
-        for name, row in tab.iterrows():
-            cells = [name]
-            for col in tab.columns:
-                v = row[col]
-                if col == "Pr(>|z|)":
-                    cells.append(pval(v) + " " + stars(v))
-                else:
-                    cells.append(sig(v, 4 if col != "Estimate" else 5))
-            rows.append(cells)
-        out = text_table(rows, right=True, first_left=True)
-        if self.kind == "glmm":
-            out += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
-        return out
+        return print_coefmat(list(tab.index), list(tab.columns)[:3], tab.to_numpy(float).tolist(), digits,
+                             has_pvalue=tab.shape[1] == 4) if self.kind == "lmm" else print_coefmat(
+            list(tab.index), list(tab.columns), tab.to_numpy(float).tolist(), digits, has_pvalue=True)
+
+    def _fixef_cor_lines(self) -> list[str]:
+        """lme4's "Correlation of Fixed Effects": three decimals, lower triangle, rows named by
+        ``abbreviate(names, 11)`` and columns by ``abbreviate(names, 6)``."""
+        V = np.asarray(self._vcov, float)
+        sd = np.sqrt(np.diag(V))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            C = V / np.outer(sd, sd)
+        names = list(self.design.fixed_names_r)
+        p = len(names)
+        cells = r_format([r_round(v, 3) for v in C.T.ravel()], 7, nsmall=3)  # R: column-major
+        cm = np.array(cells, dtype=object).reshape(p, p).T
+        rows_n, cols_n = abbreviate(names, 11), abbreviate(names, 6)
+        rows = [[cm[i, j] if j < i else "" for j in range(p - 1)] for i in range(1, p)]
+        return char_matrix_lines(cols_n[:p - 1], rows, rows_n[1:])
 
     def __str__(self) -> str:
         return self.summary()

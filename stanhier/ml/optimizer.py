@@ -105,9 +105,9 @@ def _maximize(density: LogDensity, starts: list[np.ndarray], scale: np.ndarray, 
 
 def _newton_polish(value_grad, x: np.ndarray, tol: float, max_iter: int = 20):
     lp, g = value_grad(x)
-    H = None
+    H, H_at = None, None
     for _ in range(max_iter):
-        H = fd_hessian(value_grad, x, 1e-4)
+        H, H_at = fd_hessian(value_grad, x, 1e-4), x.copy()
         negH = -H
         try:
             C = np.linalg.cholesky(negH)
@@ -135,7 +135,7 @@ def _newton_polish(value_grad, x: np.ndarray, tol: float, max_iter: int = 20):
             x, lp, g = x_new, lp_new, g_new
             break
         x, lp, g = x_new, lp_new, g_new
-    if H is None:
+    if H is None or not np.array_equal(H_at, x):  # the Hessian returned is the one at x (reused for SEs)
         H = fd_hessian(value_grad, x, 1e-4)
     return x, lp, H, _is_optimum(x, g, H, tol)
 

@@ -101,7 +101,32 @@ def data_label(data: Any) -> str:
     attrs = getattr(data, "attrs", None)
     if isinstance(attrs, dict) and isinstance(attrs.get("name"), str):
         return attrs["name"]
-    return "data"
+    return _caller_name(data) or "data"
+
+
+def _caller_name(data: Any) -> str | None:
+    """The name the calling code (the first frame outside stanhier) gives ``data``, as R's
+    ``deparse(substitute(data))``: ``sh.lmer(f, sleepstudy)`` prints ``Data: sleepstudy``.
+    None when no single variable of that frame holds this very object."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame = sys._getframe(1)
+    try:
+        while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+            frame = frame.f_back
+        if frame is None:
+            return None
+        for scope in (frame.f_locals, frame.f_globals):
+            names = [k for k, v in scope.items() if v is data and k.isidentifier() and not k.startswith("_")]
+            if len(names) == 1:
+                return names[0]
+            if names:
+                return None
+        return None
+    finally:
+        del frame
 
 
 def _check_columns(names: list[str], df: pd.DataFrame, where: str) -> None:
