@@ -33,16 +33,16 @@ import numpy as np
 
 from ..backends import get_backend
 from ..backends.base import CompiledModel
-from ..errors import ArgumentError, FamilyError, SamplingError, StanhierWarning
+from ..errors import ArgumentError, DataError, FamilyError, SamplingError, StanhierWarning
 from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
 from .crossed import fit_crossed_lmm, needs_crossed
 from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
-from .layout import build_layout
+from .layout import MAX_STACKED_Q, build_layout
 from .optimizer import evaluate_at, maximize
-from .problem import MLProblem, glmm_problem, lmm_problem, stan_program, start_values
+from .problem import MLProblem, glmm_problem, lmm_problem, moments_least_squares, stan_program, start_values
 
 __all__ = ["lmer", "glmer", "fit_ml"]
 
@@ -60,10 +60,14 @@ def _compile(kind: str, backend: str, progress: bool) -> CompiledModel:
 
 def _scale(problem: MLProblem, design: Design) -> np.ndarray:
     """Rough parameter scales for the optimizer (OLS-like SEs for beta, 1 elsewhere)."""
-    X = design.X
-    sd = np.std(design.y) if problem.kind == "lmm" else 1.0
+    if design.distributed:
+        XtX = design.source.moments["XtX"]
+        sd = moments_least_squares(design.source.moments)[2] if problem.kind == "lmm" else 1.0
+    else:
+        XtX = design.X.T @ design.X
+        sd = np.std(design.y) if problem.kind == "lmm" else 1.0
     try:
-        se = 10 * np.sqrt(np.diag(np.linalg.pinv(X.T @ X))) * max(sd, 1e-8)
+        se = 10 * np.sqrt(np.diag(np.linalg.pinv(XtX))) * max(sd, 1e-8)
     except np.linalg.LinAlgError:  # pragma: no cover
         se = np.ones(X.shape[1])
     se = np.where(np.isfinite(se) & (se > 0), se, 1.0)
@@ -99,6 +103,12 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
     design, family = frame.design, frame.family
     # crossed/nested models beyond the stacked layout's limit run on the blocked evaluator
     # (ml/crossed.py, ml/crossed_glmm.py; their Stan programs define the same likelihood)
+    if design.distributed and kind == "lmm" and needs_crossed(design):
+        raise DataError(
+            "lmer on Dask data handles one grouping factor, or crossed/nested factors with at most "
+            f"{MAX_STACKED_Q} random effects in all (the stacked layout); this model has more. Fit it on "
+            "a pandas DataFrame, or aggregate the data first."
+        )
     if kind == "lmm" and needs_crossed(design):
         return fit_crossed_lmm(call, design)
     if kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):

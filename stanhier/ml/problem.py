@@ -30,10 +30,10 @@ from ..families import Family, glmm_families
 from ..model.crossprod import crossprod, grouped_crossprod, symmetrize
 from ..model.design import Design
 from ..stan.templating import render
-from .layout import RandomLayout
+from .layout import RandomLayout, build_layout
 
 __all__ = ["MLProblem", "CrossProducts", "GLMMBlocks", "stan_program", "lmm_problem", "glmm_problem",
-           "lmm_crossproducts", "gauss_hermite", "start_values", "MAX_DENSE_CELLS", "glmm_template_context"]
+           "lmm_crossproducts", "partition_crossproducts", "moments_least_squares", "gauss_hermite", "start_values", "MAX_DENSE_CELLS", "glmm_template_context"]
 
 #: Largest N * q for a GLMM's dense per-observation random-effects design.
 MAX_DENSE_CELLS = 20_000_000
@@ -152,9 +152,19 @@ def lmm_crossproducts(design: Design, lay: RandomLayout) -> CrossProducts:
     )
 
 
+def partition_crossproducts(design: Design) -> dict[str, Any]:
+    """:func:`lmm_crossproducts` of one partition's design, as a dict (the sums of a Dask pass)."""
+    cp = lmm_crossproducts(design, build_layout(design))
+    return {k: getattr(cp, k) for k in ("XtX", "Xty", "yty", "ZtZ", "ZtX", "Zty")}
+
+
 def lmm_problem(design: Design, lay: RandomLayout, REML: bool) -> MLProblem:
+    if design.distributed:  # Dask data: the same sums, added over partitions on the cluster
+        cp = CrossProducts(**design.source.reduce("lmm", partition_crossproducts))
+    else:
+        cp = lmm_crossproducts(design, lay)
     return MLProblem(kind="lmm", layout=lay, N=design.N, K=design.X.shape[1], n_aux=1, REML=bool(REML),
-                     crossproducts=lmm_crossproducts(design, lay))
+                     crossproducts=cp)
 
 
 def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,6 +198,17 @@ def glmm_problem(design: Design, lay: RandomLayout, family: Family, nAGQ: int) -
 
 
 # --------------------------------------------------------------------------- starts
+def moments_least_squares(m: dict[str, Any]) -> tuple[np.ndarray, float, float]:
+    """(beta, sd of the residuals, sd of y) of least squares from reduced moments
+    (``n``, ``XtX``, ``Xty``, ``yty``, ``sum_y``, ``colsum``), as ``np.std`` of the rows would give."""
+    n = float(m["n"])
+    beta, *_ = np.linalg.lstsq(m["XtX"], m["Xty"], rcond=None)
+    mean_r = (m["sum_y"] - m["colsum"] @ beta) / n
+    ms_r = (m["yty"] - 2 * beta @ m["Xty"] + beta @ m["XtX"] @ beta) / n
+    mean_y = m["sum_y"] / n
+    return beta, float(np.sqrt(max(ms_r - mean_r ** 2, 0.0))), float(np.sqrt(max(m["yty"] / n - mean_y ** 2, 0.0)))
+
+
 def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None) -> np.ndarray:
     """Fixed-effects GLM by IRLS (starting values for glmer)."""
     n = trials if (family.uses_trials and trials is not None) else np.ones_like(y)
@@ -217,9 +238,13 @@ def start_values(problem: MLProblem, design: Design, family: Family) -> list[np.
         for (i, j), k in zip(slot.pairs, slot.theta_index):
             diag[k] = 1.0 if i == j else 0.0
     if problem.kind == "lmm":
-        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-        resid = y - X @ beta
-        log_sigma = np.log(max(np.std(resid), 1e-8 * max(np.std(y), 1.0), 1e-300))
+        if design.distributed:  # least squares from the reduced moments (no rows here)
+            beta, sd_resid, sd_y = moments_least_squares(design.source.moments)
+        else:
+            beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+            resid = y - X @ beta
+            sd_resid, sd_y = np.std(resid), np.std(y)
+        log_sigma = np.log(max(sd_resid, 1e-8 * max(sd_y, 1.0), 1e-300))
         return [np.concatenate([beta, diag * s, [log_sigma]]) for s in (1.0, 0.3, 3.0)]
     beta = _irls(X, y, family, design.trials)
     aux = family.glmm_aux_start(y, family.inverse_link(X @ beta))
