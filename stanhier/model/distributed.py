@@ -51,7 +51,7 @@ from .design import (Design, GroupTerm, check_columns, check_grouping, dependent
 from .formula import ParsedFormula, formula_variables
 
 __all__ = ["is_dask", "as_lazy", "make_dask_design", "DaskSource", "PartitionEncoder", "tree_reduce",
-           "add_stats", "exact_order_statistics", "SPLIT_EVERY"]
+           "add_stats", "exact_order_statistics", "exact_quantiles", "SPLIT_EVERY"]
 
 #: partial results combined per node of the reduction tree
 SPLIT_EVERY = 8
@@ -265,8 +265,10 @@ class DaskSource:
     of the used rows and kept columns.
     """
 
-    def __init__(self, ddf: Any, encoder: PartitionEncoder, moments: dict, n_rows: int) -> None:
+    def __init__(self, ddf: Any, encoder: PartitionEncoder, moments: dict, n_rows: int,
+                 sample: pd.DataFrame | None = None) -> None:
         self.ddf = ddf
+        self.sample = sample  #: a few rows (at most SAMPLE_ROWS): guesses for exact quantiles
         self.encoder = encoder
         self.moments = moments
         self.n_rows = int(n_rows)  #: rows before dropping missing values
@@ -352,6 +354,42 @@ def exact_order_statistics(source: DaskSource, func: Callable[[Design], np.ndarr
         else:  # wanted ranks on both sides of mid: shrink both ends towards it
             lo, hi = (lo + mid) / 2 if np.isfinite(lo) else mid - 1.0, (hi + mid) / 2 if np.isfinite(hi) else mid + 1.0
     raise DataError(f"Could not compute the exact order statistics of {key} on the Dask data.")  # pragma: no cover
+
+
+def _extremes(d: Design, func: Callable[[Design], np.ndarray]) -> dict:
+    v = np.asarray(func(d), float)
+    return {"min": v.min(), "max": v.max()}
+
+
+def _combine_extremes(a: dict, b: dict) -> dict:
+    return {"min": min(a["min"], b["min"]), "max": max(a["max"], b["max"])}
+
+
+def exact_quantiles(source: DaskSource, func: Callable[[Design], np.ndarray], probs: list[float],
+                    key: str) -> np.ndarray:
+    """``np.quantile(values, probs)`` (linear interpolation) of ``func``'s values over all rows,
+    exactly: one pass for the extremes, :func:`exact_order_statistics` for the others."""
+    n = int(source.moments["n"])
+    guess = np.zeros(0)
+    if source.sample is not None and len(source.sample):
+        d = source.encoder.encode(source.sample)
+        guess = np.asarray(func(d), float) if d is not None else guess
+    out = np.empty(len(probs))
+    inner = [i for i, p in enumerate(probs) if 0 < p < 1]
+    if len(inner) < len(probs):
+        ext = tree_reduce(source.ddf, partial(_encoded, encoder=source.encoder, func=partial(_extremes, func=func)),
+                          _combine_extremes)
+        for i, p in enumerate(probs):
+            if p <= 0:
+                out[i] = ext["min"]
+            elif p >= 1:
+                out[i] = ext["max"]
+    for i in inner:
+        pos = probs[i] * (n - 1)
+        k0, k1 = int(math.floor(pos)), min(int(math.floor(pos)) + 1, n - 1)
+        v0, v1 = exact_order_statistics(source, func, [k0, k1], guess, key)
+        out[i] = v0 + (pos - k0) * (v1 - v0)
+    return out
 
 
 # --------------------------------------------------------------------------- the design
@@ -502,5 +540,5 @@ def make_dask_design(formula: ParsedFormula, ddf: Any, *, na_action: str = "drop
                 "a linear combination of other columns. Remove them from the formula, or pass "
                 "collinear='drop' to drop them (as lme4 does)."
             )
-    source = DaskSource(ddf, encoder, moments, n_rows)
+    source = DaskSource(ddf, encoder, moments, n_rows, sample=scan["sample"])
     return replace(base, n_obs=int(moments["n"]), source=source)
