@@ -33,6 +33,7 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ from ..model.design import Design
 from . import names
 
 __all__ = ["MAX_DENSE_Q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
-           "marginal_standata"]
+           "marginal_standata", "partition_cross_products", "design_cross_products"]
 
 #: largest stacked block (all effects of all levels) the dense layout accepts
 MAX_DENSE_Q = 200
@@ -126,11 +127,31 @@ def cross_products(A: np.ndarray, Zb: np.ndarray, y: np.ndarray, block: np.ndarr
             "Zty": grouped_crossprod(Zb, y, block, G)}
 
 
+def partition_cross_products(design: Design, layout: MarginalLayout, means: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`cross_products` of one partition's rows, centred with the whole data's ``means``."""
+    X = design.X
+    A = np.column_stack([np.ones(design.N), X[:, 1:] - means]) if design.has_intercept else X
+    block, Zb = block_design(design, layout)
+    return cross_products(A, Zb, design.y, block, layout.G)
+
+
+def design_cross_products(design: Design, layout: MarginalLayout) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``(cross_products, means_X)`` of the whole design; for Dask data reduced on the cluster
+    (the client never holds the rows)."""
+    if not design.distributed:
+        A, means = fixed_design(design)
+        block, Zb = block_design(design, layout)
+        return cross_products(A, Zb, design.y, block, layout.G), means
+    m = design.source.moments
+    means = m["colsum"][1:] / m["n"] if design.has_intercept else np.zeros(0)
+    key = f"marginal_{layout.kind}_{layout.G}_{layout.q}"
+    cp = design.source.reduce(key, partial(partition_cross_products, layout=layout, means=means))
+    return cp, means
+
+
 def marginal_standata(design: Design, layout: MarginalLayout, prior_data: dict[str, Any]) -> dict[str, Any]:
     """The data dict of ``brm_marginal.stan`` (``prior_data``: the priors' hyperparameters)."""
-    A, means = fixed_design(design)
-    block, Zb = block_design(design, layout)
-    cp = cross_products(A, Zb, design.y, block, layout.G)
+    cp, means = design_cross_products(design, layout)
     data: dict[str, Any] = {names.N: design.N, names.K: design.X.shape[1], **cp, "G": layout.G, "q": layout.q}
     if design.has_intercept:
         data["means_X"] = means
