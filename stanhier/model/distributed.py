@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, FormulaError, StanhierWarning
-from .crossprod import crossprod
+from .crossprod import add_exact, crossprod, exact_column_sums
 from .design import (Design, GroupTerm, check_columns, check_grouping, dependent_columns_gram, level_label,
                      level_sort_key, model_matrix_of, r_name, response_values, response_variables, trials_of)
 from .formula import ParsedFormula, formula_variables
@@ -245,16 +245,25 @@ def _moments(d: Design, family: Any = None) -> dict:
     out = {"n": d.N, "sum_y": float(y.sum()), "yty": float(y @ y), "XtX": crossprod(X), "Xty": crossprod(X, y),
            "colsum": X.sum(axis=0), "n_nonfinite_X": int(np.sum(~np.isfinite(X)))}
     out["colmin"], out["colmax"] = X.min(axis=0), X.max(axis=0)
+    out["colsum_exact"] = exact_column_sums(X)
+    out["ymax"] = float(np.max(np.abs(y)))
+    out["zmax"] = tuple(np.max(np.abs(gt.Z), axis=0) for gt in d.terms)
     return out
+
+
+_EXTREMES = ("colmin", "colmax", "colsum_exact", "ymax", "zmax")
 
 
 def _combine_moments(a: dict | None, b: dict | None) -> dict | None:
     if a is None or b is None:
         return a if b is None else b
-    out = add_stats({k: v for k, v in a.items() if k not in ("colmin", "colmax")},
-                    {k: v for k, v in b.items() if k not in ("colmin", "colmax")})
+    out = add_stats({k: v for k, v in a.items() if k not in _EXTREMES},
+                    {k: v for k, v in b.items() if k not in _EXTREMES})
     out["colmin"] = np.minimum(a["colmin"], b["colmin"])
     out["colmax"] = np.maximum(a["colmax"], b["colmax"])
+    out["colsum_exact"] = add_exact(a["colsum_exact"], b["colsum_exact"])
+    out["ymax"] = max(a["ymax"], b["ymax"])
+    out["zmax"] = tuple(np.maximum(za, zb) for za, zb in zip(a["zmax"], b["zmax"]))
     return out
 
 
@@ -529,7 +538,8 @@ def make_dask_design(formula: ParsedFormula, ddf: Any, *, na_action: str = "drop
             idx = list(kept)
             moments = {**moments, "XtX": moments["XtX"][np.ix_(idx, idx)], "Xty": moments["Xty"][idx],
                        "colsum": moments["colsum"][idx], "colmin": moments["colmin"][idx],
-                       "colmax": moments["colmax"][idx]}
+                       "colmax": moments["colmax"][idx],
+                       "colsum_exact": [moments["colsum_exact"][i] for i in idx]}
             names = tuple(names[i] for i in kept)
             base = replace(base, X=np.empty((0, len(names))), fixed_formulaic=names,
                            has_intercept="Intercept" in names, fixed_kept=kept)

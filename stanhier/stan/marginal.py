@@ -38,12 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from ..model.crossprod import crossprod, grouped_crossprod, symmetrize
+from ..model.crossprod import (crossprod, exact_column_sums, exact_value, finish_parts, grouped_crossprod,
+                              grouped_crossprod_parts, symmetrize)
 from ..model.design import Design
 from . import names
 
 __all__ = ["MAX_DENSE_Q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
-           "marginal_standata", "partition_cross_products", "design_cross_products"]
+           "marginal_standata", "partition_cross_products", "design_cross_products", "ExactSetup",
+           "exact_setup", "row_moments"]
 
 #: largest stacked block (all effects of all levels) the dense layout accepts
 MAX_DENSE_Q = 200
@@ -127,26 +129,76 @@ def cross_products(A: np.ndarray, Zb: np.ndarray, y: np.ndarray, block: np.ndarr
             "Zty": grouped_crossprod(Zb, y, block, G)}
 
 
-def partition_cross_products(design: Design, layout: MarginalLayout, means: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`cross_products` of one partition's rows, centred with the whole data's ``means``."""
+@dataclass(frozen=True, eq=False)
+class ExactSetup:
+    """What makes the sums independent of how the rows are split: the whole data's row count,
+    exact column means and per-column bounds of ``|A|``, ``|Z|`` and ``|y|``."""
+
+    n: int
+    means: np.ndarray  #: exact means of X's non-intercept columns (empty without intercept)
+    bound_A: np.ndarray
+    bound_Z: np.ndarray
+    bound_y: float
+
+
+def row_moments(design: Design) -> dict[str, Any]:
+    """The moments :func:`exact_setup` reads, from a design's rows (a Dask design's moments
+    pass returns the same numbers, reduced over partitions)."""
     X = design.X
-    A = np.column_stack([np.ones(design.N), X[:, 1:] - means]) if design.has_intercept else X
+    return {"n": design.N, "colmin": X.min(axis=0), "colmax": X.max(axis=0), "colsum_exact": exact_column_sums(X),
+            "ymax": float(np.max(np.abs(design.y))),
+            "zmax": tuple(np.max(np.abs(gt.Z), axis=0) for gt in design.terms)}
+
+
+def exact_setup(design: Design, layout: MarginalLayout) -> ExactSetup:
+    m = design.source.moments if design.distributed else row_moments(design)
+    n = int(m["n"])
+    lo, hi = m["colmin"], m["colmax"]
+    if design.has_intercept:
+        means = np.array([exact_value(c) for c in m["colsum_exact"][1:]]) / n
+        bound_A = np.concatenate([[1.0], np.maximum(np.abs(hi[1:] - means), np.abs(lo[1:] - means))])
+    else:
+        means = np.zeros(0)
+        bound_A = np.maximum(np.abs(hi), np.abs(lo))
+    zmax = m["zmax"]
+    if layout.kind == "blocks":
+        bound_Z = np.concatenate([np.asarray(z, float) for z in zmax])
+    else:
+        bound_Z = np.concatenate([np.tile(np.asarray(z, float), gt.n_levels) for z, gt in zip(zmax, design.terms)])
+    return ExactSetup(n=n, means=means, bound_A=bound_A, bound_Z=bound_Z, bound_y=float(m["ymax"]))
+
+
+def partition_cross_products(design: Design, layout: MarginalLayout, setup: ExactSetup) -> dict[str, np.ndarray]:
+    """The exact parts (:func:`stanhier.model.crossprod.grouped_crossprod_parts`) of
+    :func:`cross_products` on some rows, centred with the whole data's exact means: adding the
+    parts of any split of the rows gives the same statistics, bit for bit."""
+    X, y = design.X, design.y
+    A = np.column_stack([np.ones(design.N), X[:, 1:] - setup.means]) if design.has_intercept else X
     block, Zb = block_design(design, layout)
-    return cross_products(A, Zb, design.y, block, layout.G)
+    one = np.zeros(design.N, dtype=np.int64)
+    n, bA, bZ, by = setup.n, setup.bound_A, setup.bound_Z, np.array([setup.bound_y])
+    return {"AtA": grouped_crossprod_parts(A, A, one, 1, bA, bA, n),
+            "Aty": grouped_crossprod_parts(A, y, one, 1, bA, by, n),
+            "yty": grouped_crossprod_parts(y[:, None], y, one, 1, by, by, n),
+            "ZtZ": grouped_crossprod_parts(Zb, Zb, block, layout.G, bZ, bZ, n),
+            "ZtA": grouped_crossprod_parts(Zb, A, block, layout.G, bZ, bA, n),
+            "Zty": grouped_crossprod_parts(Zb, y, block, layout.G, bZ, by, n)}
 
 
-def design_cross_products(design: Design, layout: MarginalLayout) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``(cross_products, means_X)`` of the whole design; for Dask data reduced on the cluster
-    (the client never holds the rows)."""
-    if not design.distributed:
-        A, means = fixed_design(design)
-        block, Zb = block_design(design, layout)
-        return cross_products(A, Zb, design.y, block, layout.G), means
-    m = design.source.moments
-    means = m["colsum"][1:] / m["n"] if design.has_intercept else np.zeros(0)
-    key = f"marginal_{layout.kind}_{layout.G}_{layout.q}"
-    cp = design.source.reduce(key, partial(partition_cross_products, layout=layout, means=means))
-    return cp, means
+def design_cross_products(design: Design, layout: MarginalLayout) -> tuple[dict[str, Any], np.ndarray]:
+    """``(cross_products, means_X)`` of the whole design, as :func:`cross_products` returns them
+    but summed exactly (:func:`partition_cross_products`), so pandas and Dask input -- however
+    partitioned -- give identical data and hence identical draws. Dask data are reduced on the
+    cluster: the client never holds the rows."""
+    setup = exact_setup(design, layout)
+    if design.distributed:
+        key = f"marginal_{layout.kind}_{layout.G}_{layout.q}"
+        parts = design.source.reduce(key, partial(partition_cross_products, layout=layout, setup=setup))
+    else:
+        parts = partition_cross_products(design, layout, setup)
+    cp = {k: finish_parts(v) for k, v in parts.items()}
+    return {"AtA": symmetrize(cp["AtA"][0]), "Aty": cp["Aty"][0], "yty": float(cp["yty"][0, 0]),
+            "ZtZ": symmetrize(cp["ZtZ"]), "ZtA": cp["ZtA"], "Zty": cp["Zty"]}, setup.means
 
 
 def marginal_standata(design: Design, layout: MarginalLayout, prior_data: dict[str, Any]) -> dict[str, Any]:
