@@ -40,6 +40,7 @@ from ..model.spec import build_frame
 from .fit import MerFit, MLCall
 from .crossed import fit_crossed_lmm, needs_crossed
 from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
+from .aggregate import AGGREGATABLE, MIN_SHRINK, Aggregation, aggregate_counts
 from .layout import MAX_STACKED_Q, build_layout
 from .optimizer import evaluate_at, maximize
 from .problem import MLProblem, glmm_problem, lmm_problem, moments_least_squares, stan_program, start_values
@@ -111,9 +112,11 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
         )
     if kind == "lmm" and needs_crossed(design):
         return fit_crossed_lmm(call, design)
-    if kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
+    agg = _aggregation(call, design, family) if kind == "glmm" else None
+    if agg is None and kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
         return fit_crossed_glmm(call, design, family)
-    lay = build_layout(design)
+    fit_design, fit_family = (agg.design, agg.family) if agg is not None else (design, family)
+    lay = build_layout(fit_design)
     if kind == "glmm" and call.nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
         raise ArgumentError(
             f"nAGQ = {call.nAGQ} > 1 needs a single scalar random-effects term such as '(1 | g)', as in lme4 "
@@ -121,7 +124,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
             "use nAGQ=1 (Laplace approximation)."
         )
     problem = (lmm_problem(design, lay, call.REML) if kind == "lmm"
-               else glmm_problem(design, lay, family, call.nAGQ))
+               else glmm_problem(fit_design, lay, fit_family, call.nAGQ))
     model = _compile(kind, call.backend, progress)
     standata = problem.standata()
     density = model.log_density(standata)
@@ -134,13 +137,13 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
                                 f"not {optimum.size}.")
         info = evaluate_at(density, optimum, tol=tol)
     else:
-        starts = start_values(problem, design, family)
+        starts = start_values(problem, fit_design, fit_family)
         if start is not None:
             starts.insert(0, _user_start(start, problem, starts[0]))
-        info = maximize(density, starts, _scale(problem, design), tol=tol,
+        info = maximize(density, starts, _scale(problem, fit_design), tol=tol,
                         native=model.native_optimizer(standata))
     fit = MerFit(call=call, design=design, layout=lay, family=family, problem=problem, model=model,
-                 density=density, optimum=info)
+                 density=density, optimum=info, aggregation=agg)
     if not info.converged:
         warnings.warn(
             f"Model failed to converge: {info.message} (max |gradient| {np.max(np.abs(info.grad)):.2g} "
@@ -149,6 +152,30 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
     if fit.is_singular():
         warnings.warn("boundary (singular) fit: see help('isSingular')", StanhierWarning, stacklevel=3)
     return fit
+
+
+def _aggregation(call: MLCall, design: Design, family: Family) -> Aggregation | None:
+    """The exact aggregation of a count GLMM's rows, when it is used (see :mod:`stanhier.ml.aggregate`)."""
+    if call.aggregate is False and not design.distributed:
+        return None
+    if family.name not in AGGREGATABLE or family.link != get_family(family.name).link:
+        if design.distributed:
+            raise DataError(
+                f"glmer on Dask data aggregates the rows exactly, which needs family poisson, binomial or "
+                f"bernoulli with its default link; got {family.name!r} ({family.link}). Fit it on a pandas DataFrame."
+            )
+        if call.aggregate:
+            raise ArgumentError(f"aggregate=True needs family poisson, binomial or bernoulli, not {family.name!r}.")
+        return None
+    agg = aggregate_counts(design, family)
+    if glmm_needs_crossed(agg.design, agg.family, call.nAGQ):
+        if design.distributed:
+            raise DataError("glmer on Dask data: the aggregated patterns still need the crossed-factor evaluator, "
+                            "which reads raw rows; fit this model on a pandas DataFrame.")
+        return None
+    if call.aggregate is None and not design.distributed and agg.shrink < MIN_SHRINK:
+        return None
+    return agg
 
 
 def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndarray:
@@ -203,13 +230,21 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
 
 def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
           backend: str = "auto", progress: bool = False, start: dict | None = None,
-          control: dict | None = None, na_action: str = "drop", collinear: str = "drop"):
+          control: dict | None = None, na_action: str = "drop", collinear: str = "drop",
+          aggregate: bool | None = None):
     """Fit a generalized linear mixed model by (approximate) maximum likelihood, as lme4's ``glmer``.
 
     ``nAGQ=1``: Laplace approximation; ``nAGQ>1``: adaptive Gauss-Hermite quadrature
     with that many nodes (one scalar random-effects term only, as lme4).
     Families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
     ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``).
+    ``data`` may be a Dask DataFrame or a Parquet path (Poisson, binomial, Bernoulli).
+
+    ``aggregate``: Poisson, binomial and Bernoulli rows with identical (predictors, groups)
+    are summed into one pattern and the model is fitted on the patterns -- exact, same
+    optimum and (constants added back) same logLik as on the rows
+    (:mod:`stanhier.ml.aggregate`). ``None`` (default): when that shrinks the data at
+    least 5x (always for Dask data), stated in the summary; ``True``: always; ``False``: never.
 
     Example
     -------
@@ -224,7 +259,9 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
                           f"not {fam.name!r}.")
     if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or not (1 <= nAGQ <= 100):
         raise ArgumentError(f"nAGQ must be an integer between 1 and 100 (1 = Laplace), got {nAGQ!r}.")
+    if aggregate not in (None, True, False):
+        raise ArgumentError(f"aggregate must be None (automatic), True or False, not {aggregate!r}.")
     call = MLCall(kind="glmm", formula=formula, family=fam.name, link=fam.link, REML=False,
                   nAGQ=int(nAGQ), backend=backend, na_action=na_action, collinear=collinear,
-                  control=control, data_name=data_label(data))
+                  control=control, data_name=data_label(data), aggregate=aggregate)
     return fit_ml(call, data, start=start, progress=progress)

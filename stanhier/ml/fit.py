@@ -57,6 +57,8 @@ class MLCall:
     collinear: str = "drop"
     control: Any = ()  #: optimizer settings, stored as sorted (key, value) pairs
     data_name: str = "data"
+    #: glmer's exact aggregation of count data: None (when it shrinks the data >= 5x), True, False
+    aggregate: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("lmm", "glmm"):
@@ -120,8 +122,10 @@ class MerFit:
 
     def __init__(self, *, call: MLCall, design: Design, layout: RandomLayout, family: Family,
                  problem: MLProblem, model: CompiledModel, density: LogDensity,
-                 optimum: OptimumInfo) -> None:
+                 optimum: OptimumInfo, aggregation: Any = None) -> None:
         self.call = call
+        #: :class:`stanhier.ml.aggregate.Aggregation` when the fit ran on aggregated patterns
+        self.aggregation = aggregation
         self.kind = call.kind
         self.formula = call.formula
         self.REML = bool(call.REML)
@@ -217,9 +221,11 @@ class MerFit:
         """Log-likelihood at the optimum with all constants (the REML log-likelihood for REML fits).
 
         For ``nAGQ > 1`` this is the full marginal log-likelihood; lme4 1.1-31 reports it
-        minus the saturated model's log-likelihood there.
+        minus the saturated model's log-likelihood there. Fits on aggregated count data
+        add back the raw rows' constants (binomial coefficients, ``log y!``).
         """
-        return float(self.optimum.lp)
+        offset = self.aggregation.loglik_offset if self.aggregation is not None else 0.0
+        return float(self.optimum.lp) + offset
 
     def AIC(self) -> float:
         return -2 * self.logLik() + 2 * self.df()
@@ -242,7 +248,8 @@ class MerFit:
                 raise ArgumentError("deviance() is not defined for a REML fit (as lme4): use REMLcrit(), "
                                     "or refit with REML=False.")
             return -2 * self.logLik()
-        return float(np.sum(self.residuals(type="deviance") ** 2))
+        sq = self.residuals(type="deviance") ** 2
+        return float(sq.sum().compute() if self.design.distributed else np.sum(sq))
 
     def df_residual(self) -> int:
         return self.nobs() - self.df()
@@ -560,7 +567,10 @@ class MerFit:
         if self.kind == "glmm":
             fam = self.family.lme4_label(self._family_aux())
             lines.append(f" Family: {fam}  ( {self.family.link} )")
-        lines += [f"Formula: {self.formula}", f"   Data: {self.data_name}", ""]
+        lines += [f"Formula: {self.formula}", f"   Data: {self.data_name}"]
+        if self.aggregation is not None:
+            lines.append(f"Aggregated: {self.aggregation.describe()}")
+        lines.append("")
         if self.REML:
             lines += [f"REML criterion at convergence: {self.REMLcrit():.1f}", ""]
         else:

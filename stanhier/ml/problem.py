@@ -209,13 +209,17 @@ def moments_least_squares(m: dict[str, Any]) -> tuple[np.ndarray, float, float]:
     return beta, float(np.sqrt(max(ms_r - mean_r ** 2, 0.0))), float(np.sqrt(max(m["yty"] / n - mean_y ** 2, 0.0)))
 
 
-def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None) -> np.ndarray:
-    """Fixed-effects GLM by IRLS (starting values for glmer)."""
+def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None,
+          offset: np.ndarray | None = None) -> np.ndarray:
+    """Fixed-effects GLM by IRLS (starting values for glmer); ``offset`` is added to X beta
+    (aggregated Poisson rows: the log of their exposure)."""
     n = trials if (family.uses_trials and trials is not None) else np.ones_like(y)
-    eta = family.irls_start(y, n)
+    off = np.zeros_like(y) if offset is None else offset
+    eta = family.irls_start(y, n) - off
     beta = np.zeros(X.shape[1])
     for _ in range(50):
-        w, z = family.irls_working(y, eta, n)
+        w, z = family.irls_working(y, eta + off, n)
+        z = z - off
         XtW = X.T * w
         try:
             new = np.linalg.solve(XtW @ X + 1e-10 * np.eye(X.shape[1]), XtW @ z)
@@ -246,7 +250,8 @@ def start_values(problem: MLProblem, design: Design, family: Family) -> list[np.
             sd_resid, sd_y = np.std(resid), np.std(y)
         log_sigma = np.log(max(sd_resid, 1e-8 * max(sd_y, 1.0), 1e-300))
         return [np.concatenate([beta, diag * s, [log_sigma]]) for s in (1.0, 0.3, 3.0)]
-    beta = _irls(X, y, family, design.trials)
+    exposure = design.trials if family.name == "poisson" and design.trials is not None else None
+    beta = _irls(X, y, family, design.trials, None if exposure is None else np.log(exposure))
     aux = family.glmm_aux_start(y, family.inverse_link(X @ beta))
     return [np.concatenate([beta, diag * s, aux]) for s in (1.0, 0.3, 2.0)]
 

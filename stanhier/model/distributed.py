@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass, replace
 from functools import partial
@@ -282,6 +283,8 @@ class DaskSource:
         self.moments = moments
         self.n_rows = int(n_rows)  #: rows before dropping missing values
         self.cache: dict[str, Any] = {}
+        #: wall seconds of each pass over the data ("scan", "moments", then one per reduce key)
+        self.timings: dict[str, float] = {}
 
     @property
     def npartitions(self) -> int:
@@ -291,7 +294,9 @@ class DaskSource:
         """``func`` (a picklable function of a partition's :class:`Design`) summed over all
         partitions, computed once per ``key``."""
         if key not in self.cache:
+            start = time.perf_counter()
             self.cache[key] = tree_reduce(self.ddf, partial(_encoded, encoder=self.encoder, func=func), combine)
+            self.timings[key] = time.perf_counter() - start
         return self.cache[key]
 
     def map_partitions(self, func: Callable[[Design], np.ndarray], name: str = "value"):
@@ -444,7 +449,9 @@ def make_dask_design(formula: ParsedFormula, ddf: Any, *, na_action: str = "drop
         pair_terms=tuple(dict.fromkeys(tuple(t.group) for t in formula.random if len(t.group) > 1)),
     )
     # ---- pass 1: rows, missing and infinite values, categories, a sample
+    t_scan = time.perf_counter()
     scan = tree_reduce(ddf, partial(_scan, spec=spec), _combine_scan)
+    t_scan = time.perf_counter() - t_scan
     n_rows = scan["n"]
     if n_rows == 0:
         raise DataError("The data has zero rows: nothing to fit.")
@@ -522,8 +529,10 @@ def make_dask_design(formula: ParsedFormula, ddf: Any, *, na_action: str = "drop
                                present=tuple(present_all))
 
     # ---- pass 2: moments (collinearity, starting values) and the family's check of the response
+    t_moments = time.perf_counter()
     moments = tree_reduce(ddf, partial(_encoded, encoder=encoder, func=partial(_moments, family=family)),
                           _combine_moments)
+    t_moments = time.perf_counter() - t_moments
     if moments["n_nonfinite_X"]:
         raise DataError(f"The population-level design {formula.fixed!r} has infinite values.")
     kept: tuple[int, ...] | None = None
@@ -551,4 +560,5 @@ def make_dask_design(formula: ParsedFormula, ddf: Any, *, na_action: str = "drop
                 "collinear='drop' to drop them (as lme4 does)."
             )
     source = DaskSource(ddf, encoder, moments, n_rows, sample=scan["sample"])
+    source.timings.update(scan=t_scan, moments=t_moments)
     return replace(base, n_obs=int(moments["n"]), source=source)
