@@ -29,7 +29,7 @@ Example
 >>> df = pd.DataFrame({"y": [0, 1, 2, 1, 0, 3], "x": list("abaabb"), "g": list("ppqqqq")})
 >>> agg = aggregate_counts(make_design(parse_formula("y ~ x + (1 | g)"), df), get_family("poisson"))
 >>> agg.n_rows, agg.n_patterns, agg.design.y.tolist(), agg.design.trials.tolist()
-(6, 4, [0.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 2.0])
+(6, 4, [0.0, 3.0, 1.0, 3.0], [1.0, 2.0, 1.0, 2.0])
 """
 
 from __future__ import annotations
