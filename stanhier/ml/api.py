@@ -61,12 +61,12 @@ def _compile(kind: str, backend: str, progress: bool) -> CompiledModel:
 
 def _scale(problem: MLProblem, design: Design) -> np.ndarray:
     """Rough parameter scales for the optimizer (OLS-like SEs for beta, 1 elsewhere)."""
-    if design.distributed:
-        XtX = design.source.moments["XtX"]
-        sd = moments_least_squares(design.source.moments)[2] if problem.kind == "lmm" else 1.0
+    if problem.kind == "lmm":  # from the cross-products: the same for pandas and Dask data
+        XtX = problem.moments["XtX"]
+        sd = moments_least_squares(problem.moments)[2]
     else:
         XtX = design.X.T @ design.X
-        sd = np.std(design.y) if problem.kind == "lmm" else 1.0
+        sd = 1.0
     try:
         se = 10 * np.sqrt(np.diag(np.linalg.pinv(XtX))) * max(sd, 1e-8)
     except np.linalg.LinAlgError:  # pragma: no cover

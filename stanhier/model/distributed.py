@@ -52,7 +52,8 @@ from .design import (Design, GroupTerm, check_columns, check_grouping, dependent
 from .formula import ParsedFormula, formula_variables
 
 __all__ = ["is_dask", "as_lazy", "make_dask_design", "DaskSource", "PartitionEncoder", "tree_reduce",
-           "add_stats", "exact_order_statistics", "exact_quantiles", "SPLIT_EVERY"]
+           "add_stats", "exact_order_statistics", "exact_quantiles", "SPLIT_EVERY", "row_moments",
+           "design_moments"]
 
 #: partial results combined per node of the reduction tree
 SPLIT_EVERY = 8
@@ -238,21 +239,33 @@ def _encoded(pdf: pd.DataFrame, encoder: PartitionEncoder, func: Callable[[Desig
 
 
 # --------------------------------------------------------------------------- moments pass
+def row_moments(d: Design) -> dict:
+    """What exact, partition-independent sums need from the rows of ``d``: ``n``, column minima
+    and maxima of X, exact column sums of X and y (:func:`~stanhier.model.crossprod.exact_column_sums`),
+    max |y| and, per term, the column maxima of |Z|. A Dask design's moments pass returns the
+    same numbers for the whole data (``design.source.moments``)."""
+    X, y = d.X, d.y
+    return {"n": d.N, "colmin": X.min(axis=0), "colmax": X.max(axis=0), "colsum_exact": exact_column_sums(X),
+            "ysum_exact": exact_column_sums(y[:, None])[0], "ymax": float(np.max(np.abs(y))),
+            "zmax": tuple(np.max(np.abs(gt.Z), axis=0) for gt in d.terms)}
+
+
+def design_moments(d: Design) -> dict:
+    """:func:`row_moments` of a design: its rows', or the reduced ones of a Dask design."""
+    return d.source.moments if d.distributed else row_moments(d)
+
+
 def _moments(d: Design, family: Any = None) -> dict:
     resp = d.formula.response
     if family is not None:
         family.check_response(d.y, resp.column, d.trials, resp.column2 if resp.kind == "trials" else None)
     X, y = d.X, d.y
-    out = {"n": d.N, "sum_y": float(y.sum()), "yty": float(y @ y), "XtX": crossprod(X), "Xty": crossprod(X, y),
+    out = {"sum_y": float(y.sum()), "yty": float(y @ y), "XtX": crossprod(X), "Xty": crossprod(X, y),
            "colsum": X.sum(axis=0), "n_nonfinite_X": int(np.sum(~np.isfinite(X)))}
-    out["colmin"], out["colmax"] = X.min(axis=0), X.max(axis=0)
-    out["colsum_exact"] = exact_column_sums(X)
-    out["ymax"] = float(np.max(np.abs(y)))
-    out["zmax"] = tuple(np.max(np.abs(gt.Z), axis=0) for gt in d.terms)
-    return out
+    return {**out, **row_moments(d)}
 
 
-_EXTREMES = ("colmin", "colmax", "colsum_exact", "ymax", "zmax")
+_EXTREMES = ("colmin", "colmax", "colsum_exact", "ysum_exact", "ymax", "zmax")
 
 
 def _combine_moments(a: dict | None, b: dict | None) -> dict | None:
@@ -263,6 +276,7 @@ def _combine_moments(a: dict | None, b: dict | None) -> dict | None:
     out["colmin"] = np.minimum(a["colmin"], b["colmin"])
     out["colmax"] = np.maximum(a["colmax"], b["colmax"])
     out["colsum_exact"] = add_exact(a["colsum_exact"], b["colsum_exact"])
+    out["ysum_exact"] = add_exact([a["ysum_exact"]], [b["ysum_exact"]])[0]
     out["ymax"] = max(a["ymax"], b["ymax"])
     out["zmax"] = tuple(np.maximum(za, zb) for za, zb in zip(a["zmax"], b["zmax"]))
     return out

@@ -38,14 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from ..model.crossprod import (crossprod, exact_column_sums, exact_value, finish_parts, grouped_crossprod,
+from ..model.crossprod import (crossprod, exact_value, finish_parts, grouped_crossprod,
                               grouped_crossprod_parts, symmetrize)
 from ..model.design import Design
+from ..model.distributed import design_moments
 from . import names
 
 __all__ = ["MAX_DENSE_Q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
            "marginal_standata", "partition_cross_products", "design_cross_products", "ExactSetup",
-           "exact_setup", "row_moments"]
+           "exact_setup"]
 
 #: largest stacked block (all effects of all levels) the dense layout accepts
 MAX_DENSE_Q = 200
@@ -141,17 +142,8 @@ class ExactSetup:
     bound_y: float
 
 
-def row_moments(design: Design) -> dict[str, Any]:
-    """The moments :func:`exact_setup` reads, from a design's rows (a Dask design's moments
-    pass returns the same numbers, reduced over partitions)."""
-    X = design.X
-    return {"n": design.N, "colmin": X.min(axis=0), "colmax": X.max(axis=0), "colsum_exact": exact_column_sums(X),
-            "ymax": float(np.max(np.abs(design.y))),
-            "zmax": tuple(np.max(np.abs(gt.Z), axis=0) for gt in design.terms)}
-
-
 def exact_setup(design: Design, layout: MarginalLayout) -> ExactSetup:
-    m = design.source.moments if design.distributed else row_moments(design)
+    m = design_moments(design)
     n = int(m["n"])
     lo, hi = m["colmin"], m["colmax"]
     if design.has_intercept:
