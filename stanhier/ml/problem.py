@@ -40,6 +40,9 @@ __all__ = ["MLProblem", "CrossProducts", "GLMMBlocks", "stan_program", "lmm_prob
 #: Largest N * q for a GLMM's dense per-observation random-effects design.
 MAX_DENSE_CELLS = 20_000_000
 
+#: largest stacked block (crossed/nested factors) whose cross-products are summed exactly
+MAX_EXACT_STACKED_Q = 20
+
 _NEWTON_TOL = 1e-10
 _NEWTON_MAX_ITER = 50
 
@@ -159,12 +162,15 @@ def lmm_crossproducts(design: Design, lay: RandomLayout) -> CrossProducts:
 def lmm_bounds(design: Design, lay: RandomLayout) -> tuple | None:
     """``(bound_X, bound_Zb, bound_y, n)`` for exact, partition-independent sums
     (:func:`stanhier.model.crossprod.grouped_crossprod_parts`); None for the stacked layout
-    (one dense q x q block: summed in floating point, sparse)."""
-    if lay.layout != "blocks":
+    beyond ``MAX_EXACT_STACKED_Q`` (one large q x q block: summed in floating point, sparse)."""
+    if lay.layout != "blocks" and lay.q > MAX_EXACT_STACKED_Q:
         return None
     m = design_moments(design)
     bX = np.maximum(np.abs(m["colmin"]), np.abs(m["colmax"]))
-    bZ = np.concatenate([np.asarray(z, float) for z in m["zmax"]])
+    if lay.layout == "blocks":
+        bZ = np.concatenate([np.asarray(z, float) for z in m["zmax"]])
+    else:
+        bZ = np.concatenate([np.tile(np.asarray(z, float), gt.n_levels) for z, gt in zip(m["zmax"], design.terms)])
     return bX, bZ, np.array([m["ymax"]]), int(m["n"])
 
 

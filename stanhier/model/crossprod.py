@@ -96,6 +96,8 @@ def grouped_crossprod(A: Any, B: Any, group: np.ndarray, G: int) -> np.ndarray:
 # --------------------------------------------------------------------------- order-independent sums
 #: extraction levels of :func:`grouped_crossprod_parts` (each captures 52 - log2(2N) bits)
 EXACT_LEVELS = 3
+#: rows x cells per chunk of :func:`grouped_crossprod_parts` (bounds its memory)
+CHUNK_CELLS = 4_000_000
 
 
 def _extraction_start(bound: np.ndarray, n_total: int) -> tuple[np.ndarray, int]:
@@ -128,6 +130,16 @@ def grouped_crossprod_parts(A: Any, B: Any, group: np.ndarray, G: int, bound_A: 
     True
     """
     group = np.asarray(group, dtype=np.int64)
+    n_rows = A.shape[0]
+    cells = max(1, A.shape[1] * (1 if np.ndim(B) == 1 else B.shape[1]))
+    step = max(1, CHUNK_CELLS // cells)
+    if n_rows > step:  # exact parts add: bounded memory by chunks of rows
+        out = None
+        for s0 in range(0, n_rows, step):
+            sl = slice(s0, s0 + step)
+            part = grouped_crossprod_parts(A[sl], B[sl], group[sl], G, bound_A, bound_B, n_total)
+            out = part if out is None else out + part
+        return out
     if sparse.issparse(A) or sparse.issparse(B):
         A, B = _dense(A), _dense(B)
     A = np.asarray(A, dtype=float)
