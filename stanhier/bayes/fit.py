@@ -65,10 +65,12 @@ def make_idata(spec: ModelSpec, raw: RawSample, names: NameTable, draws: Posteri
     if "diverging" in sample_stats:
         sample_stats["diverging"] = sample_stats["diverging"].astype(bool)
     d = spec.design
-    kwargs: dict[str, Any] = dict(posterior=posterior, sample_stats=sample_stats, observed_data={"y": d.y},
-                                  coords={**coords, "obs": np.arange(d.N)},
-                                  dims={**dims, "y": ["obs"], "log_lik": ["obs"]})
-    if draws.n_draws * d.N <= 5e7:
+    if d.distributed:  # Dask data: the rows stay on the cluster (no observed data, no pointwise log_lik)
+        kwargs: dict[str, Any] = dict(posterior=posterior, sample_stats=sample_stats, coords=coords, dims=dims)
+    else:
+        kwargs = dict(posterior=posterior, sample_stats=sample_stats, observed_data={"y": d.y},
+                      coords={**coords, "obs": np.arange(d.N)}, dims={**dims, "y": ["obs"], "log_lik": ["obs"]})
+    if not d.distributed and draws.n_draws * d.N <= 5e7:
         kwargs["log_likelihood"] = {"log_lik": predictor.log_lik()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -25,8 +25,11 @@ class Poisson(Family):
     stan_data = ("array[N] int<lower=0> Y;  // response",)
     stan_likelihood = "target += poisson_log_glm_lpmf(Y | Xc, mu, b);"
     glmm_code = 1
-    glmm_lpmf = "poisson_log_lpmf(y | eta)"
-    glmm_derivatives = "vector[n] mu = exp(eta);\nd[:, 1] = to_vector(y) - mu;\nd[:, 2] = mu;"
+    # ``trials`` is the exposure: 1 for raw rows, the row count of an aggregated pattern
+    # (stanhier.ml.aggregate); log(1) = 0 and 1 * mu = mu leave raw rows' values unchanged
+    glmm_lpmf = "poisson_log_lpmf(y | eta + log(to_vector(trials)))"
+    glmm_derivatives = ("vector[n] mu = to_vector(trials) .* exp(eta);\nd[:, 1] = to_vector(y) - mu;\n"
+                        "d[:, 2] = mu;")
 
     def loglik(self, y, eta, aux, trials=None):
         return special.xlogy(y, np.exp(eta)) - np.exp(eta) - special.gammaln(np.asarray(y, float) + 1)

@@ -30,7 +30,8 @@ def _ml_version(fit: "MerFit", refit: bool) -> tuple["MerFit", bool]:
     call = dataclasses.replace(fit.call, REML=False, backend=fit.model.backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanhierWarning)
-        new = fit_ml(call, fit.design.data)
+        d = fit.design  # Dask fits refit on their (lazy) data, never on rows held here
+        new = fit_ml(call, d.source.ddf if d.distributed else d.data)
     return new, True
 
 

@@ -33,16 +33,17 @@ import numpy as np
 
 from ..backends import get_backend
 from ..backends.base import CompiledModel
-from ..errors import ArgumentError, FamilyError, SamplingError, StanhierWarning
+from ..errors import ArgumentError, DataError, FamilyError, SamplingError, StanhierWarning
 from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
 from .crossed import fit_crossed_lmm, needs_crossed
 from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
-from .layout import build_layout
+from .aggregate import AGGREGATABLE, MIN_SHRINK, Aggregation, aggregate_counts
+from .layout import MAX_STACKED_Q, build_layout
 from .optimizer import evaluate_at, maximize
-from .problem import MLProblem, glmm_problem, lmm_problem, stan_program, start_values
+from .problem import MLProblem, glmm_problem, lmm_problem, moments_least_squares, stan_program, start_values
 
 __all__ = ["lmer", "glmer", "fit_ml"]
 
@@ -61,12 +62,16 @@ def _compile(kind: str, backend: str, progress: bool) -> CompiledModel:
 
 def _scale(problem: MLProblem, design: Design) -> np.ndarray:
     """Rough parameter scales for the optimizer (OLS-like SEs for beta, 1 elsewhere)."""
-    X = design.X
-    sd = np.std(design.y) if problem.kind == "lmm" else 1.0
+    if problem.kind == "lmm":  # from the cross-products: the same for pandas and Dask data
+        XtX = problem.moments["XtX"]
+        sd = moments_least_squares(problem.moments)[2]
+    else:
+        XtX = design.X.T @ design.X
+        sd = 1.0
     try:
-        se = 10 * np.sqrt(np.diag(np.linalg.pinv(X.T @ X))) * max(sd, 1e-8)
+        se = 10 * np.sqrt(np.diag(np.linalg.pinv(XtX))) * max(sd, 1e-8)
     except np.linalg.LinAlgError:  # pragma: no cover
-        se = np.ones(X.shape[1])
+        se = np.ones(XtX.shape[0])
     se = np.where(np.isfinite(se) & (se > 0), se, 1.0)
     return np.concatenate([np.minimum(se, 1e6), np.ones(problem.n_theta + problem.n_aux)])
 
@@ -100,11 +105,19 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
     design, family = frame.design, frame.family
     # crossed/nested models beyond the stacked layout's limit run on the blocked evaluator
     # (ml/crossed.py, ml/crossed_glmm.py; their Stan programs define the same likelihood)
+    if design.distributed and kind == "lmm" and needs_crossed(design):
+        raise DataError(
+            "lmer on Dask data handles one grouping factor, or crossed/nested factors with at most "
+            f"{MAX_STACKED_Q} random effects in all (the stacked layout); this model has more. Fit it on "
+            "a pandas DataFrame, or aggregate the data first."
+        )
     if kind == "lmm" and needs_crossed(design):
         return fit_crossed_lmm(call, design)
-    if kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
+    agg = _aggregation(call, design, family) if kind == "glmm" else None
+    if agg is None and kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
         return fit_crossed_glmm(call, design, family)
-    lay = build_layout(design)
+    fit_design, fit_family = (agg.design, agg.family) if agg is not None else (design, family)
+    lay = build_layout(fit_design)
     if kind == "glmm" and call.nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
         raise ArgumentError(
             f"nAGQ = {call.nAGQ} > 1 needs a single scalar random-effects term such as '(1 | g)', as in lme4 "
@@ -112,7 +125,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
             "use nAGQ=1 (Laplace approximation)."
         )
     problem = (lmm_problem(design, lay, call.REML) if kind == "lmm"
-               else glmm_problem(design, lay, family, call.nAGQ))
+               else glmm_problem(fit_design, lay, fit_family, call.nAGQ))
     model = _compile(kind, call.backend, bool(progress))
     standata = problem.standata()
     density = model.log_density(standata)
@@ -125,13 +138,13 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
                                 f"not {optimum.size}.")
         info = evaluate_at(density, optimum, tol=tol)
     else:
-        starts = start_values(problem, design, family)
+        starts = start_values(problem, fit_design, fit_family)
         if start is not None:
             starts.insert(0, _user_start(start, problem, starts[0]))
-        info = maximize(density, starts, _scale(problem, design), tol=tol,
+        info = maximize(density, starts, _scale(problem, fit_design), tol=tol,
                         native=model.native_optimizer(standata), progress=progress)
     fit = MerFit(call=call, design=design, layout=lay, family=family, problem=problem, model=model,
-                 density=density, optimum=info)
+                 density=density, optimum=info, aggregation=agg)
     if not info.converged:
         warnings.warn(
             f"Model failed to converge: {info.message} (max |gradient| {np.max(np.abs(info.grad)):.2g} "
@@ -140,6 +153,30 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
     if fit.is_singular():
         warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
+
+
+def _aggregation(call: MLCall, design: Design, family: Family) -> Aggregation | None:
+    """The exact aggregation of a count GLMM's rows, when it is used (see :mod:`stanhier.ml.aggregate`)."""
+    if call.aggregate is False and not design.distributed:
+        return None
+    if family.name not in AGGREGATABLE or family.link != get_family(family.name).link:
+        if design.distributed:
+            raise DataError(
+                f"glmer on Dask data aggregates the rows exactly, which needs family poisson, binomial or "
+                f"bernoulli with its default link; got {family.name!r} ({family.link}). Fit it on a pandas DataFrame."
+            )
+        if call.aggregate:
+            raise ArgumentError(f"aggregate=True needs family poisson, binomial or bernoulli, not {family.name!r}.")
+        return None
+    agg = aggregate_counts(design, family)
+    if glmm_needs_crossed(agg.design, agg.family, call.nAGQ):
+        if design.distributed:
+            raise DataError("glmer on Dask data: the aggregated patterns still need the crossed-factor evaluator, "
+                            "which reads raw rows; fit this model on a pandas DataFrame.")
+        return None
+    if call.aggregate is None and not design.distributed and agg.shrink < MIN_SHRINK:
+        return None
+    return agg
 
 
 def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndarray:
@@ -197,7 +234,8 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
 
 def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
           backend: str = "auto", progress: bool = True, start: dict | None = None,
-          control: dict | None = None, na_action: str = "drop", collinear: str = "drop"):
+          control: dict | None = None, na_action: str = "drop", collinear: str = "drop",
+          aggregate: bool | None = None):
     """Fit a generalized linear mixed model by (approximate) maximum likelihood, as lme4's ``glmer``.
 
     ``nAGQ=1``: Laplace approximation; ``nAGQ>1``: adaptive Gauss-Hermite quadrature
@@ -205,6 +243,14 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
     Families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
     ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``).
     ``progress`` as in :func:`lmer`.
+
+    ``data`` may be a Dask DataFrame or a Parquet path (Poisson, binomial, Bernoulli).
+
+    ``aggregate``: Poisson, binomial and Bernoulli rows with identical (predictors, groups)
+    are summed into one pattern and the model is fitted on the patterns -- exact, same
+    optimum and (constants added back) same logLik as on the rows
+    (:mod:`stanhier.ml.aggregate`). ``None`` (default): when that shrinks the data at
+    least 5x (always for Dask data), stated in the summary; ``True``: always; ``False``: never.
 
     Example
     -------
@@ -219,7 +265,9 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
                           f"not {fam.name!r}.")
     if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or not (1 <= nAGQ <= 100):
         raise ArgumentError(f"nAGQ must be an integer between 1 and 100 (1 = Laplace), got {nAGQ!r}.")
+    if aggregate not in (None, True, False):
+        raise ArgumentError(f"aggregate must be None (automatic), True or False, not {aggregate!r}.")
     call = MLCall(kind="glmm", formula=formula, family=fam.name, link=fam.link, REML=False,
                   nAGQ=int(nAGQ), backend=backend, na_action=na_action, collinear=collinear,
-                  control=control, data_name=data_label(data))
+                  control=control, data_name=data_label(data), aggregate=aggregate)
     return fit_ml(call, data, start=start, progress=progress)

@@ -30,6 +30,7 @@ from .layout import RandomLayout
 from .optimizer import OptimumInfo
 from .printing import (abbreviate, char_matrix_lines, named_vector_lines, print_coefmat, r_cat_number, r_format,
                        r_round, zapsmall)
+from ..model.distributed import exact_quantiles
 from .problem import MLProblem
 
 __all__ = ["MerFit", "MLCall", "expand_double_verts"]
@@ -78,6 +79,8 @@ class MLCall:
     collinear: str = "drop"
     control: Any = ()  #: optimizer settings, stored as sorted (key, value) pairs
     data_name: str = "data"
+    #: glmer's exact aggregation of count data: None (when it shrinks the data >= 5x), True, False
+    aggregate: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("lmm", "glmm"):
@@ -141,8 +144,10 @@ class MerFit:
 
     def __init__(self, *, call: MLCall, design: Design, layout: RandomLayout, family: Family,
                  problem: MLProblem, model: CompiledModel, density: LogDensity,
-                 optimum: OptimumInfo) -> None:
+                 optimum: OptimumInfo, aggregation: Any = None) -> None:
         self.call = call
+        #: :class:`stanhier.ml.aggregate.Aggregation` when the fit ran on aggregated patterns
+        self.aggregation = aggregation
         self.kind = call.kind
         self.formula = call.formula
         self.REML = bool(call.REML)
@@ -242,9 +247,11 @@ class MerFit:
         """Log-likelihood at the optimum with all constants (the REML log-likelihood for REML fits).
 
         For ``nAGQ > 1`` this is the full marginal log-likelihood; lme4 1.1-31 reports it
-        minus the saturated model's log-likelihood there.
+        minus the saturated model's log-likelihood there. Fits on aggregated count data
+        add back the raw rows' constants (binomial coefficients, ``log y!``).
         """
-        return float(self.optimum.lp)
+        offset = self.aggregation.loglik_offset if self.aggregation is not None else 0.0
+        return float(self.optimum.lp) + offset
 
     def AIC(self) -> float:
         return -2 * self.logLik() + 2 * self.df()
@@ -267,7 +274,8 @@ class MerFit:
                 raise ArgumentError("deviance() is not defined for a REML fit (as lme4): use REMLcrit(), "
                                     "or refit with REML=False.")
             return -2 * self.logLik()
-        return float(np.sum(self.residuals(type="deviance") ** 2))
+        sq = self.residuals(type="deviance") ** 2
+        return float(sq.sum().compute() if self.design.distributed else np.sum(sq))
 
     def df_residual(self) -> int:
         return self.nobs() - self.df()
@@ -450,42 +458,55 @@ class MerFit:
         return False
 
     # ------------------------------------------------------------------ predictions
-    def _eta(self, X: np.ndarray, Zs, Js) -> np.ndarray:
-        eta = X @ self._beta
+    def _term_values(self) -> list[np.ndarray]:
+        """Per term (design order), the (levels, M) conditional modes."""
+        vals: list[np.ndarray] = [np.zeros(0)] * len(self.layout.slots)
         for slot in self.layout.slots:
-            vals = self.layout.term_values(slot, self._modes.b)
-            Z, J = Zs[slot.index], Js[slot.index]
-            ok = J >= 0
-            contrib = np.zeros(len(eta))
-            contrib[ok] = np.sum(Z[ok] * vals[J[ok]], axis=1)
-            eta = eta + contrib
-        return eta
+            vals[slot.index] = self.layout.term_values(slot, self._modes.b)
+        return vals
+
+    def _eta(self, X: np.ndarray, Zs, Js) -> np.ndarray:
+        return linear_predictor(X, Zs, Js, self._beta, self._term_values())
+
+    def _rows(self, what: str, **kwargs: Any):
+        """A lazy Dask Series of a per-row quantity (fits on Dask data: the rows stay on the cluster)."""
+        func = dataclasses.replace(_RowFunction(what=what, beta=self._beta, term_values=tuple(self._term_values()),
+                                                family=self.family, aux=self._family_aux()), **kwargs)
+        return self.design.source.map_partitions(func, name=what)
 
     def fitted(self) -> np.ndarray:
         """Fitted values on the response scale (conditional on the random-effect modes).
-        Binomial: probabilities, as lme4."""
+        Binomial: probabilities, as lme4. (Dask data: a lazy Dask Series.)"""
         d = self.design
+        if d.distributed:
+            return self._rows("fitted")
         eta = self._eta(d.X, [gt.Z for gt in d.terms], [gt.J for gt in d.terms])
         return self.family.inverse_link(eta)
 
     def residuals(self, type: str | None = None, scaled: bool = False) -> np.ndarray:
-        """Residuals: ``"response"`` (lmer's default), ``"pearson"``, ``"deviance"`` (glmer's default)."""
+        """Residuals: ``"response"`` (lmer's default), ``"pearson"``, ``"deviance"`` (glmer's default).
+        (Dask data: a lazy Dask Series.)"""
         type = type or ("response" if self.kind == "lmm" else "deviance")
-        d, fam, aux = self.design, self.family, self._family_aux()
-        eta = self._eta(d.X, [gt.Z for gt in d.terms], [gt.J for gt in d.terms])
-        y, n = d.y, (d.trials if fam.uses_trials else None)
-        resid = y - fam.mean(eta, aux, n)  # on y's scale (binomial: successes)
-        if type == "response":
-            r = resid / n if n is not None else resid  # binomial: proportions, as lme4
-        elif type == "pearson":
-            r = resid / np.sqrt(fam.variance(eta, aux, n))
-        elif type == "deviance":
-            r = np.sign(resid) * np.sqrt(np.maximum(fam.unit_deviance(y, eta, aux, n), 0))
-        else:
+        if type not in ("response", "pearson", "deviance"):
             raise ArgumentError(f"Unknown residual type {type!r}: use 'response', 'pearson' or 'deviance'.")
-        if scaled:
-            r = r / self.sigma()
-        return r
+        scale = self.sigma() if scaled else 1.0
+        d = self.design
+        if d.distributed:
+            return self._rows("residuals", type=type, scale=scale)
+        eta = self._eta(d.X, [gt.Z for gt in d.terms], [gt.J for gt in d.terms])
+        return residuals_of(d, eta, self.family, self._family_aux(), type) / scale
+
+    def _scaled_residual_quantiles(self) -> np.ndarray:
+        """Min, quartiles and max of the scaled Pearson residuals (the summary's line)."""
+        probs = [0, 0.25, 0.5, 0.75, 1]
+        if not self.design.distributed:
+            return np.quantile(self.residuals(type="pearson", scaled=True), probs)
+        if "resid_quantiles" not in self.design.source.cache:
+            func = _RowFunction(what="residuals", beta=self._beta, term_values=tuple(self._term_values()),
+                                family=self.family, aux=self._family_aux(), type="pearson", scale=self.sigma())
+            self.design.source.cache["resid_quantiles"] = exact_quantiles(self.design.source, func, probs,
+                                                                          "the scaled residuals")
+        return self.design.source.cache["resid_quantiles"]
 
     def predict(self, newdata: Any = None, re_formula: str | None = None, type: str = "link",
                 allow_new_levels: bool = False) -> np.ndarray:
@@ -498,6 +519,9 @@ class MerFit:
         if type not in ("link", "response"):
             raise ArgumentError(f"type must be 'link' or 'response', not {type!r}.")
         keep = self._re_terms(re_formula)
+        if newdata is None and self.design.distributed:
+            tv = tuple(v if k in keep else np.zeros((0, 1)) for k, v in enumerate(self._term_values()))
+            return self._rows("eta" if type == "link" else "fitted", term_values=tv, keep=tuple(keep))
         if newdata is None:
             d = self.design
             Zs = [gt.Z for gt in d.terms]
@@ -599,7 +623,10 @@ class MerFit:
         if self.kind == "glmm":
             fam = self.family.lme4_label(self._family_aux())
             lines.append(f" Family: {fam}  ( {self.family.link} )")
-        lines += [f"Formula: {expand_double_verts(self.formula)}", f"   Data: {self.data_name}", ""]
+        lines += [f"Formula: {expand_double_verts(self.formula)}", f"   Data: {self.data_name}"]
+        if self.aggregation is not None:
+            lines.append(f"Aggregated: {self.aggregation.describe()}")
+        lines.append("")
         if self.REML:
             lines += [f"REML criterion at convergence: {r_cat_number(r_round(self.REMLcrit(), 1))}", ""]
         else:
@@ -607,8 +634,7 @@ class MerFit:
             cells = r_format(vals, 7) + [str(int(self.df_residual()))]
             lines += named_vector_lines(["AIC", "BIC", "logLik", "deviance", "df.resid"], cells)
             lines.append("")
-        res = self.residuals(type="pearson", scaled=True)
-        q = zapsmall(np.quantile(res, [0, 0.25, 0.5, 0.75, 1]), digits + 1)
+        q = zapsmall(self._scaled_residual_quantiles(), digits + 1)
         lines.append("Scaled residuals: ")
         lines += named_vector_lines(["Min", "1Q", "Median", "3Q", "Max"], r_format(q, digits))
         lines += ["", "Random effects:"]
@@ -695,3 +721,50 @@ class MerFit:
 
     def __repr__(self) -> str:
         return self.summary()
+
+
+# --------------------------------------------------------------------------- per-row quantities
+def linear_predictor(X: np.ndarray, Zs, Js, beta: np.ndarray, term_values) -> np.ndarray:
+    """``X beta + sum_k Z_k r_k[J_k]`` (rows with ``J_k < 0`` get no effect of term k)."""
+    eta = X @ beta
+    for Z, J, vals in zip(Zs, Js, term_values):
+        ok = J >= 0
+        contrib = np.zeros(len(eta))
+        contrib[ok] = np.sum(Z[ok] * vals[J[ok]], axis=1)
+        eta = eta + contrib
+    return eta
+
+
+def residuals_of(d: Design, eta: np.ndarray, fam: Family, aux: dict, type: str) -> np.ndarray:
+    """Residuals of the rows of ``d`` at linear predictor ``eta`` (see :meth:`MerFit.residuals`)."""
+    y, n = d.y, (d.trials if fam.uses_trials else None)
+    resid = y - fam.mean(eta, aux, n)  # on y's scale (binomial: successes)
+    if type == "response":
+        return resid / n if n is not None else resid  # binomial: proportions, as lme4
+    if type == "pearson":
+        return resid / np.sqrt(fam.variance(eta, aux, n))
+    return np.sign(resid) * np.sqrt(np.maximum(fam.unit_deviance(y, eta, aux, n), 0))
+
+
+@dataclass(frozen=True, eq=False)
+class _RowFunction:
+    """A picklable per-partition quantity of a fit (shipped to the Dask workers)."""
+
+    what: str  #: "eta", "fitted" or "residuals"
+    beta: np.ndarray
+    term_values: tuple
+    family: Family
+    aux: dict
+    type: str = "response"
+    scale: float = 1.0
+    keep: tuple[int, ...] | None = None
+
+    def __call__(self, d: Design) -> np.ndarray:
+        keep = range(len(d.terms)) if self.keep is None else self.keep
+        Js = [gt.J if k in keep else np.full(len(gt.J), -1) for k, gt in enumerate(d.terms)]
+        eta = linear_predictor(d.X, [gt.Z for gt in d.terms], Js, self.beta, self.term_values)
+        if self.what == "eta":
+            return eta
+        if self.what == "fitted":
+            return self.family.inverse_link(eta)
+        return residuals_of(d, eta, self.family, self.aux, self.type) / self.scale

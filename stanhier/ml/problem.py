@@ -20,6 +20,7 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,16 +28,20 @@ from scipy import sparse
 
 from ..errors import DataError
 from ..families import Family, glmm_families
-from ..model.crossprod import crossprod, grouped_crossprod, symmetrize
+from ..model.crossprod import crossprod, exact_value, finish_parts, grouped_crossprod, grouped_crossprod_parts, symmetrize
+from ..model.distributed import design_moments
 from ..model.design import Design
 from ..stan.templating import render
-from .layout import RandomLayout
+from .layout import RandomLayout, build_layout
 
 __all__ = ["MLProblem", "CrossProducts", "GLMMBlocks", "stan_program", "lmm_problem", "glmm_problem",
-           "lmm_crossproducts", "gauss_hermite", "start_values", "MAX_DENSE_CELLS", "glmm_template_context"]
+           "lmm_crossproducts", "partition_crossproducts", "lmm_bounds", "moments_least_squares", "gauss_hermite", "start_values", "MAX_DENSE_CELLS", "glmm_template_context"]
 
 #: Largest N * q for a GLMM's dense per-observation random-effects design.
 MAX_DENSE_CELLS = 20_000_000
+
+#: largest stacked block (crossed/nested factors) whose cross-products are summed exactly
+MAX_EXACT_STACKED_Q = 20
 
 _NEWTON_TOL = 1e-10
 _NEWTON_MAX_ITER = 50
@@ -85,6 +90,8 @@ class MLProblem:
     n_aux: int
     REML: bool = False
     crossproducts: CrossProducts | None = None  #: lmm
+    #: lmm: n, X'X, X'y, y'y, sum of y, column sums of X (least-squares starting values)
+    moments: dict | None = None
     blocks: GLMMBlocks | None = None  #: glmm
 
     @property
@@ -152,9 +159,63 @@ def lmm_crossproducts(design: Design, lay: RandomLayout) -> CrossProducts:
     )
 
 
+def lmm_bounds(design: Design, lay: RandomLayout) -> tuple | None:
+    """``(bound_X, bound_Zb, bound_y, n)`` for exact, partition-independent sums
+    (:func:`stanhier.model.crossprod.grouped_crossprod_parts`); None for the stacked layout
+    beyond ``MAX_EXACT_STACKED_Q`` (one large q x q block: summed in floating point, sparse)."""
+    if lay.layout != "blocks" and lay.q > MAX_EXACT_STACKED_Q:
+        return None
+    m = design_moments(design)
+    bX = np.maximum(np.abs(m["colmin"]), np.abs(m["colmax"]))
+    if lay.layout == "blocks":
+        bZ = np.concatenate([np.asarray(z, float) for z in m["zmax"]])
+    else:
+        bZ = np.concatenate([np.tile(np.asarray(z, float), gt.n_levels) for z, gt in zip(m["zmax"], design.terms)])
+    return bX, bZ, np.array([m["ymax"]]), int(m["n"])
+
+
+def partition_crossproducts(design: Design, bounds: tuple | None) -> dict[str, Any]:
+    """The sums of :func:`lmm_crossproducts` on some rows (a partition, or all of them): exact
+    parts when ``bounds`` (:func:`lmm_bounds`) are given, so that any split of the rows gives
+    the same statistics bit for bit; else the plain sums."""
+    lay = build_layout(design)
+    if bounds is None:
+        cp = lmm_crossproducts(design, lay)
+        return {k: getattr(cp, k) for k in ("XtX", "Xty", "yty", "ZtZ", "ZtX", "Zty")}
+    bX, bZ, by, n = bounds
+    X, y, Zb = design.X, design.y, lay.Zb
+    one = np.zeros(design.N, dtype=np.int64)
+    return {"XtX": grouped_crossprod_parts(X, X, one, 1, bX, bX, n),
+            "Xty": grouped_crossprod_parts(X, y, one, 1, bX, by, n),
+            "yty": grouped_crossprod_parts(y[:, None], y, one, 1, by, by, n),
+            "ZtZ": grouped_crossprod_parts(Zb, Zb, lay.block, lay.G, bZ, bZ, n),
+            "ZtX": grouped_crossprod_parts(Zb, X, lay.block, lay.G, bZ, bX, n),
+            "Zty": grouped_crossprod_parts(Zb, y, lay.block, lay.G, bZ, by, n)}
+
+
+def _finish_crossproducts(sums: dict[str, Any], exact: bool) -> CrossProducts:
+    if not exact:
+        return CrossProducts(**sums)
+    f = {k: finish_parts(v) for k, v in sums.items()}
+    return CrossProducts(XtX=symmetrize(f["XtX"][0]), Xty=f["Xty"][0], yty=float(f["yty"][0, 0]),
+                         ZtZ=symmetrize(f["ZtZ"]), ZtX=f["ZtX"], Zty=f["Zty"])
+
+
 def lmm_problem(design: Design, lay: RandomLayout, REML: bool) -> MLProblem:
+    """``lmer``'s problem; the cross-products are reduced on the cluster for Dask data, with
+    the same (exact) sums as for pandas input, so both give the same fit."""
+    bounds = lmm_bounds(design, lay)
+    if design.distributed:
+        sums = design.source.reduce(f"lmm_{lay.layout}", partial(partition_crossproducts, bounds=bounds))
+    else:
+        sums = partition_crossproducts(design, bounds) if bounds is not None else {
+            k: getattr(c, k) for c in [lmm_crossproducts(design, lay)] for k in ("XtX", "Xty", "yty", "ZtZ", "ZtX", "Zty")}
+    cp = _finish_crossproducts(sums, bounds is not None)
+    m = design_moments(design)
+    moments = {"n": design.N, "XtX": cp.XtX, "Xty": cp.Xty, "yty": cp.yty, "sum_y": exact_value(m["ysum_exact"]),
+               "colsum": np.array([exact_value(c) for c in m["colsum_exact"]])}
     return MLProblem(kind="lmm", layout=lay, N=design.N, K=design.X.shape[1], n_aux=1, REML=bool(REML),
-                     crossproducts=lmm_crossproducts(design, lay))
+                     crossproducts=cp, moments=moments)
 
 
 def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,13 +249,28 @@ def glmm_problem(design: Design, lay: RandomLayout, family: Family, nAGQ: int) -
 
 
 # --------------------------------------------------------------------------- starts
-def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None) -> np.ndarray:
-    """Fixed-effects GLM by IRLS (starting values for glmer)."""
+def moments_least_squares(m: dict[str, Any]) -> tuple[np.ndarray, float, float]:
+    """(beta, sd of the residuals, sd of y) of least squares from reduced moments
+    (``n``, ``XtX``, ``Xty``, ``yty``, ``sum_y``, ``colsum``), as ``np.std`` of the rows would give."""
+    n = float(m["n"])
+    beta, *_ = np.linalg.lstsq(m["XtX"], m["Xty"], rcond=None)
+    mean_r = (m["sum_y"] - m["colsum"] @ beta) / n
+    ms_r = (m["yty"] - 2 * beta @ m["Xty"] + beta @ m["XtX"] @ beta) / n
+    mean_y = m["sum_y"] / n
+    return beta, float(np.sqrt(max(ms_r - mean_r ** 2, 0.0))), float(np.sqrt(max(m["yty"] / n - mean_y ** 2, 0.0)))
+
+
+def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None,
+          offset: np.ndarray | None = None) -> np.ndarray:
+    """Fixed-effects GLM by IRLS (starting values for glmer); ``offset`` is added to X beta
+    (aggregated Poisson rows: the log of their exposure)."""
     n = trials if (family.uses_trials and trials is not None) else np.ones_like(y)
-    eta = family.irls_start(y, n)
+    off = np.zeros_like(y) if offset is None else offset
+    eta = family.irls_start(y, n) - off
     beta = np.zeros(X.shape[1])
     for _ in range(50):
-        w, z = family.irls_working(y, eta, n)
+        w, z = family.irls_working(y, eta + off, n)
+        z = z - off
         XtW = X.T * w
         try:
             new = np.linalg.solve(XtW @ X + 1e-10 * np.eye(X.shape[1]), XtW @ z)
@@ -217,11 +293,12 @@ def start_values(problem: MLProblem, design: Design, family: Family) -> list[np.
         for (i, j), k in zip(slot.pairs, slot.theta_index):
             diag[k] = 1.0 if i == j else 0.0
     if problem.kind == "lmm":
-        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-        resid = y - X @ beta
-        log_sigma = np.log(max(np.std(resid), 1e-8 * max(np.std(y), 1.0), 1e-300))
+        # least squares from the (exact) cross-products: the same start for pandas and Dask data
+        beta, sd_resid, sd_y = moments_least_squares(problem.moments)
+        log_sigma = np.log(max(sd_resid, 1e-8 * max(sd_y, 1.0), 1e-300))
         return [np.concatenate([beta, diag * s, [log_sigma]]) for s in (1.0, 0.3, 3.0)]
-    beta = _irls(X, y, family, design.trials)
+    exposure = design.trials if family.name == "poisson" and design.trials is not None else None
+    beta = _irls(X, y, family, design.trials, None if exposure is None else np.log(exposure))
     aux = family.glmm_aux_start(y, family.inverse_link(X @ beta))
     return [np.concatenate([beta, diag * s, aux]) for s in (1.0, 0.3, 2.0)]
 

@@ -27,12 +27,15 @@ Example
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 
-__all__ = ["grouped_crossprod", "crossprod", "symmetrize"]
+__all__ = ["grouped_crossprod", "crossprod", "symmetrize", "grouped_crossprod_parts", "finish_parts",
+           "exact_column_sums", "add_exact", "exact_value", "EXACT_LEVELS"]
 
 
 def _dense(M: Any) -> np.ndarray:
@@ -88,3 +91,132 @@ def grouped_crossprod(A: Any, B: Any, group: np.ndarray, G: int) -> np.ndarray:
         # consecutive starts of non-empty groups delimit exactly each group's rows
         out[present] = np.add.reduceat(prod, starts[present], axis=0)
     return out
+
+
+# --------------------------------------------------------------------------- order-independent sums
+#: extraction levels of :func:`grouped_crossprod_parts` (each captures 52 - log2(2N) bits)
+EXACT_LEVELS = 3
+#: rows x cells per chunk of :func:`grouped_crossprod_parts` (bounds its memory)
+CHUNK_CELLS = 4_000_000
+
+
+def _extraction_start(bound: np.ndarray, n_total: int) -> tuple[np.ndarray, int]:
+    """Rump-Ogita-Oishi extraction constants: sigma = 2^(k + ceil(log2 bound)) per entry."""
+    k = int(math.ceil(math.log2(2 * (int(n_total) + 2))))
+    bound = np.asarray(bound, float)
+    with np.errstate(divide="ignore"):
+        e = np.ceil(np.log2(np.where(bound > 0, bound, 1.0)))
+    return np.ldexp(1.0, (k + e).astype(int)), k
+
+
+def grouped_crossprod_parts(A: Any, B: Any, group: np.ndarray, G: int, bound_A: np.ndarray,
+                            bound_B: np.ndarray, n_total: int) -> np.ndarray:
+    """:func:`grouped_crossprod` as ``EXACT_LEVELS + 1`` stacked parts whose first
+    ``EXACT_LEVELS`` are *exact* sums, so that adding the parts of any split of the rows
+    (partitions, in any order) and then :func:`finish_parts` gives the same float: the
+    statistics do not depend on how the data are partitioned.
+
+    ``bound_A`` / ``bound_B``: per-column bounds of ``|A|`` / ``|B|`` over *all* rows;
+    ``n_total``: the number of rows of all partitions together. Each product ``p`` is split
+    exactly (``q = (sigma + p) - sigma``, Rump, Ogita and Oishi 2008) into parts that are
+    multiples of ``ulp(sigma)`` and sum exactly; only the last, tiny remainder is summed in
+    floating point.
+
+    >>> A = np.array([[0.1], [0.2], [0.3]]); g = np.array([0, 0, 0])
+    >>> one = finish_parts(grouped_crossprod_parts(A, A[:, 0], g, 1, [0.3], [0.3], 3))
+    >>> two = finish_parts(grouped_crossprod_parts(A[2:], A[2:, 0], g[2:], 1, [0.3], [0.3], 3)
+    ...                    + grouped_crossprod_parts(A[:2], A[:2, 0], g[:2], 1, [0.3], [0.3], 3))
+    >>> bool(one[0, 0] == two[0, 0] == 0.1 * 0.1 + 0.2 * 0.2 + 0.3 * 0.3)
+    True
+    """
+    group = np.asarray(group, dtype=np.int64)
+    n_rows = A.shape[0]
+    cells = max(1, A.shape[1] * (1 if np.ndim(B) == 1 else B.shape[1]))
+    step = max(1, CHUNK_CELLS // cells)
+    if n_rows > step:  # exact parts add: bounded memory by chunks of rows
+        out = None
+        for s0 in range(0, n_rows, step):
+            sl = slice(s0, s0 + step)
+            part = grouped_crossprod_parts(A[sl], B[sl], group[sl], G, bound_A, bound_B, n_total)
+            out = part if out is None else out + part
+        return out
+    if sparse.issparse(A) or sparse.issparse(B):
+        A, B = _dense(A), _dense(B)
+    A = np.asarray(A, dtype=float)
+    B = np.asarray(B, dtype=float)
+    vector = np.ndim(B) == 1
+    bound = (np.multiply.outer(np.asarray(bound_A, float), np.asarray(bound_B, float)))
+    if vector:
+        bound = np.asarray(bound_A, float) * float(np.ravel(bound_B)[0])
+    sigma, k = _extraction_start(bound, n_total)
+    order = np.argsort(group, kind="stable")
+    counts = np.bincount(group, minlength=G)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    As, Bs = A[order], B[order]
+    r = As * Bs[:, None] if vector else As[:, :, None] * Bs[:, None, :]
+    out = np.zeros((EXACT_LEVELS + 1, G) + r.shape[1:])
+    present = counts > 0
+    if not np.any(present):
+        return out
+    for level in range(EXACT_LEVELS + 1):
+        if level < EXACT_LEVELS:
+            q = (sigma + r) - sigma  # exact: a multiple of ulp(sigma), |sum| < sigma
+            r = r - q  # exact remainder, |r| <= ulp(sigma) / 2
+            sigma = sigma * 2.0 ** (k - 52)
+        else:
+            q = r
+        out[level][present] = np.add.reduceat(q, starts[present], axis=0)
+    return out
+
+
+def finish_parts(parts: np.ndarray) -> np.ndarray:
+    """The float value of summed :func:`grouped_crossprod_parts` (largest parts first)."""
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def exact_column_sums(X: np.ndarray) -> list[dict[int, int]]:
+    """Per column, the exact sum of its values as ``{binary exponent: integer}`` (add such dicts
+    over partitions with :func:`add_exact`, read them with :func:`exact_value`): every value
+    ``m * 2^e`` (``m`` a 53-bit integer) is summed as an integer per exponent ``e``.
+
+    >>> s = add_exact(exact_column_sums(np.array([[0.1], [0.2]])), exact_column_sums(np.array([[0.3]])))
+    >>> exact_value(s[0]) == float(sum(map(__import__("fractions").Fraction, (0.1, 0.2, 0.3))))
+    True
+    """
+    X = np.asarray(X, dtype=float).reshape(len(X), -1)
+    out = []
+    for j in range(X.shape[1]):
+        mant, exp = np.frexp(X[:, j])
+        m = np.ldexp(mant, 53).astype(np.int64)  # exact: |mant| < 1
+        hi, lo = m >> 26, m - ((m >> 26) << 26)  # 27 / 26 bits: int64 sums of < 2^36 rows are exact
+        col: dict[int, int] = {}
+        for e in np.unique(exp):
+            sel = exp == e
+            col[int(e) - 53] = col.get(int(e) - 53, 0) + (int(hi[sel].sum()) << 26) + int(lo[sel].sum())
+        out.append(col)
+    return out
+
+
+def add_exact(a: list[dict[int, int]] | None, b: list[dict[int, int]] | None) -> list[dict[int, int]] | None:
+    """Add two results of :func:`exact_column_sums` (exactly)."""
+    if a is None or b is None:
+        return a if b is None else b
+    out = []
+    for da, db in zip(a, b):
+        d = dict(da)
+        for e, v in db.items():
+            d[e] = d.get(e, 0) + v
+        out.append(d)
+    return out
+
+
+def exact_value(d: dict[int, int]) -> float:
+    """The correctly rounded float of an exact sum ``{e: m}`` (= sum of m * 2^e)."""
+    if not d:
+        return 0.0
+    e0 = min(d)
+    total = sum(v << (e - e0) for e, v in d.items())
+    return float(Fraction(total) * Fraction(2) ** e0)

@@ -32,7 +32,9 @@ from ..errors import DataError, FormulaError, StanhierWarning
 from .formula import ParsedFormula, RandomTerm, formula_variables
 
 __all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name",
-           "check_gaussian_groups", "data_label"]
+           "check_gaussian_groups", "data_label", "dependent_columns_gram",
+           "check_columns", "check_grouping", "level_label", "level_sort_key", "model_matrix_of",
+           "response_values", "response_variables", "trials_of"]
 
 
 # --------------------------------------------------------------------------- names
@@ -129,7 +131,7 @@ def _caller_name(data: Any) -> str | None:
         del frame
 
 
-def _check_columns(names: list[str], df: pd.DataFrame, where: str) -> None:
+def check_columns(names: list[str], df: pd.DataFrame, where: str) -> None:
     for name in names:
         if name not in df.columns:
             close = difflib.get_close_matches(name, [str(c) for c in df.columns], n=3)
@@ -140,7 +142,7 @@ def _check_columns(names: list[str], df: pd.DataFrame, where: str) -> None:
             )
 
 
-def _model_matrix(expr: str, df: pd.DataFrame, where: str):
+def model_matrix_of(expr: str, df: pd.DataFrame, where: str):
     from formulaic import model_matrix
 
     try:
@@ -149,7 +151,7 @@ def _model_matrix(expr: str, df: pd.DataFrame, where: str):
         raise FormulaError(f"Cannot build the design matrix for {where} {expr!r}: {exc}") from None
 
 
-def _level_sort_key(values: pd.Series) -> list:
+def level_sort_key(values: pd.Series) -> list:
     """Levels in R's order: categorical order, else sorted (numbers numerically)."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         present = set(values.unique())
@@ -161,7 +163,7 @@ def _level_sort_key(values: pd.Series) -> list:
         return sorted(uniq, key=str)
 
 
-def _label(value: Any) -> str:
+def level_label(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
@@ -236,10 +238,20 @@ class Design:
     #: positions (in ``fixed_spec``'s columns) of the columns of X; ``None``: all of them.
     #: ``collinear="drop"`` keeps a subset, and new data is encoded to that subset.
     fixed_kept: tuple[int, ...] | None = None
+    #: number of rows when the rows are not held here (Dask input: ``y``, ``X``, ``Z``, ``J``
+    #: then have zero rows and :attr:`source` computes every statistic where the data live)
+    n_obs: int | None = None
+    #: the lazy data and their reduced statistics (:class:`stanhier.model.distributed.DaskSource`)
+    source: Any = field(default=None, repr=False)
 
     @property
     def N(self) -> int:
-        return len(self.y)
+        return len(self.y) if self.n_obs is None else int(self.n_obs)
+
+    @property
+    def distributed(self) -> bool:
+        """True when the rows stay where they are (a Dask DataFrame): only reduced statistics are here."""
+        return self.source is not None
 
     @property
     def fixed_names(self) -> tuple[str, ...]:
@@ -264,7 +276,7 @@ class Design:
         needed = formula_variables(self.formula.fixed)
         for k in re_terms:
             needed += formula_variables(self.terms[k].term.expr) + list(self.terms[k].term.group)
-        _check_columns(sorted(set(needed)), df, "the formula (newdata)")
+        check_columns(sorted(set(needed)), df, "the formula (newdata)")
         try:
             X = np.asarray(self.fixed_spec.get_model_matrix(df, na_action="ignore"), dtype=float)
         except Exception as exc:
@@ -281,7 +293,7 @@ class Design:
                 continue
             Z = np.asarray(gt.spec.get_model_matrix(df, na_action="ignore"), dtype=float)
             index = {parts: i for i, parts in enumerate(gt.levels)}
-            keys = list(zip(*[df[c].map(_label) for c in gt.term.group]))
+            keys = list(zip(*[df[c].map(level_label) for c in gt.term.group]))
             J = np.array([index.get(key, -1) for key in keys], dtype=int)
             unseen = list(dict.fromkeys(key for key, j in zip(keys, J) if j < 0))
             if unseen and not allow_new_levels:
@@ -299,34 +311,34 @@ class Design:
         trials = None
         resp = self.formula.response
         if resp.kind != "plain" and all(v in df.columns for part in resp.columns
-                                        for v in _response_variables(part)):
-            trials = _trials(self.formula, df)
+                                        for v in response_variables(part)):
+            trials = trials_of(self.formula, df)
         return NewDesign(X=X, Z=tuple(Zs), J=tuple(Js), new_levels=tuple(news), J_new=tuple(Jn),
                          trials=trials)
 
 
-def _response_variables(expr: str) -> list[str]:
+def response_variables(expr: str) -> list[str]:
     """Columns an lme4 response part reads: a column name, or an expression such as ``n - y``."""
     if not any(op in expr for op in "+-*/()"):
         return [expr]
     return formula_variables(f"0 + I({expr})")
 
 
-def _response_values(df: pd.DataFrame, expr: str, role: str) -> np.ndarray:
+def response_values(df: pd.DataFrame, expr: str, role: str) -> np.ndarray:
     """Values of a response part; expressions (``cbind(y, n - y)``) are evaluated by formulaic."""
     if expr in df.columns:
         return _numeric(df, expr, role)
-    values = np.asarray(_model_matrix(f"0 + I({expr})", df, f"the {role}"), dtype=float)[:, 0]
+    values = np.asarray(model_matrix_of(f"0 + I({expr})", df, f"the {role}"), dtype=float)[:, 0]
     if not np.all(np.isfinite(values)):
         raise DataError(f"The {role} {expr!r} has non-finite values.")
     return values
 
 
-def _trials(formula: ParsedFormula, df: pd.DataFrame) -> np.ndarray:
+def trials_of(formula: ParsedFormula, df: pd.DataFrame) -> np.ndarray:
     resp = formula.response
     if resp.kind == "cbind":
-        return _response_values(df, resp.column, "response") + _response_values(df, resp.column2, "failures")
-    return _response_values(df, resp.column2, "trials")
+        return response_values(df, resp.column, "response") + response_values(df, resp.column2, "failures")
+    return response_values(df, resp.column2, "trials")
 
 
 def _numeric(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
@@ -342,11 +354,16 @@ def _numeric(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
 
 def _dependent_columns(X: np.ndarray, names: tuple[str, ...]) -> list[tuple[str, str]]:
     """Columns that are constant (besides the intercept) or linearly dependent on earlier ones."""
-    out: list[tuple[str, str]] = []
     if X.shape[1] == 0:
-        return out
-    G = X.T @ X  # one pass over the data; the rest works on the K x K Gram matrix
-    const = np.ptp(X, axis=0) == 0
+        return []
+    # one pass over the data; the rest works on the K x K Gram matrix
+    return dependent_columns_gram(X.T @ X, np.ptp(X, axis=0) == 0, names)
+
+
+def dependent_columns_gram(G: np.ndarray, const: np.ndarray, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """:func:`_dependent_columns` from the Gram matrix ``X'X`` and a per-column constant flag
+    (what a distributed pass returns)."""
+    out: list[tuple[str, str]] = []
     kept: list[int] = []
     for j, name in enumerate(names):
         if name != "Intercept" and const[j] and "Intercept" in names:
@@ -363,7 +380,7 @@ def _dependent_columns(X: np.ndarray, names: tuple[str, ...]) -> list[tuple[str,
     return out
 
 
-def _check_grouping(term: RandomTerm, columns: list[pd.Series], n_levels: int, n_rows: int) -> None:
+def check_grouping(term: RandomTerm, columns: list[pd.Series], n_levels: int, n_rows: int) -> None:
     if n_levels < 2:
         raise DataError(
             f"Grouping factor {term.group_name!r} in {term.text!r} has a single level: a group-level "
@@ -396,6 +413,9 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
     warning stating how many, as brms does); ``"raise"`` raises :class:`DataError`.
     ``collinear="error"`` raises for constant or linearly dependent population-level
     columns (naming them); ``"drop"`` drops them with a warning, as lme4.
+
+    (Dask DataFrames and Parquet paths: :func:`stanhier.model.distributed.make_dask_design`,
+    which reuses this module's checks.)
     """
     if na_action not in ("drop", "raise"):
         raise DataError(f"na_action must be 'drop' or 'raise', got {na_action!r}.")
@@ -406,12 +426,12 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
         raise DataError("The data has zero rows: nothing to fit.")
     resp = formula.response
     fixed_vars = formula_variables(formula.fixed)
-    resp_vars = [v for part in resp.columns for v in _response_variables(part)]
-    _check_columns(resp_vars, df, f"the response of {formula.text!r}")
-    _check_columns(fixed_vars, df, f"the population-level part {formula.fixed!r}")
+    resp_vars = [v for part in resp.columns for v in response_variables(part)]
+    check_columns(resp_vars, df, f"the response of {formula.text!r}")
+    check_columns(fixed_vars, df, f"the population-level part {formula.fixed!r}")
     used = resp_vars + fixed_vars
     for term in formula.random:
-        _check_columns(formula_variables(term.expr) + list(term.group), df, f"term {term.text!r}")
+        check_columns(formula_variables(term.expr) + list(term.group), df, f"term {term.text!r}")
         used += formula_variables(term.expr) + list(term.group)
     used = list(dict.fromkeys(used))
     missing = df[used].isna().any(axis=1).to_numpy()
@@ -438,10 +458,10 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
                     f"{int(np.flatnonzero(np.isinf(values.to_numpy(dtype=float)))[0])}): remove or replace them."
                 )
 
-    y = _response_values(df, resp.column, "response")
-    trials = _trials(formula, df) if resp.kind != "plain" else None
+    y = response_values(df, resp.column, "response")
+    trials = trials_of(formula, df) if resp.kind != "plain" else None
 
-    mm = _model_matrix(formula.fixed, df, "the population-level part")
+    mm = model_matrix_of(formula.fixed, df, "the population-level part")
     X = np.asarray(mm, dtype=float)
     if not np.all(np.isfinite(X)):
         raise DataError(f"The population-level design {formula.fixed!r} has infinite values.")
@@ -468,20 +488,20 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
 
     terms = []
     for term in formula.random:
-        zm = _model_matrix(term.expr, df, f"term {term.text!r}")
+        zm = model_matrix_of(term.expr, df, f"term {term.text!r}")
         Z = np.asarray(zm, dtype=float)
         if Z.shape[1] == 0:
             raise FormulaError(f"Term {term.text!r} has no coefficients: write '(1 | g)' for an intercept.")
         columns = [df[c] for c in term.group]
-        orders = [_level_sort_key(c) for c in columns]  # each column's levels in R's order
+        orders = [level_sort_key(c) for c in columns]  # each column's levels in R's order
         codes = [pd.Categorical(c, categories=o).codes.astype(np.int64) for c, o in zip(columns, orders)]
         # an interaction a:b is ordered by a's level, then b's (lme4's order); only observed pairs
         combined = np.ravel_multi_index(codes, [len(o) for o in orders]) if len(codes) > 1 else codes[0]
         present, J = np.unique(combined, return_inverse=True)
         parts = np.unravel_index(present, [len(o) for o in orders])
-        levels = tuple(tuple(_label(orders[j][parts[j][i]]) for j in range(len(orders)))
+        levels = tuple(tuple(level_label(orders[j][parts[j][i]]) for j in range(len(orders)))
                        for i in range(len(present)))
-        _check_grouping(term, columns, len(levels), len(df))
+        check_grouping(term, columns, len(levels), len(df))
         terms.append(GroupTerm(term=term, coef_formulaic=tuple(zm.model_spec.column_names),
                                levels=levels, Z=Z, J=J, spec=zm.model_spec))
 

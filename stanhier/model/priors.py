@@ -19,12 +19,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .design import Design
+from .distributed import exact_quantiles
 from ..errors import PriorError
 from ..families import Family, aux_names
 
@@ -131,11 +133,39 @@ def _mad(x: np.ndarray) -> float:
     return float(np.median(np.abs(x - np.median(x))) * 1.4826)
 
 
+def _response_on_scale(d: Design, link: str, center: float | None = None) -> np.ndarray:
+    """The response on brms's prior scale (log link: log(y), zeros as 0.1); ``center``: |y - center|."""
+    y = np.asarray(d.y, float)
+    if link == "log":
+        y = np.where(y == 0, y + 0.1, y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log(y)
+    return y if center is None else np.abs(y - center)
+
+
+def _distributed_location_scale(design: Design, link: str) -> tuple[float, float]:
+    """(round(median), round(mad)) of the response of a Dask design, computed exactly."""
+    cache = design.source.cache
+    key = f"location_scale_{link}"
+    if key not in cache:
+        med = float(exact_quantiles(design.source, partial(_response_on_scale, link=link), [0.5], "the response")[0])
+        mad = float(exact_quantiles(design.source, partial(_response_on_scale, link=link, center=med), [0.5],
+                                    "the response's absolute deviations")[0]) * 1.4826
+        cache[key] = (_r_round(med, 1), _r_round(mad, 1))
+    return cache[key]
+
+
 def default_scale_prior(design: Design, family: Family, center: bool = True) -> tuple[float, float]:
     """brms's ``def_scale_prior``: (location, scale) of ``student_t(3, location, scale)``."""
     location, scale = 0.0, 2.5
     link = family.scale_link
-    if link in ("identity", "log"):
+    if link in ("identity", "log") and design.distributed:  # exact median and MAD on the cluster
+        loc_y, scale_y = _distributed_location_scale(design, link)
+        if math.isfinite(scale_y):
+            scale = max(scale, scale_y)
+        if center and math.isfinite(loc_y):
+            location = loc_y
+    elif link in ("identity", "log"):
         y = np.asarray(design.y, float)
         if link == "log":
             y = np.where(y == 0, y + 0.1, y)

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import FamilyError, FormulaError
 from ..families import Family, get_family
 from .design import Design, check_gaussian_groups, make_design
+from .distributed import as_lazy, make_dask_design
 from .formula import ParsedFormula, parse_formula
 
 __all__ = ["ModelFrame", "build_frame"]
@@ -45,6 +46,8 @@ def build_frame(formula: str, data: Any, family: str | Family = "gaussian", *,
     does not parse, :class:`~stanhier.errors.DataError` for unusable data and
     :class:`~stanhier.errors.FamilyError` for a response the family cannot take
     (including ``binomial`` without trials, and trials with another family).
+    ``data`` may be a Dask DataFrame or a Parquet path/glob (:mod:`stanhier.model.distributed`):
+    the same checks run on the cluster and the design holds no rows.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"y": [1, 0, 1, 1], "g": list("aabb")})
@@ -57,7 +60,11 @@ def build_frame(formula: str, data: Any, family: str | Family = "gaussian", *,
         raise FormulaError(f"formula must be a string such as 'y ~ x + (1 | g)', not {type(formula).__name__}.")
     fam = get_family(family)
     parsed = parse_formula(formula)
-    design = make_design(parsed, data, na_action=na_action, collinear=collinear)
+    lazy = as_lazy(data)
+    if lazy is not None:  # Dask DataFrame or Parquet path: the rows stay on the cluster
+        design = make_dask_design(parsed, lazy, na_action=na_action, collinear=collinear, family=fam)
+    else:
+        design = make_design(parsed, data, na_action=na_action, collinear=collinear)
     if fam.has_sigma:
         check_gaussian_groups(design)
     resp = parsed.response

@@ -138,6 +138,13 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
             "Leave marginalize unset to let brm choose."
         )
     use_marginal = layout is not None and marginalize is not False
+    if design.distributed and not use_marginal:
+        raise ArgumentError(
+            "brm on Dask data needs a Gaussian model whose group-level effects are integrated out "
+            f"(one grouping factor, or several with at most {MAX_DENSE_Q} effects in all; marginalize not "
+            f"False): it then needs only cross-products of the data. This model has family {fam.name!r}"
+            f"{' and marginalize=False' if marginalize is False else ''}; fit it on a pandas DataFrame."
+        )
     structure = structure_of(design, fam, priors, parameterization, marginal=layout.kind if use_marginal else "")
     code = _render(structure, priors.statements, design)
     return ModelSpec(design=design, family=fam, priors=priors, structure=structure,

@@ -33,16 +33,20 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ..model.crossprod import crossprod, grouped_crossprod, symmetrize
+from ..model.crossprod import (crossprod, exact_value, finish_parts, grouped_crossprod,
+                              grouped_crossprod_parts, symmetrize)
 from ..model.design import Design
+from ..model.distributed import design_moments
 from . import names
 
 __all__ = ["MAX_DENSE_Q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
-           "marginal_standata"]
+           "marginal_standata", "partition_cross_products", "design_cross_products", "ExactSetup",
+           "exact_setup"]
 
 #: largest stacked block (all effects of all levels) the dense layout accepts
 MAX_DENSE_Q = 200
@@ -126,11 +130,72 @@ def cross_products(A: np.ndarray, Zb: np.ndarray, y: np.ndarray, block: np.ndarr
             "Zty": grouped_crossprod(Zb, y, block, G)}
 
 
+@dataclass(frozen=True, eq=False)
+class ExactSetup:
+    """What makes the sums independent of how the rows are split: the whole data's row count,
+    exact column means and per-column bounds of ``|A|``, ``|Z|`` and ``|y|``."""
+
+    n: int
+    means: np.ndarray  #: exact means of X's non-intercept columns (empty without intercept)
+    bound_A: np.ndarray
+    bound_Z: np.ndarray
+    bound_y: float
+
+
+def exact_setup(design: Design, layout: MarginalLayout) -> ExactSetup:
+    m = design_moments(design)
+    n = int(m["n"])
+    lo, hi = m["colmin"], m["colmax"]
+    if design.has_intercept:
+        means = np.array([exact_value(c) for c in m["colsum_exact"][1:]]) / n
+        bound_A = np.concatenate([[1.0], np.maximum(np.abs(hi[1:] - means), np.abs(lo[1:] - means))])
+    else:
+        means = np.zeros(0)
+        bound_A = np.maximum(np.abs(hi), np.abs(lo))
+    zmax = m["zmax"]
+    if layout.kind == "blocks":
+        bound_Z = np.concatenate([np.asarray(z, float) for z in zmax])
+    else:
+        bound_Z = np.concatenate([np.tile(np.asarray(z, float), gt.n_levels) for z, gt in zip(zmax, design.terms)])
+    return ExactSetup(n=n, means=means, bound_A=bound_A, bound_Z=bound_Z, bound_y=float(m["ymax"]))
+
+
+def partition_cross_products(design: Design, layout: MarginalLayout, setup: ExactSetup) -> dict[str, np.ndarray]:
+    """The exact parts (:func:`stanhier.model.crossprod.grouped_crossprod_parts`) of
+    :func:`cross_products` on some rows, centred with the whole data's exact means: adding the
+    parts of any split of the rows gives the same statistics, bit for bit."""
+    X, y = design.X, design.y
+    A = np.column_stack([np.ones(design.N), X[:, 1:] - setup.means]) if design.has_intercept else X
+    block, Zb = block_design(design, layout)
+    one = np.zeros(design.N, dtype=np.int64)
+    n, bA, bZ, by = setup.n, setup.bound_A, setup.bound_Z, np.array([setup.bound_y])
+    return {"AtA": grouped_crossprod_parts(A, A, one, 1, bA, bA, n),
+            "Aty": grouped_crossprod_parts(A, y, one, 1, bA, by, n),
+            "yty": grouped_crossprod_parts(y[:, None], y, one, 1, by, by, n),
+            "ZtZ": grouped_crossprod_parts(Zb, Zb, block, layout.G, bZ, bZ, n),
+            "ZtA": grouped_crossprod_parts(Zb, A, block, layout.G, bZ, bA, n),
+            "Zty": grouped_crossprod_parts(Zb, y, block, layout.G, bZ, by, n)}
+
+
+def design_cross_products(design: Design, layout: MarginalLayout) -> tuple[dict[str, Any], np.ndarray]:
+    """``(cross_products, means_X)`` of the whole design, as :func:`cross_products` returns them
+    but summed exactly (:func:`partition_cross_products`), so pandas and Dask input -- however
+    partitioned -- give identical data and hence identical draws. Dask data are reduced on the
+    cluster: the client never holds the rows."""
+    setup = exact_setup(design, layout)
+    if design.distributed:
+        key = f"marginal_{layout.kind}_{layout.G}_{layout.q}"
+        parts = design.source.reduce(key, partial(partition_cross_products, layout=layout, setup=setup))
+    else:
+        parts = partition_cross_products(design, layout, setup)
+    cp = {k: finish_parts(v) for k, v in parts.items()}
+    return {"AtA": symmetrize(cp["AtA"][0]), "Aty": cp["Aty"][0], "yty": float(cp["yty"][0, 0]),
+            "ZtZ": symmetrize(cp["ZtZ"]), "ZtA": cp["ZtA"], "Zty": cp["Zty"]}, setup.means
+
+
 def marginal_standata(design: Design, layout: MarginalLayout, prior_data: dict[str, Any]) -> dict[str, Any]:
     """The data dict of ``brm_marginal.stan`` (``prior_data``: the priors' hyperparameters)."""
-    A, means = fixed_design(design)
-    block, Zb = block_design(design, layout)
-    cp = cross_products(A, Zb, design.y, block, layout.G)
+    cp, means = design_cross_products(design, layout)
     data: dict[str, Any] = {names.N: design.N, names.K: design.X.shape[1], **cp, "G": layout.G, "q": layout.q}
     if design.has_intercept:
         data["means_X"] = means
