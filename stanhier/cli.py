@@ -353,7 +353,11 @@ def _fit_ml(args: argparse.Namespace, data: pd.DataFrame, command: str, out: Tex
 def _stancode(args: argparse.Namespace, out: TextIO) -> int:
     data = read_data(args.data)
     priors = [parse_prior(p) for p in args.prior] or None
-    kwargs = {} if args.parameterization is None else {"parameterization": args.parameterization}
+    kwargs: dict[str, Any] = {} if args.parameterization is None else {"parameterization": args.parameterization}
+    if args.marginalize is not None:
+        if "marginalize" not in inspect.signature(make_stancode).parameters:
+            raise ArgumentError("--marginalize is not supported by this version of stanhier.")
+        kwargs["marginalize"] = args.marginalize
     code = make_stancode(args.formula, data, args.family, priors, **kwargs)
     if args.out:
         path = Path(args.out)
@@ -531,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--parameterization", choices=("auto", "noncentered", "centered"), default=None,
                    help="how group-level effects are sampled (default: brm's)")
+    p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="Gaussian models: the program that integrates the group-level effects out")
     p.add_argument("--out", default=None, help="write the program here (and its data as NAME.data.json)")
 
     p = sub.add_parser("summary", help="print the summary of a saved run (no refitting)")

@@ -373,8 +373,11 @@ def test_bad_input(compiled):
         glmer("temperature ~ 1 + (1 | weather)", fish, family="poisson", backend=BACKEND)
     with pytest.raises(FamilyError, match="trials"):
         glmer("fish_num ~ 1 + (1 | weather)", fish, family="binomial", backend=BACKEND)
-    with pytest.raises(FamilyError, match="lmer"):
-        glmer("fish_num ~ 1 + (1 | weather)", fish, family="gaussian", backend=BACKEND)
+    # lme4: glmer's default family is gaussian, fitted as lmer() with a message
+    with pytest.warns(StanhierWarning, match="lmer"):
+        g = glmer("Reaction ~ Days + (Days | Subject)", sleep, backend=BACKEND)
+    assert g.REMLcrit() == pytest.approx(
+        lmer("Reaction ~ Days + (Days | Subject)", sleep, backend=BACKEND).REMLcrit(), abs=1e-6)
     one = sleep.assign(one="a")
     with pytest.raises(DataError, match=r"'one'.*(single|one) level"):
         lmer("Reaction ~ Days + (1 | one)", one, backend=BACKEND)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..backends import get_backend
 from ..backends.base import CompiledModel
-from ..errors import ArgumentError, DataError, FamilyError, SamplingError, StanhierWarning
+from ..errors import ArgumentError, DataError, FamilyError, SamplingError, StanhierWarning, user_stacklevel
 from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
@@ -232,7 +232,7 @@ def lmer(formula: str, data: Any, REML: bool = True, *, backend: str = "auto",
     return fit_ml(call, data, start=start, progress=progress)
 
 
-def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int = 1, *,
+def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int = 1, *,
           backend: str = "auto", progress: bool = True, start: dict | None = None,
           control: dict | None = None, na_action: str = "drop", collinear: str = "drop",
           aggregate: bool | None = None):
@@ -240,7 +240,8 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
 
     ``nAGQ=1``: Laplace approximation; ``nAGQ>1``: adaptive Gauss-Hermite quadrature
     with that many nodes (one scalar random-effects term only, as lme4).
-    Families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
+    ``family`` defaults to ``gaussian``, as lme4's: a Gaussian model (identity link) is fitted
+    as :func:`lmer` fits it (REML), with a warning. Other families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
     ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``).
     ``progress`` as in :func:`lmer`.
 
@@ -258,8 +259,16 @@ def glmer(formula: str, data: Any, family: str | Family = "binomial", nAGQ: int 
     >>> g20 = glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, "poisson", nAGQ=20)  # doctest: +SKIP
     """
     fam = get_family(family)
+    if fam.name == "gaussian" and fam.link == "identity":
+        # lme4: glmer's default family is gaussian, which it fits as lmer() does, with a message
+        warnings.warn("calling glmer() with family=gaussian (identity link) fits a linear mixed model, as "
+                      "lmer() does (REML, exact likelihood); call lmer() directly.",
+                      StanhierWarning, stacklevel=user_stacklevel())
+        return lmer(formula, data, backend=backend, progress=progress, start=start, control=control,
+                    na_action=na_action, collinear=collinear)
     if fam.name == "gaussian":
-        raise FamilyError("family='gaussian' is a linear mixed model: use lmer() (exact likelihood).")
+        raise FamilyError(f"glmer with family gaussian and the {fam.link!r} link is not supported; "
+                          "use lmer() (identity link).")
     if not fam.glmm_capable:
         raise FamilyError(f"glmer supports the families {', '.join(f.name for f in glmm_families())}; "
                           f"not {fam.name!r}.")
