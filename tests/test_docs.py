@@ -20,7 +20,7 @@ DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design"
                    "stanhier.backends.base", "stanhier.stan.names", "stanhier.stan.templating",
                    "stanhier.bayes.summary", "stanhier.bayes.predict", "stanhier.recordfiles",
                    "stanhier.backends", "stanhier.backends.declarations",
-                   "stanhier.ml.crossed", "stanhier.ml.crossed_glmm"]
+                   "stanhier.ml.crossed", "stanhier.ml.crossed_glmm", "stanhier.progress", "stanhier.backends.toolchain"]
 
 
 def test_mkdocs_build_strict(tmp_path):
