@@ -21,9 +21,12 @@ Example output is in docs/backends.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -90,45 +93,57 @@ def _fresh_backends() -> None:
     _make_backend.cache_clear()  # a backend keeps the cache folder it was made with
 
 
+def run_config(config: str, iters: int) -> list[dict]:
+    """One configuration in this process (a fresh cache; the process must not have sampled
+    before: httpstan's chain processes keep the cache folder they were forked with)."""
+    rows = []
+    engine, env = CONFIGS[config]
+    cache = Path(tempfile.mkdtemp(prefix=f"stanhier-bench-{config}-"))
+    os.environ.update({**env, "STANHIER_CACHE_DIR": str(cache)})
+    _fresh_backends()
+    try:
+        if config == "after":
+            from stanhier.backends import toolchain
+
+            t0, c0 = time.perf_counter(), _children_cpu()
+            toolchain.precompiled_header()
+            rows.append({"config": config, "model": "header (once per installation)", "cache hit": False,
+                         "compile s": round(time.perf_counter() - t0, 1),
+                         "compile cpu s": round(_children_cpu() - c0, 1)})
+            print(rows[-1], file=sys.stderr, flush=True)
+        for name, formula, data, family in cases():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0, c0 = time.perf_counter(), _children_cpu()
+                fit = sh.brm(formula, data=data, family=family, backend=engine, chains=4, iter=iters,
+                             seed=1, progress=False)
+                total = time.perf_counter() - t0
+            rows.append({"config": config, "model": name, "cache hit": fit.cache_hit,
+                         "compile s": round(fit.compile_seconds, 1),
+                         "compile cpu s": round(_children_cpu() - c0, 1) if engine == "pystan" else None,
+                         "sampling s": round(fit.raw.seconds, 1), "total s": round(total, 1),
+                         "max Rhat": round(float(fit.summary_table()["Rhat"].max()), 3)})
+            print(rows[-1], file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="before,after" + (",cmdstanpy" if "cmdstanpy" in available_backends()
                                                                  else ""))
     parser.add_argument("--iter", type=int, default=1000)
+    parser.add_argument("--one-config", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_config:  # a child process: one configuration, rows as JSON on stdout
+        print(json.dumps(run_config(args.one_config, args.iter)))
+        return
     rows = []
     for config in args.configs.split(","):
-        engine, env = CONFIGS[config]
-        cache = Path(tempfile.mkdtemp(prefix=f"stanhier-bench-{config}-"))
-        os.environ.update({**env, "STANHIER_CACHE_DIR": str(cache)})
-        _fresh_backends()
-        try:
-            if config == "after":
-                from stanhier.backends import toolchain
-
-                t0, c0 = time.perf_counter(), _children_cpu()
-                toolchain.precompiled_header()
-                rows.append({"config": config, "model": "header (once per installation)", "cache hit": False,
-                             "compile s": round(time.perf_counter() - t0, 1),
-                             "compile cpu s": round(_children_cpu() - c0, 1)})
-                print(rows[-1], flush=True)
-            for name, formula, data, family in cases():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    t0, c0 = time.perf_counter(), _children_cpu()
-                    fit = sh.brm(formula, data=data, family=family, backend=engine, chains=4, iter=args.iter,
-                                 seed=1, progress=False)
-                    total = time.perf_counter() - t0
-                rows.append({"config": config, "model": name, "cache hit": fit.cache_hit,
-                             "compile s": round(fit.compile_seconds, 1),
-                             "compile cpu s": round(_children_cpu() - c0, 1) if engine == "pystan" else None,
-                             "sampling s": round(fit.raw.seconds, 1), "total s": round(total, 1),
-                             "max Rhat": round(float(fit.summary_table()["Rhat"].max()), 3)})
-                print(rows[-1], flush=True)
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
-            for key in env:
-                os.environ.pop(key, None)
+        proc = subprocess.run([sys.executable, __file__, "--one-config", config, "--iter", str(args.iter)],
+                              stdout=subprocess.PIPE, text=True, check=True)
+        rows += json.loads(proc.stdout.strip().splitlines()[-1])
     print()
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))

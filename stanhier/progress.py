@@ -20,7 +20,7 @@ Example
 >>> with compiling(False) as stage:   # progress=False: no output at all
 ...     stage.cached()
 >>> bar = SamplingProgress(chains=2, iter=100, warmup=50, enabled=False)
->>> bar.update(100); bar.phase
+>>> bar.update(150); bar.phase
 'sampling'
 >>> bar.close()
 """

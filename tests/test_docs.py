@@ -22,7 +22,8 @@ DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design"
                    "stanhier.backends", "stanhier.backends.declarations",
                    "stanhier.ml.crossed", "stanhier.ml.crossed_glmm", "stanhier.stan.marginal",
                    "stanhier.bayes.marginal", "stanhier.model.parameterization",
-                   "stanhier.bayes.parameterization", "stanhier.model.crossprod", "stanhier.ml.aggregate"]
+                   "stanhier.bayes.parameterization", "stanhier.model.crossprod", "stanhier.ml.aggregate",
+                   "stanhier.progress", "stanhier.backends.toolchain"]
 
 
 def test_mkdocs_build_strict(tmp_path):
