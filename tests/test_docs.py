@@ -112,3 +112,15 @@ def test_comparison_page_has_measured_numbers():
     assert float(row.group(2)) == round(ours["sleepstudy_corr_REML"]["logLik"], 3)
     div = ours["fish_slope_corr"]["diagnostics"]["divergent_transitions"]
     assert f"stanhier's run reports {div} divergent" in page
+
+
+def test_large_data_page_has_measured_numbers():
+    """docs/large_data.md quotes the worked example's output and the benchmark run verbatim."""
+    page = (DOCS / "large_data.md").read_text()
+    sys.path.insert(0, str(DOCS / "assets"))
+    try:
+        render = importlib.import_module("render_large_data")
+    finally:
+        sys.path.pop(0)
+    assert render.example_output() in page
+    assert render.bench_table() in page

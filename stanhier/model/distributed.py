@@ -133,12 +133,15 @@ def tree_reduce(ddf: Any, func: Callable[[pd.DataFrame], Any], combine: Callable
     """
     import dask
 
-    level = [dask.delayed(func, pure=True)(part) for part in ddf.to_delayed()]
+    # pure=False: random task keys; hashing the function's arguments (the encoder's specs and
+    # level tables) for every task would cost the client more than the whole pass
+    mapper = dask.delayed(func, pure=False, traverse=False)
+    level = [mapper(part) for part in ddf.to_delayed()]
     if not level:
         raise DataError("The data has zero partitions: nothing to fit.")
+    combiner = dask.delayed(partial(_combine_chunk, combine), pure=False, traverse=False)
     while len(level) > 1:
-        level = [dask.delayed(_combine_chunk, pure=True)(combine, *level[i:i + split_every])
-                 for i in range(0, len(level), split_every)]
+        level = [combiner(*level[i:i + split_every]) for i in range(0, len(level), split_every)]
     return dask.compute(level[0])[0]
 
 
