@@ -178,7 +178,7 @@ CLI_FLAGS: dict[str, dict[str, tuple[str, ...]]] = {
         "control": ("--adapt-delta", "--max-treedepth"), "backend": ("--backend",),
         "parameterization": ("--parameterization",), "marginalize": ("--marginalize",),
         "sufficient_stats": ("--sufficient-stats",), "progress": ("--progress",),
-        "na_action": ("--na-action",), "collinear": ("--collinear",),
+        "na_action": ("--na-action",), "collinear": ("--collinear",), "verbose": ("--debug",),
     },
     "lmer": {
         "formula": ("FORMULA",), "data": ("--data",), "REML": ("--REML",), "backend": ("--backend",),
@@ -189,6 +189,7 @@ CLI_FLAGS: dict[str, dict[str, tuple[str, ...]]] = {
         "formula": ("FORMULA",), "data": ("--data",), "family": ("--family",), "nAGQ": ("--nAGQ",),
         "backend": ("--backend",), "progress": ("--progress",), "start": ("--start",),
         "control": ("--tol",), "na_action": ("--na-action",), "collinear": ("--collinear",),
+        "aggregate": ("--aggregate",),
     },
 }
 
@@ -202,7 +203,7 @@ PYTHON_ONLY: dict[str, dict[str, str]] = {
 _BAYES_ONLY = ("--chains", "--iter", "--warmup", "--thin", "--cores", "--init", "--adapt-delta",
                "--max-treedepth", "--parameterization", "--marginalize", "--no-marginalize",
                "--sufficient-stats", "--prior")
-_ML_ONLY = ("--REML", "--no-REML", "--ml", "--nAGQ", "--nagq", "--tol", "--start")
+_ML_ONLY = ("--REML", "--no-REML", "--ml", "--nAGQ", "--nagq", "--tol", "--start", "--aggregate", "--no-aggregate")
 
 
 def _given(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
@@ -287,6 +288,9 @@ def ml_kwargs(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if args.nAGQ is not None:
             raise ArgumentError("--nAGQ applies to non-Gaussian families (glmer); a Gaussian model's "
                                 "likelihood is exact (lmer).")
+        if getattr(args, "aggregate", None) is not None:
+            raise ArgumentError("--aggregate applies to count families (glmer); a Gaussian model is fitted "
+                                "from its cross-products already.")
         if args.REML is not None:
             kwargs["REML"] = args.REML
         return "lmer", kwargs
@@ -294,6 +298,8 @@ def ml_kwargs(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         raise ArgumentError(f"--REML/--no-REML apply to Gaussian models (lmer); --family {args.family} "
                             "is fitted by maximum likelihood (glmer).")
     kwargs["family"] = args.family
+    if getattr(args, "aggregate", None) is not None:
+        kwargs["aggregate"] = args.aggregate
     if args.nAGQ is not None:
         kwargs["nAGQ"] = args.nAGQ
     return "glmer", kwargs
@@ -454,6 +460,9 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g2.add_argument("--ml", dest="REML", action="store_false", help=argparse.SUPPRESS)  # older spelling of --no-REML
     g2.add_argument("--nAGQ", "--nagq", dest="nAGQ", type=int, default=None,
                     help="glmer: 1 = Laplace (default), >1 adaptive Gauss-Hermite nodes")
+    g2.add_argument("--aggregate", action=argparse.BooleanOptionalAction, default=None,
+                    help="glmer (Poisson, binomial, Bernoulli): fit identical rows summed into patterns "
+                         "(exact; default: when that shrinks the data at least 5x)")
     g2.add_argument("--tol", type=float, default=None, help="optimizer tolerance (control tol, default 1e-8)")
     g2.add_argument("--start", default=None, metavar="JSON",
                     help='starting values, e.g. \'{"theta": [1, 0, 1]}\' (or a JSON file)')
