@@ -30,6 +30,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import numpy as np
 
@@ -121,5 +122,4 @@ def complete_draws(spec: ModelSpec, raw: RawSample) -> RawSample:
     start = time.perf_counter()
     extra = draw_group_effects(spec, raw.draws, raw.settings.seed)
     seconds = raw.seconds + (time.perf_counter() - start)
-    return RawSample(draws={**raw.draws, **extra}, stats=raw.stats, settings=raw.settings,
-                     seconds=seconds, messages=raw.messages)
+    return dataclasses.replace(raw, draws={**raw.draws, **extra}, seconds=seconds)
