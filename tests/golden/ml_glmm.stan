@@ -35,7 +35,7 @@ functions {
   // log p(y | eta) with all normalizing constants
   real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, real phi) {
     if (family == 1) {  // poisson
-      return poisson_log_lpmf(y | eta);
+      return poisson_log_lpmf(y | eta + log(to_vector(trials)));
     }
     if (family == 2) {  // binomial
       return binomial_logit_lpmf(y | trials, eta);
@@ -54,7 +54,7 @@ functions {
     int n = rows(eta);
     matrix[n, 2] d;
     if (family == 1) {  // poisson
-      vector[n] mu = exp(eta);
+      vector[n] mu = to_vector(trials) .* exp(eta);
       d[:, 1] = to_vector(y) - mu;
       d[:, 2] = mu;
     }
