@@ -52,6 +52,7 @@ def big(client):
 
 
 # --------------------------------------------------------------------------- acceptance
+@pytest.mark.slow
 def test_lmer_two_million_rows_matches_pandas(big):
     df, ddf = big
     formula = "y ~ x1 + x2 + (x1 | g)"
@@ -68,6 +69,7 @@ def test_lmer_two_million_rows_matches_pandas(big):
     assert np.allclose(m_pd.ranef()["g"].to_numpy(), m_dk.ranef()["g"].to_numpy(), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_brm_data_identical_to_pandas(big):
     df, ddf = big
     formula = "y ~ x1 + x2 + (x1 | g)"
