@@ -36,9 +36,11 @@ def counts():
     return pd.read_csv(DATA / "poisson_counts.csv")
 
 
-def _check_lme4(fit, ref, rel_fixef=2e-4):
+def _check_lme4(fit, ref, rel_fixef=1e-3):
+    # lme4's glmer optimizer stops a little short of the optimum (stanhier's logLik is higher by
+    # ~3e-4 on cbpp, aggregated or not): the tolerances are lme4's, the aggregation is checked exactly below
     assert fit.nobs() == ref["nobs"]
-    assert fit.logLik() == pytest.approx(ref["logLik"], abs=2e-5)
+    assert fit.logLik() == pytest.approx(ref["logLik"], abs=1e-3)
     assert fit.fixef().to_numpy() == pytest.approx(list(ref["fixef"].values()), rel=rel_fixef, abs=1e-5)
     assert list(fit.fixef().index) == list(ref["fixef"])
     assert fit.theta == pytest.approx(np.atleast_1d(ref["theta"]), rel=1e-3)
@@ -49,6 +51,12 @@ def test_bernoulli_rows_aggregated_match_lme4(cbpp_rows, agg_ref):
     assert fit.aggregation is not None and fit.aggregation.n_patterns == 56
     assert "842 rows aggregated exactly into 56 patterns" in str(fit)
     _check_lme4(fit, agg_ref["cbpp_bernoulli_rows"])
+    # the constants added back are lme4's: (842 Bernoulli rows) - (56 binomial rows) is the same difference
+    cbpp = pd.read_csv(DATA / "cbpp.csv").astype({"herd": str, "period": str})
+    binom = sh.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    assert binom.aggregation is None  # 56 rows, 56 patterns: no shrink
+    assert fit.logLik() - binom.logLik() == pytest.approx(
+        agg_ref["cbpp_bernoulli_rows"]["logLik"] - agg_ref["cbpp_binomial"]["logLik"], abs=1e-6)
 
 
 def test_poisson_aggregated_matches_lme4_and_raw(counts, agg_ref):

@@ -35,8 +35,8 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="stanhier-large-"))
     df = simulate(2_000_000, 1000)
-    for i, part in enumerate(np.array_split(df, 20)):
-        part.to_parquet(folder / f"part-{i:02d}.parquet")
+    for i, rows in enumerate(np.array_split(np.arange(len(df)), 20)):
+        df.iloc[rows].to_parquet(folder / f"part-{i:02d}.parquet")
     formula = "y ~ x1 + x2 + (x1 | school)"
     sh.lmer(formula, df.iloc[:20000])  # compile once (not timed)
 

@@ -137,7 +137,7 @@ def build_layout(design: Design, *, max_stacked_q: int = MAX_STACKED_Q) -> Rando
         n_theta += len(pairs)
         col += M if layout == "blocks" else M * L
     q = col
-    N = design.N
+    N = len(terms[0].J)  # the rows held here (none for a Dask design)
     if layout == "blocks":
         G = terms[0].n_levels
         block = terms[0].J.copy()

@@ -167,7 +167,7 @@ def _scan(pdf: pd.DataFrame, spec: _ScanSpec) -> dict:
         "kept": len(kept), "inf": inf,
         "uniques": {c: kept[c].drop_duplicates().reset_index(drop=True) for c in spec.level_cols},
         "pairs": {cols: kept[list(cols)].drop_duplicates().reset_index(drop=True) for cols in spec.pair_terms},
-        "sample": kept.head(SAMPLE_ROWS_PER_PARTITION),
+        "sample": pdf.loc[~missing].head(SAMPLE_ROWS_PER_PARTITION),
     }
 
 
