@@ -34,7 +34,7 @@ from .formula import ParsedFormula, RandomTerm, formula_variables
 __all__ = ["GroupTerm", "Design", "NewDesign", "make_design", "as_dataframe", "r_name", "brms_name",
            "check_gaussian_groups", "data_label", "dependent_columns_gram",
            "check_columns", "check_grouping", "level_label", "level_sort_key", "model_matrix_of",
-           "response_values", "response_variables", "trials_of"]
+           "response_values", "response_variables", "trials_of", "used_columns"]
 
 
 # --------------------------------------------------------------------------- names
@@ -405,6 +405,24 @@ def check_gaussian_groups(design: "Design") -> None:
                 "family without sigma.", StanhierWarning, stacklevel=3)
 
 
+def used_columns(formula: Any, frame: Any, na_action: str, collinear: str) -> list[str]:
+    """Check the options and that ``frame`` (pandas or Dask) has every column ``formula`` names;
+    the columns used, response first, in the formula's order."""
+    if na_action not in ("drop", "raise"):
+        raise DataError(f"na_action must be 'drop' or 'raise', got {na_action!r}.")
+    if collinear not in ("error", "drop"):
+        raise DataError(f"collinear must be 'error' or 'drop', got {collinear!r}.")
+    fixed_vars = formula_variables(formula.fixed)
+    resp_vars = [v for part in formula.response.columns for v in response_variables(part)]
+    check_columns(resp_vars, frame, f"the response of {formula.text!r}")
+    check_columns(fixed_vars, frame, f"the population-level part {formula.fixed!r}")
+    used = resp_vars + fixed_vars
+    for term in formula.random:
+        check_columns(formula_variables(term.expr) + list(term.group), frame, f"term {term.text!r}")
+        used += formula_variables(term.expr) + list(term.group)
+    return list(dict.fromkeys(used))
+
+
 def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
                 collinear: str = "error") -> Design:
     """Build the :class:`Design` of ``formula`` on ``data``.
@@ -417,23 +435,11 @@ def make_design(formula: ParsedFormula, data: Any, *, na_action: str = "drop",
     (Dask DataFrames and Parquet paths: :func:`stanhier.model.distributed.make_dask_design`,
     which reuses this module's checks.)
     """
-    if na_action not in ("drop", "raise"):
-        raise DataError(f"na_action must be 'drop' or 'raise', got {na_action!r}.")
-    if collinear not in ("error", "drop"):
-        raise DataError(f"collinear must be 'error' or 'drop', got {collinear!r}.")
     df = as_dataframe(data)
+    used = used_columns(formula, df, na_action, collinear)
     if len(df) == 0:
         raise DataError("The data has zero rows: nothing to fit.")
     resp = formula.response
-    fixed_vars = formula_variables(formula.fixed)
-    resp_vars = [v for part in resp.columns for v in response_variables(part)]
-    check_columns(resp_vars, df, f"the response of {formula.text!r}")
-    check_columns(fixed_vars, df, f"the population-level part {formula.fixed!r}")
-    used = resp_vars + fixed_vars
-    for term in formula.random:
-        check_columns(formula_variables(term.expr) + list(term.group), df, f"term {term.text!r}")
-        used += formula_variables(term.expr) + list(term.group)
-    used = list(dict.fromkeys(used))
     missing = df[used].isna().any(axis=1).to_numpy()
     n_dropped = int(missing.sum())
     if n_dropped:

@@ -47,9 +47,9 @@ import pandas as pd
 
 from ..errors import DataError, FormulaError, StanhierWarning
 from .crossprod import add_exact, crossprod, exact_column_sums
-from .design import (Design, GroupTerm, check_columns, check_grouping, dependent_columns_gram, level_label,
-                     level_sort_key, model_matrix_of, r_name, response_values, response_variables, trials_of)
-from .formula import ParsedFormula, formula_variables
+from .design import (Design, GroupTerm, check_grouping, dependent_columns_gram, level_label, level_sort_key,
+                     model_matrix_of, r_name, response_values, trials_of, used_columns)
+from .formula import ParsedFormula
 
 __all__ = ["is_dask", "as_lazy", "make_dask_design", "DaskSource", "PartitionEncoder", "tree_reduce",
            "add_stats", "exact_order_statistics", "exact_quantiles", "SPLIT_EVERY", "row_moments",
@@ -441,20 +441,8 @@ def make_dask_design(formula: ParsedFormula, ddf: Any, *, na_action: str = "drop
     Same checks and errors as :func:`~stanhier.model.design.make_design`; ``family`` (optional)
     checks the response's support in the moments pass.
     """
-    if na_action not in ("drop", "raise"):
-        raise DataError(f"na_action must be 'drop' or 'raise', got {na_action!r}.")
-    if collinear not in ("error", "drop"):
-        raise DataError(f"collinear must be 'error' or 'drop', got {collinear!r}.")
+    used = used_columns(formula, ddf, na_action, collinear)
     resp = formula.response
-    fixed_vars = formula_variables(formula.fixed)
-    resp_vars = [v for part in resp.columns for v in response_variables(part)]
-    check_columns(resp_vars, ddf, f"the response of {formula.text!r}")
-    check_columns(fixed_vars, ddf, f"the population-level part {formula.fixed!r}")
-    used = resp_vars + fixed_vars
-    for term in formula.random:
-        check_columns(formula_variables(term.expr) + list(term.group), ddf, f"term {term.text!r}")
-        used += formula_variables(term.expr) + list(term.group)
-    used = list(dict.fromkeys(used))
     dtypes = ddf.dtypes
     group_cols = [c for term in formula.random for c in term.group]
     factor_cols = [c for c in used if _is_factor_dtype(dtypes[c])]
