@@ -236,6 +236,7 @@ def adopt_cmdstanpy_tmpdir() -> None:
     """
     import cmdstanpy
     import cmdstanpy.model
+    import cmdstanpy.utils.filesystem  # noqa: F401 - holds its own copy of _TMPDIR
 
     current = Path(getattr(cmdstanpy, "_TMPDIR", ""))
     root = _work_root()
@@ -246,8 +247,12 @@ def adopt_cmdstanpy_tmpdir() -> None:
             current.rmdir()  # only if empty: never remove files cmdstanpy put there
         if current.exists():
             return
-    cmdstanpy._TMPDIR = str(root)
-    cmdstanpy.model._TMPDIR = str(root)
+    import sys
+
+    # every cmdstanpy module that copied the name at import (model, utils.filesystem, ...)
+    for name, module in list(sys.modules.items()):
+        if (name == "cmdstanpy" or name.startswith("cmdstanpy.")) and hasattr(module, "_TMPDIR"):
+            module._TMPDIR = str(root)
 
 
 class _Workspace:
