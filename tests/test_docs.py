@@ -26,6 +26,15 @@ DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design"
                    "stanhier.progress", "stanhier.backends.toolchain"]
 
 
+def _renderer(name: str):
+    """A page renderer from docs/assets (the scripts that write the docs' numbers)."""
+    sys.path.insert(0, str(DOCS / "assets"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 def test_mkdocs_build_strict(tmp_path):
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
         msg = "mkdocs/mkdocstrings not installed (pip install -e '.[docs]'): docs build not tested"
@@ -93,11 +102,7 @@ def test_comparison_page_has_measured_numbers():
     import re
 
     page = (DOCS / "comparison.md").read_text()
-    sys.path.insert(0, str(DOCS / "assets"))
-    try:
-        render = importlib.import_module("render_comparison")
-    finally:
-        sys.path.pop(0)
+    render = _renderer("render_comparison")
     sections = [sec for sec in render.main().split("### ") if sec.strip()]
     assert len(sections) == 6  # four ML and two Bayesian comparisons
     for sec in sections:
@@ -117,10 +122,6 @@ def test_comparison_page_has_measured_numbers():
 def test_large_data_page_has_measured_numbers():
     """docs/large_data.md quotes the worked example's output and the benchmark run verbatim."""
     page = (DOCS / "large_data.md").read_text()
-    sys.path.insert(0, str(DOCS / "assets"))
-    try:
-        render = importlib.import_module("render_large_data")
-    finally:
-        sys.path.pop(0)
+    render = _renderer("render_large_data")
     assert render.example_output() in page
     assert render.bench_table() in page
