@@ -47,7 +47,8 @@ def private_cache(tmp_path_factory, engine) -> Path:
 
 def _entries(cache: Path, engine: str) -> list[Path]:
     root = cache / "pystan" / "models" if engine == "pystan" else cache / "cmdstanpy"
-    return [p for p in root.iterdir() if p.is_dir()]
+    # compiled programs only (CmdStan's per-process scratch folders live in cmdstanpy/work)
+    return [p for p in root.iterdir() if p.is_dir() and p.name != "work"]
 
 
 def _binaries(entry: Path) -> list[Path]:
