@@ -30,7 +30,7 @@ from .summary import summarise_draws, summary_frame
 if TYPE_CHECKING:  # pragma: no cover
     from .fit import BrmsFit
 
-__all__ = ["loo", "waic", "loo_compare", "bayes_R2", "hypothesis", "pointwise_loglik", "pareto_k_threshold"]
+__all__ = ["loo", "waic", "loo_compare", "bayes_R2", "hypothesis", "pointwise_loglik"]
 
 
 # --------------------------------------------------------------------------- loo / waic
