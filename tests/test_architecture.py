@@ -286,3 +286,17 @@ def test_names_module_spells_the_programs_names(formula, family, kwargs):
         stan_names |= {names.INTERCEPT, names.B_INTERCEPT}
     for name in stan_names:
         assert re.search(rf"\b{name}\b\s*(=|;|\[)", code) or re.search(rf"\b{name}\s*;", code), name
+
+
+def test_every_public_name_exists():
+    """Each module's ``__all__`` names only what the module defines (``import *`` works)."""
+    import importlib
+    import pkgutil
+
+    import stanhier
+
+    missing = []
+    for info in pkgutil.walk_packages(stanhier.__path__, "stanhier."):
+        module = importlib.import_module(info.name)
+        missing += [f"{info.name}.{name}" for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
+    assert not missing, missing
