@@ -37,7 +37,7 @@ import numpy as np
 from ..backends.base import RawSample
 from ..stan import names
 from ..stan.codegen import ModelSpec
-from ..stan.marginal import MarginalLayout, design_cross_products, marginal_layout
+from ..stan.marginal import MarginalLayout, marginal_layout
 
 __all__ = ["SEED_STREAM", "relative_factors", "conditional_draws", "draw_group_effects",
            "complete_draws"]
@@ -87,7 +87,7 @@ def draw_group_effects(spec: ModelSpec, draws: dict[str, np.ndarray], seed: int 
     """``{"r_k": (chain, draw, N_k, M_k)}`` drawn from the exact conditionals given ``draws``."""
     design = spec.design
     layout = marginal_layout(design)
-    cp, _ = design_cross_products(design, layout)  # Dask data: the reduced sums, never the rows
+    cp = spec.standata()  # the cross-products the program sampled with (Dask: reduced on the cluster)
     chains, n_draws = draws["sigma"].shape[:2]
     S = chains * n_draws
     beta = draws[names.B].reshape(S, -1)

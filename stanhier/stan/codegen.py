@@ -77,7 +77,13 @@ class ModelSpec:
     marginalize: bool | None = None  #: ``build_model``'s argument (None: integrate out when the layout fits)
 
     def standata(self) -> dict[str, Any]:
-        return make_standata(self)
+        """The data dict of the program, built once per spec (sampling, drawing the integrated-out
+        effects, run records and post-estimation all read it; a fresh dict each call)."""
+        cached = self.__dict__.get("_standata")
+        if cached is None:
+            cached = make_standata(self)
+            object.__setattr__(self, "_standata", cached)  # frozen: a memo, not state
+        return dict(cached)
 
 
 def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
