@@ -37,8 +37,7 @@ from ..backends.base import fresh_seed
 from ..errors import ArgumentError, StanhierWarning, user_stacklevel
 from ..progress import TaskProgress
 from .aggregate import aggregate_counts
-from .fit import linear_predictor
-from .layout import build_layout
+from .layout import build_layout, linear_predictor
 from .optimizer import maximize
 from .problem import glmm_problem, lmm_problem, start_values
 from .profile import Reparam

@@ -26,7 +26,7 @@ from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.design import Design
 from ..model.formula import no_random_effects, parse_formula
-from .layout import RandomLayout
+from .layout import RandomLayout, linear_predictor
 from .optimizer import OptimumInfo
 from .printing import (abbreviate, char_matrix_lines, named_vector_lines, print_coefmat, r_cat_number, r_format,
                        r_round, zapsmall)
@@ -736,17 +736,6 @@ class MerFit:
 
 
 # --------------------------------------------------------------------------- per-row quantities
-def linear_predictor(X: np.ndarray, Zs, Js, beta: np.ndarray, term_values) -> np.ndarray:
-    """``X beta + sum_k Z_k r_k[J_k]`` (rows with ``J_k < 0`` get no effect of term k)."""
-    eta = X @ beta
-    for Z, J, vals in zip(Zs, Js, term_values):
-        ok = J >= 0
-        contrib = np.zeros(len(eta))
-        contrib[ok] = np.sum(Z[ok] * vals[J[ok]], axis=1)
-        eta = eta + contrib
-    return eta
-
-
 def residuals_of(d: Design, eta: np.ndarray, fam: Family, aux: dict, type: str) -> np.ndarray:
     """Residuals of the rows of ``d`` at linear predictor ``eta`` (see :meth:`MerFit.residuals`)."""
     y, n = d.y, (d.trials if fam.uses_trials else None)
