@@ -292,7 +292,7 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
     for i, bv in enumerate(by_vals):
         sub = table if by is None else table[table[by] == bv]
         col = colors[i]
-        label = None if by is None else f"{by} = {bv:.3g}" if isinstance(bv, float) else f"{by} = {bv}"
+        label = None if by is None else f"{bv:.3g}" if isinstance(bv, float) else str(bv)  # title: by
         if x_numeric:
             ax.plot(sub[x].to_numpy(), sub["estimate__"].to_numpy(), color=col, label=label)
             if np.isfinite(sub["lower__"]).all():
