@@ -24,7 +24,7 @@ DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design"
                    "stanhier.ml.crossed", "stanhier.ml.crossed_glmm", "stanhier.stan.marginal",
                    "stanhier.bayes.marginal", "stanhier.model.parameterization",
                    "stanhier.bayes.parameterization", "stanhier.model.crossprod", "stanhier.ml.aggregate",
-                   "stanhier.progress", "stanhier.backends.toolchain"]
+                   "stanhier.progress", "stanhier.backends.toolchain", "stanhier.ml.boot", "stanhier.bayes.plots"]
 
 
 def _renderer(name: str):
@@ -136,3 +136,11 @@ def test_large_data_page_has_measured_numbers():
     render = _renderer("render_large_data")
     assert render.example_output() in page
     assert render.bench_table() in page
+
+
+def test_parameterization_page_table_is_rendered():
+    """docs/parameterization.md's table of the auto rule's choices is what the rule decides now."""
+    page = (DOCS / "parameterization.md").read_text()
+    table = _renderer("render_parameterization").table()
+    assert table in page
+    assert "| fish `fish_num ~ 1 + temperature + (temperature \\| weather)` (poisson) | centred |" in table

@@ -147,8 +147,8 @@ def distinct_colors(n: int) -> list:
     """``n`` different colours: matplotlib's colour cycle while it lasts (10), then tab20's
     dark and light halves (20), then evenly spaced hues.
 
-    >>> len(set(distinct_colors(30))) == 30
-    True
+    >>> [len(set(distinct_colors(n))) for n in (3, 12, 30)]
+    [3, 12, 30]
     """
     import matplotlib
     from matplotlib import colors as mcolors
@@ -159,7 +159,7 @@ def distinct_colors(n: int) -> list:
     if n <= 20:
         tab = matplotlib.colormaps["tab20"].colors
         return [tuple(tab[k]) + (1.0,) for k in list(range(0, 20, 2)) + list(range(1, 20, 2))][:n]
-    return [mcolors.hsv_to_rgb((h, 0.75, 0.85)).tolist() + [1.0] for h in np.arange(n) / n]
+    return [tuple(float(c) for c in mcolors.hsv_to_rgb((h, 0.75, 0.85))) + (1.0,) for h in np.arange(n) / n]
 
 
 def _typical(series: pd.Series) -> Any:
