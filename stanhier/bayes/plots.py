@@ -147,8 +147,8 @@ def distinct_colors(n: int) -> list:
     """``n`` different colours: matplotlib's colour cycle while it lasts (10), then tab20's
     dark and light halves (20), then evenly spaced hues.
 
-    >>> [len(set(distinct_colors(n))) for n in (3, 12, 30)]
-    [3, 12, 30]
+    >>> tuple(len(set(distinct_colors(n))) for n in (3, 12, 30))
+    (3, 12, 30)
     """
     import matplotlib
     from matplotlib import colors as mcolors

@@ -102,10 +102,10 @@ def percentile_interval(t: np.ndarray, level: float) -> tuple[float, float]:
     ``boot:::norm.inter``): order statistic ``(R + 1) alpha``, interpolated on the
     normal-quantile scale between its neighbours; non-finite values are dropped.
 
-    >>> [round(v, 6) for v in percentile_interval(np.arange(1.0, 40.0), 0.95)]   # (39 + 1) * 0.025 = 1
-    [1.0, 39.0]
-    >>> [round(v, 4) for v in percentile_interval(np.arange(1.0, 21.0), 0.8)]   # between order statistics
-    [2.1143, 18.8857]
+    >>> tuple(round(v, 6) for v in percentile_interval(np.arange(1.0, 40.0), 0.95))   # (39 + 1) * 0.025 = 1
+    (1.0, 39.0)
+    >>> tuple(round(v, 4) for v in percentile_interval(np.arange(1.0, 21.0), 0.8))   # between order statistics
+    (2.1143, 18.8857)
     """
     t = np.sort(np.asarray(t, float)[np.isfinite(t)])
     R = len(t)
