@@ -144,3 +144,15 @@ def test_parameterization_page_table_is_rendered():
     table = _renderer("render_parameterization").table()
     assert table in page
     assert "| fish `fish_num ~ 1 + temperature + (temperature \\| weather)` (poisson) | centred |" in table
+
+
+def test_index_page_outputs_are_rendered():
+    """docs/index.md shows the brm summary its code printed (sampled once by
+    docs/assets/render_index.py --sample) and the glmer printout a fresh fit prints now."""
+    page = (DOCS / "index.md").read_text()
+    render = _renderer("render_index")
+    brm = render.brm_output()
+    assert brm in page and "Group-level effects: (Intercept + temperature | weather) centred" in brm
+    m = render._glmer()
+    assert render.glmer_output(m) in page
+    assert render.glmer_text(m) in page
