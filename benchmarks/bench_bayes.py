@@ -6,7 +6,12 @@ wall time and min bulk ESS over the parameters brms prints, per second. brms ref
 with ``update(fit, recompile = FALSE, seed = ...)``; stanhier uses its defaults
 (Gaussian: group-level effects integrated out; others: ``parameterization="auto"``).
 
-    python benchmarks/bench_bayes.py [--cases sleepstudy,fish,germination] [--seeds 1] [--cores 2]
+    python benchmarks/bench_bayes.py [--cases sleepstudy,fish,germination] [--seeds 1] [--cores 2] [--json out.json]
+
+``--json``: also write the results (machine, load averages, every run) to that file;
+docs/assets/render_comparison.py renders docs/comparison.md's benchmark tables from
+``docs/assets/bench_bayes_results.json`` (brms against stanhier) and
+``docs/assets/bench_bayes_seeds.json`` (``--cases fish --seeds 1,2,3,4,5 --no-brms``).
 
 Needs R with brms (``Rscript``). On a shared machine, say so next to the numbers.
 """
@@ -108,7 +113,7 @@ def run_stanhier(case: dict, seeds: list[int], cores: int) -> dict:
         wall = time.perf_counter() - t
         d = fit.diagnostics()
         runs.append({"seed": s, "wall": wall, "sample_seconds": fit.sample_seconds,
-                     "min_ess_bulk": d["min_bulk_ess"], "max_rhat": d["max_rhat"],
+                     "min_ess_bulk": d["min_bulk_ess"], "min_ess_tail": d["min_tail_ess"], "max_rhat": d["max_rhat"],
                      "divergent": d["divergent_transitions"],
                      "treatment": [c.choice for c in term_choices(fit.spec)]})
     return {"compile": compile_s, "runs": runs}
@@ -120,7 +125,11 @@ def main() -> None:
     p.add_argument("--seeds", default="1")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--no-brms", action="store_true", help="stanhier only")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
     a = p.parse_args()
+    results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                 "load_average_start": round(os.getloadavg()[0], 1)},
+                     "settings": {"chains": 4, "iter": 2000, "warmup": 1000, "cores": a.cores}, "cases": {}}
     seeds = [int(s) for s in a.seeds.split(",")]
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, {cpu}; load average {os.getloadavg()[0]:.1f}")
@@ -138,10 +147,15 @@ def main() -> None:
                 print(f"  {who:8s} seed {r['seed']}: wall {r['wall']:6.1f} s, min bulk ESS {r['min_ess_bulk']:7.0f}, "
                       f"ESS/s {rate:8.1f}, max Rhat {r['max_rhat']:.3f}, divergent {r['divergent']}"
                       + (f", {'/'.join(r['treatment'])}" if r.get("treatment") else ""))
+        results["cases"][name] = {"formula": case["formula"], "family": case["family"], "stanhier": ours,
+                                  "brms": theirs}
         if ours["runs"] and theirs.get("runs"):
             a_rate = np.median([r["min_ess_bulk"] / r["wall"] for r in ours["runs"]])
             b_rate = np.median([r["min_ess_bulk"] / r["wall"] for r in theirs["runs"]])
             print(f"  min bulk ESS/s, stanhier / brms: {a_rate / b_rate:.1f}x")
+    if a.json:
+        results["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
+        Path(a.json).write_text(json.dumps(results, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

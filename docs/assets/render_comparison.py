@@ -150,6 +150,54 @@ def bayes_table(case: str) -> str:
     return "\n".join(rows)
 
 
+def _bench(name: str) -> dict | None:
+    path = ROOT / "docs" / "assets" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def bench_table() -> str:
+    """brms against stanhier, same machine and run (``benchmarks/bench_bayes.py --json
+    docs/assets/bench_bayes_results.json``)."""
+    r = _bench("bench_bayes_results.json")
+    labels = {"sleepstudy": "sleepstudy (Gaussian)", "fish": "fish (Poisson)", "germination": "germination (binomial)"}
+    names = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred"}
+    rows = [f"Measured by `benchmarks/bench_bayes.py --json` ({r['machine']['cpus']} cores, load average "
+            f"{r['machine']['load_average_start']} at the start, {r['machine']['load_average_end']} at the end; "
+            f"{r['settings']['chains']} chains x iter {r['settings']['iter']}, cores {r['settings']['cores']}, "
+            "compile excluded; raw numbers in `docs/assets/bench_bayes_results.json`):", "",
+            "| case | stanhier wall / min bulk ESS / ESS per s / divergent | "
+            "brms wall / min bulk ESS / ESS per s / divergent | ratio |", "| --- | ---: | ---: | ---: |"]
+    ratios = {}
+
+    def cell(run: dict) -> str:
+        return (f"{run['wall']:.1f} s / {run['min_ess_bulk']:.0f} / {run['min_ess_bulk'] / run['wall']:.1f} / "
+                f"{run['divergent']} (Rhat {run['max_rhat']:.3f})")
+
+    for name, case in r["cases"].items():
+        ours, theirs = case["stanhier"]["runs"][0], case["brms"]["runs"][0]
+        ratios[name] = (ours["min_ess_bulk"] / ours["wall"]) / (theirs["min_ess_bulk"] / theirs["wall"])
+        rows.append(f"| {labels.get(name, name)}, {'/'.join(names[t] for t in ours['treatment'])} | {cell(ours)} | "
+                    f"{cell(theirs)} | {ratios[name]:.1f}x |")
+    if "sleepstudy" in ratios:
+        verdict = "reached" if ratios["sleepstudy"] >= 10 else "not reached"
+        rows += ["", f"The issue's target of 10x on sleepstudy is {verdict} ({ratios['sleepstudy']:.1f}x)."]
+    return "\n".join(rows)
+
+
+def seeds_table() -> str:
+    """The seed model with ``parameterization="auto"`` over five seeds
+    (``benchmarks/bench_bayes.py --cases fish --seeds 1,2,3,4,5 --no-brms --json docs/assets/bench_bayes_seeds.json``)."""
+    r = _bench("bench_bayes_seeds.json")
+    rows = [f"Measured by `benchmarks/bench_bayes.py --json` (load average {r['machine']['load_average_start']} "
+            f"at the start, {r['machine']['load_average_end']} at the end; raw numbers in "
+            "`docs/assets/bench_bayes_seeds.json`):", "",
+            "| seed | divergent | max Rhat | min Bulk_ESS | min Tail_ESS |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for run in r["cases"]["fish"]["stanhier"]["runs"]:
+        rows.append(f"| {run['seed']} | {run['divergent']} | {run['max_rhat']:.3f} | {run['min_ess_bulk']:.0f} | "
+                    f"{run['min_ess_tail']:.0f} |")
+    return "\n".join(rows)
+
+
 def main() -> str:
     out = []
     for title, case, grp, coefs, gauss in [
