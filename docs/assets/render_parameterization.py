@@ -41,10 +41,12 @@ EXAMPLES = [
     ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", lambda: pd.read_csv(DATA / "Penicillin.csv"),
      "gaussian"),
     ("fish", "fish_num ~ 1 + temperature + (temperature | weather)", _fish, "poisson"),
+    ("fish, slope only", "fish_num ~ 1 + temperature + (0 + temperature | weather)", _fish, "poisson"),
     ("germination", "cbind(germination, fail) ~ solar + (1 | nutrition)", _germination, "binomial"),
 ]
 
-_NAMES = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred"}
+_NAMES = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred",
+          "conditional": "conditional"}
 
 
 def _levels(spec, k: int) -> str:
@@ -57,23 +59,27 @@ def _levels(spec, k: int) -> str:
 def row(name: str, formula: str, data: pd.DataFrame, family: str) -> str:
     spec = build_model(formula, data, family)
     model = f"{name} `{formula.replace('|', chr(92) + '|')}`" + ("" if family == "gaussian" else f" ({family})")
-    choices = term_choices(spec)
-    if spec.structure.marginal:
-        q = sum(gt.M * gt.n_levels for gt in spec.design.terms)
-        levels = "; ".join(_levels(spec, k) for k in range(1, len(spec.design.terms) + 1))
-        return f"| {model} | integrated out ({spec.structure.marginal} layout, {q} effects) | – | – | {levels} |"
     cells = []
-    for k, c in enumerate(choices, start=1):
-        info = term_information(spec.design, spec.family, spec.priors, k)
-        source = ("prior scale: fewer than 3 levels" if all(t == p for t, p in zip(info.tau, info.tau_prior))
-                  else f"estimated (prior scale {', '.join(f'{p:.3g}' for p in info.tau_prior)})")
-        cells.append((_NAMES[c.choice], f"{info.median_kappa:.3g}",
-                      f"{', '.join(f'{t:.3g}' for t in info.tau)}, {source}", _levels(spec, k)))
-    return f"| {model} | " + " | ".join("; ".join(col) for col in zip(*cells)) + " |"
+    for k, c in enumerate(term_choices(spec), start=1):
+        if c.choice == "integrated_out":
+            q = sum(gt.M * gt.n_levels for gt in spec.design.terms)
+            cells.append((f"integrated out ({spec.structure.marginal} layout, {q} effects)", "Gaussian", "–", "–"))
+        elif c.choice == "conditional":
+            cells.append(("conditional", f"{spec.family.link} link, the intercept in a group-level term", "–", "–"))
+        else:
+            info = term_information(spec.design, spec.family, spec.priors, k)
+            source = ("prior scale: fewer than 3 levels" if all(t == p for t, p in zip(info.tau, info.tau_prior))
+                      else f"estimated (prior scale {', '.join(f'{p:.3g}' for p in info.tau_prior)})")
+            cells.append((_NAMES[c.choice], f"median kappa {'>' if c.choice == 'centered' else '<='} 1",
+                          f"{info.median_kappa:.3g}", f"{', '.join(f'{t:.3g}' for t in info.tau)}, {source}"))
+        cells[-1] += (_levels(spec, k),)
+    # terms of one model share the marginal layout: one cell for them
+    cols = list(zip(*cells))
+    return f"| {model} | " + " | ".join("; ".join(dict.fromkeys(col)) for col in cols) + " |"
 
 
 def table() -> str:
-    rows = ["| Model | Decision | median kappa | tau | data |", "|---|---|---|---|---|"]
+    rows = ["| Model | Decision | Why | median kappa | tau | data |", "|---|---|---|---|---|---|"]
     rows += [row(name, formula, load(), family) for name, formula, load, family in EXAMPLES]
     return "\n".join(rows)
 
