@@ -111,6 +111,9 @@ def test_comparison_page_has_measured_numbers():
         title, _, table = sec.partition("\n")
         assert f"### {title}" in page, title
         assert table.strip() in page, title
+    # the benchmark tables, from the files benchmarks/bench_bayes.py --json wrote
+    for part in (render.bench_table(), render.seeds_table(), render.seeds_verdict()):
+        assert part in page
     # spot checks against the JSON files directly (not through the renderer)
     ours = json.loads((DOCS / "assets" / "comparison_numbers.json").read_text())["cases"]
     ref = json.loads((ROOT / "tests" / "reference" / "ml_reference.json").read_text())["cases"]
