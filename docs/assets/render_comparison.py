@@ -160,7 +160,8 @@ def bench_table() -> str:
     docs/assets/bench_bayes_results.json``)."""
     r = _bench("bench_bayes_results.json")
     labels = {"sleepstudy": "sleepstudy (Gaussian)", "fish": "fish (Poisson)", "germination": "germination (binomial)"}
-    names = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred"}
+    names = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred",
+             "conditional": "conditional"}
     rows = [f"Measured by `benchmarks/bench_bayes.py --json` ({r['machine']['cpus']} cores, load average "
             f"{r['machine']['load_average_start']} at the start, {r['machine']['load_average_end']} at the end; "
             f"{r['settings']['chains']} chains x iter {r['settings']['iter']}, cores {r['settings']['cores']}, "
