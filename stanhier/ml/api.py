@@ -38,7 +38,7 @@ from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
-from .crossed import fit_crossed_lmm, needs_crossed
+from .crossed import blocked_is_quick, fit_crossed_lmm, needs_crossed
 from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
 from .aggregate import AGGREGATABLE, MIN_SHRINK, Aggregation, aggregate_counts
 from .layout import MAX_STACKED_Q, build_layout
@@ -111,8 +111,10 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
             f"{MAX_STACKED_Q} random effects in all (the stacked layout); this model has more. Fit it on "
             "a pandas DataFrame, or aggregate the data first."
         )
-    if kind == "lmm" and needs_crossed(design):
-        return fit_crossed_lmm(call, design)
+    if kind == "lmm" and (needs_crossed(design) or blocked_is_quick(design)):
+        # the numpy evaluator also for small models, where Stan's per-call overhead dominates;
+        # ml_lmm_crossed.stan stays their definition (fit.stan_check(), fit.density)
+        return fit_crossed_lmm(call, design, tol=min(tol * 100, 1e-6), start=start, optimum=optimum)
     agg = _aggregation(call, design, family) if kind == "glmm" else None
     if agg is None and kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
         return fit_crossed_glmm(call, design, family)
