@@ -39,7 +39,7 @@ from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
 from .crossed import blocked_is_quick, fit_crossed_lmm, needs_crossed
-from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
+from .crossed_glmm import fit_crossed_glmm, glmm_is_quick, glmm_needs_crossed, user_start
 from .aggregate import AGGREGATABLE, MIN_SHRINK, Aggregation, aggregate_counts
 from .layout import MAX_STACKED_Q, build_layout
 from .optimizer import evaluate_at, maximize
@@ -116,8 +116,9 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
         # ml_lmm_crossed.stan stays their definition (fit.stan_check(), fit.density)
         return fit_crossed_lmm(call, design, tol=min(tol * 100, 1e-6), start=start, optimum=optimum)
     agg = _aggregation(call, design, family) if kind == "glmm" else None
-    if agg is None and kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
-        return fit_crossed_glmm(call, design, family)
+    if agg is None and kind == "glmm" and (glmm_needs_crossed(design, family, call.nAGQ)
+                                           or glmm_is_quick(design, family, call.nAGQ)):
+        return fit_crossed_glmm(call, design, family, tol=min(tol * 100, 1e-6), start=start, optimum=optimum)
     fit_design, fit_family = (agg.design, agg.family) if agg is not None else (design, family)
     lay = build_layout(fit_design)
     if kind == "glmm" and call.nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
@@ -183,15 +184,8 @@ def _aggregation(call: MLCall, design: Design, family: Family) -> Aggregation | 
 
 def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndarray:
     x = default.copy()
-    for key, value in start.items():
-        value = np.atleast_1d(np.asarray(value, float))
-        if key == "theta" and len(value) == problem.n_theta:
-            x[problem.K:problem.K + problem.n_theta] = value
-        elif key in ("beta", "fixef") and len(value) == problem.K:
-            x[:problem.K] = value
-        else:
-            raise ArgumentError(f"start[{key!r}] must be 'theta' (length {problem.n_theta}) or "
-                                f"'beta' (length {problem.K}).")
+    K, T = problem.K, problem.n_theta
+    x[:K + T] = user_start(start, default[:K + T], K, T)
     return x
 
 

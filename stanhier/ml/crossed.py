@@ -475,9 +475,13 @@ class GramPairs:
     values: np.ndarray | None  #: t_jk t_jm in the same order, or None when every entry of T is 1
     starts: np.ndarray  #: first product of each distinct output place
     place: np.ndarray  #: flat output index k * q2 + m (k <= m) of each segment
+    #: positions in ``T.data`` of the two factors of each product (``entries=True``: T's values vary)
+    ia: np.ndarray | None = None
+    ib: np.ndarray | None = None
 
     @classmethod
-    def build(cls, T: sparse.csr_matrix, max_pairs: int = MAX_GRAM_PAIRS) -> "GramPairs | None":
+    def build(cls, T: sparse.csr_matrix, max_pairs: int = MAX_GRAM_PAIRS,
+              entries: bool = False) -> "GramPairs | None":
         T = T.tocsr()
         T.sort_indices()
         nnz = np.diff(T.indptr)
@@ -487,7 +491,7 @@ class GramPairs:
         key_t = np.int32 if q2 * q2 < 2 ** 31 else np.int64
         row_t = np.int32 if q1 < 2 ** 31 else np.int64
         ones = bool(np.all(T.data == 1.0))
-        keys, rows, vals = [], [], []
+        keys, rows, vals, ias, ibs = [], [], [], [], []
         for n in np.unique(nnz[nnz > 0]):
             sel = np.flatnonzero(nnz == n)
             pos = T.indptr[sel][:, None] + np.arange(n)[None, :]
@@ -495,6 +499,9 @@ class GramPairs:
             cols = T.indices[pos].astype(key_t)
             keys.append((cols[:, iu] * key_t(q2) + cols[:, ju]).ravel())
             rows.append(np.repeat(sel.astype(row_t), len(iu)))
+            if entries:
+                ias.append(pos[:, iu].ravel())
+                ibs.append(pos[:, ju].ravel())
             if not ones:
                 v = T.data[pos]
                 vals.append((v[:, iu] * v[:, ju]).ravel())
@@ -504,14 +511,18 @@ class GramPairs:
         key = key[order]
         row = np.concatenate(rows)[order]
         values = None if ones else np.concatenate(vals)[order]
+        ia = np.concatenate(ias)[order] if entries else None
+        ib = np.concatenate(ibs)[order] if entries else None
         del order
         starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-        return cls(row=row, values=values, starts=starts, place=key[starts].astype(np.int64))
+        return cls(row=row, values=values, starts=starts, place=key[starts].astype(np.int64), ia=ia, ib=ib)
 
-    def weighted_gram(self, p: np.ndarray, q2: int) -> np.ndarray:
-        """Dense T' diag(p) T (q2 x q2)."""
+    def weighted_gram(self, p: np.ndarray, q2: int, data: np.ndarray | None = None) -> np.ndarray:
+        """Dense T' diag(p) T (q2 x q2); ``data``: T's values now (built with ``entries=True``)."""
         w = p[self.row]
-        if self.values is not None:
+        if data is not None:
+            w *= data[self.ia] * data[self.ib]
+        elif self.values is not None:
             w *= self.values
         U = np.zeros(q2 * q2)
         U[self.place] = np.add.reduceat(w, self.starts)
@@ -539,7 +550,7 @@ def crossed_problem(design: Design, lay: CrossedLayout, REML: bool) -> CrossedLM
     V = np.asarray(Z.T @ np.column_stack([y, X]))
     return CrossedLMM(N=design.N, K=X.shape[1], REML=bool(REML), B=B, T=T, Z22=Z22, V=V,
                       XtX=(X.T @ X + (X.T @ X).T) / 2, Xty=X.T @ y, yty=float(y @ y), layout=lay,
-                      pairs=GramPairs.build(T) if M1 == 1 else None)
+                      pairs=GramPairs.build(T) if M1 == 1 and lay.q2 else None)
 
 
 # --------------------------------------------------------------------------- Stan program and data
