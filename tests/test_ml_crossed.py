@@ -314,3 +314,18 @@ def test_grouseticks_glmer_on_numpy_matches_lme4():
     np.testing.assert_allclose(fit.theta, GROUSE_REF["theta"], rtol=2e-4)
     np.testing.assert_allclose(fit.fixef().to_numpy(), GROUSE_REF["fixef"], atol=1e-4)
     np.testing.assert_allclose(np.sqrt(np.diag(fit.vcov())), GROUSE_REF["se"], rtol=1e-3)
+
+
+def test_numpy_glmer_record_reloads_exactly(tmp_path):
+    """A run record of a glmer fit on the numpy evaluator reloads at its optimum with the same
+    logLik and standard errors, and its Stan program is still at hand (density)."""
+    from stanhier.ml.api import glmer
+    from stanhier.record import load, save
+
+    fish = pd.read_csv(HERE / "data" / "fish.csv")
+    fit = glmer("fish_num ~ temperature + (1 | id)", fish, family="poisson")
+    again = load(save(fit, tmp_path / "rec"))
+    assert type(again) is type(fit) and again.evaluator == fit.evaluator
+    assert again.logLik() == fit.logLik()
+    np.testing.assert_array_equal(again.vcov().to_numpy(), fit.vcov().to_numpy())
+    assert again.density.log_prob(again.optimum.theta) == pytest.approx(again.logLik(), rel=1e-9)

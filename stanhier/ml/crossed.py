@@ -748,8 +748,9 @@ class StanDefined:
     def density(self):
         """The Stan program's log density (compiled on first use); None beyond the stacked layout."""
         if self._density is None and self.stacked_problem is not None:
-            compiled = self.model.compile(self.call.backend) if isinstance(self.model, StanProgramText) \
-                else self.model
+            # the fit's backend argument (a run record of this fit names none: the program did not run)
+            backend = self.call.backend if self.call.backend in ("pystan", "cmdstanpy") else "auto"
+            compiled = self.model.compile(backend) if isinstance(self.model, StanProgramText) else self.model
             base = compiled.log_density(self.stacked_problem.standata())
             order = self._stan_order()
             self._density = base if np.array_equal(order, np.arange(len(order))) else PermutedDensity(base, order)
@@ -776,17 +777,11 @@ class StanDefined:
         the two agree to rounding when both define the same model.
         """
         x = np.concatenate([self.fixef().to_numpy(), self.theta, self.aux])
-        if self.stacked_problem is not None:
-            if backend != "auto" or self._density is None:
-                self._density = None
-                model = self.model
-                compiled = model.compile(backend)
-                base = compiled.log_density(self.stacked_problem.standata())
-                order = self._stan_order()
-                return float(base.log_prob(x[order])), self.logLik()
-            return float(self.density.log_prob(x)), self.logLik()
         compiled = self.model.compile(backend) if isinstance(self.model, StanProgramText) else self.model
-        return float(compiled.log_density(self.standata()).log_prob(x)), self.logLik()
+        if self.stacked_problem is None:
+            return float(compiled.log_density(self.standata()).log_prob(x)), self.logLik()
+        base = compiled.log_density(self.stacked_problem.standata())
+        return float(base.log_prob(x[self._stan_order()])), self.logLik()
 
     def standata(self) -> dict:
         """The data of the Stan program that defines this fit (:meth:`stancode`)."""

@@ -420,6 +420,7 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float
             z0 = np.concatenate([np.zeros(K), x0[K:]])
             z, _, ok, message, _ = minimize_bounded(fun_z, z0, lower, tol=tol, quick=glmm.quick, max_evals=5000)
             x = to_x(z)
+        glmm.u = np.zeros(lay.q)  # PIRLS from u = 0 at x: the Hessian does not depend on the path here
         dev = fun(x)
         if np.all(x[K:] > 1e-4):
             grad, H = _fd_hessian(fun, x)
