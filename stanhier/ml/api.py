@@ -38,7 +38,7 @@ from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
-from .crossed import blocked_is_quick, fit_crossed_lmm, needs_crossed
+from .crossed import MAX_QUICK_Q2, fit_crossed_lmm, needs_crossed, schur_size
 from .crossed_glmm import fit_crossed_glmm, glmm_is_quick, glmm_needs_crossed, user_start
 from .aggregate import AGGREGATABLE, MIN_SHRINK, Aggregation, aggregate_counts
 from .layout import MAX_STACKED_Q, build_layout
@@ -111,7 +111,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
             f"{MAX_STACKED_Q} random effects in all (the stacked layout); this model has more. Fit it on "
             "a pandas DataFrame, or aggregate the data first."
         )
-    if kind == "lmm" and (needs_crossed(design) or blocked_is_quick(design)):
+    if kind == "lmm" and design.terms and (needs_crossed(design) or schur_size(design) <= MAX_QUICK_Q2):
         # the numpy evaluator also for small models, where Stan's per-call overhead dominates;
         # ml_lmm_crossed.stan stays their definition (fit.stan_check(), fit.density)
         return fit_crossed_lmm(call, design, tol=min(tol * 100, 1e-6), start=start, optimum=optimum)

@@ -65,7 +65,7 @@ from ..backends.base import LogDensity
 __all__ = ["CrossedLayout", "CrossedLMM", "CrossedMerFit", "StanProgramText", "build_crossed_layout",
            "crossed_problem", "fit_crossed_lmm", "lmer_crossed", "needs_crossed", "MAX_SCHUR_Q", "GramPairs", "CrossedModes", "ProblemSizes",
            "z_matrix", "single_threaded_blas", "crossed_stan_program", "crossed_stan_data",
-           "EVALUATOR", "blocked_is_quick", "StanDefined", "PermutedDensity", "stacked_problem_of", "within_stacked", "minimize_bounded", "fd_gradient", "lower_bounds"]
+           "EVALUATOR", "blocked_is_quick", "StanDefined", "PermutedDensity", "stacked_problem_of", "within_stacked", "blocks_problem", "minimize_bounded", "fd_gradient", "lower_bounds"]
 
 #: Largest size of the dense Schur complement (random effects outside the largest factor):
 #: memory 8 q^2 bytes per copy (a few copies live at once), time q^3 / 3 per evaluation.
@@ -553,6 +553,41 @@ def crossed_problem(design: Design, lay: CrossedLayout, REML: bool) -> CrossedLM
                       pairs=GramPairs.build(T) if M1 == 1 and lay.q2 else None)
 
 
+def blocks_problem(problem: Any, lay: CrossedLayout) -> CrossedLMM:
+    """:class:`CrossedLMM` from the stacked/per-group problem's cross-products (``ml_lmm.stan``'s
+    data, exact sums that Dask and pandas data give bit for bit), reordered into the blocked layout."""
+    cp, slay = problem.crossproducts, problem.layout
+    G, qb, K = cp.ZtX.shape
+    # blocked index of every (block, column) of the stacked layout
+    where = np.empty((G, qb), dtype=np.int64)
+    crossed_slot = {s.index: s for s in lay.slots}
+    for slot in slay.slots:
+        cs = crossed_slot[slot.index]
+        m = np.arange(slot.M)
+        if slay.layout == "blocks":  # block g = level g; the term's columns slot.col ... + M
+            where[:, slot.col + m] = cs.col + np.arange(G)[:, None] * slot.M + m
+        else:  # one block: the term's levels one after another
+            lev = np.arange(slot.L)
+            where[0, (slot.col + lev[:, None] * slot.M + m).ravel()] = (cs.col + lev[:, None] * slot.M + m).ravel()
+    rows = np.broadcast_to(where[:, :, None], (G, qb, qb))
+    cols = np.broadcast_to(where[:, None, :], (G, qb, qb))
+    ZtZ = np.asarray(cp.ZtZ, float)
+    nz = ZtZ != 0
+    full = sparse.csr_matrix((ZtZ[nz], (rows[nz], cols[nz])), shape=(lay.q, lay.q))
+    V = np.empty((lay.q, 1 + K))
+    V[where.ravel()] = np.concatenate([cp.Zty[:, :, None], cp.ZtX], axis=2).reshape(G * qb, 1 + K)
+    q1, M1, L1 = lay.q1, lay.M1, lay.L1
+    first = full[:q1, :q1].toarray() if q1 <= 4096 else None
+    if first is not None:
+        B = np.stack([first[l * M1:(l + 1) * M1, l * M1:(l + 1) * M1] for l in range(L1)])
+    else:
+        B = np.stack([full[l * M1:(l + 1) * M1, l * M1:(l + 1) * M1].toarray() for l in range(L1)])
+    T = full[:q1, q1:].tocsr()
+    return CrossedLMM(N=problem.N, K=K, REML=problem.REML, B=B, T=T, Z22=full[q1:, q1:].tocsr(), V=V,
+                      XtX=np.asarray(cp.XtX, float), Xty=np.asarray(cp.Xty, float), yty=float(cp.yty),
+                      layout=lay, pairs=GramPairs.build(T) if M1 == 1 and lay.q2 else None)
+
+
 # --------------------------------------------------------------------------- Stan program and data
 @dataclass(frozen=True)
 class StanProgramText:
@@ -887,7 +922,13 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6, start: d
     t0 = time.perf_counter()
     REML = bool(call.REML)
     lay = build_crossed_layout(design)
-    prob = crossed_problem(design, lay, REML)
+    stacked = within_stacked(design, "lmm") and not needs_crossed(design)
+    if stacked:  # ml_lmm.stan's data (one owner of the cross-products), reordered
+        stacked_problem = stacked_problem_of(design, "lmm", REML)
+        prob = blocks_problem(stacked_problem, lay)
+    else:
+        stacked_problem = None
+        prob = crossed_problem(design, lay, REML)
     K = prob.K
     with single_threaded_blas():
         if optimum is not None:
@@ -907,12 +948,13 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6, start: d
                        message="converged" if ok else message, n_evals=n_evals, n_starts=1,
                        seconds=time.perf_counter() - t0)
     problem = ProblemSizes(kind="lmm", K=prob.K, n_theta=lay.n_theta, n_aux=1)
-    stacked = within_stacked(design, "lmm") and not needs_crossed(design)
     fit = CrossedMerFit(crossed=prob, factorization=f, call=call, design=design,
                         layout=lay, family=get_family("gaussian"), problem=problem,
                         model=StanProgramText(stan_program("lmm") if stacked else crossed_stan_program()),
                         density=None, optimum=info)
     fit.stacked_args = ("lmm", REML) if stacked else None
+    if stacked_problem is not None:
+        fit.stacked_problem = stacked_problem  # (a cached property: built once)
     if not ok:
         warnings.warn(f"Model failed to converge: {message} (max |gradient| {np.max(np.abs(grad)):.2g}); "
                       "rescale predictors or simplify the random effects.", StanhierWarning, stacklevel=3)
