@@ -16,6 +16,16 @@ covariance factor's free elements ``theta`` (lme4's parameterization) and
 Two programs serve every model: sizes, the layout of the covariance factor and
 the family are data, so a compiled model is reused by every later fit.
 
+Which evaluator runs the optimizer (``fit.evaluator`` and the summary's ``Evaluator:``
+line say it): where Stan's fixed cost per call dominates -- ``lmer`` whenever the random
+effects outside the largest term number at most
+:data:`~stanhier.ml.crossed.MAX_QUICK_Q2` (one grouping factor: always), and Laplace
+``glmer`` with scalar terms, canonical links and Poisson/binomial/Bernoulli responses under
+the same condition -- the numpy blocked evaluator of the same likelihood
+(:mod:`stanhier.ml.crossed`, :mod:`stanhier.ml.crossed_glmm`) runs without compiling; the
+Stan program above stays the model's definition (``fit.stan_check()``, ``fit.density``,
+profile intervals), compiled when first needed. Everything else runs on Stan's log density.
+
 Example
 -------
 >>> import pandas as pd, stanhier as sh                       # doctest: +SKIP

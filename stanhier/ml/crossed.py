@@ -22,6 +22,13 @@ blocks (unprofiled: beta, theta, log sigma are its parameters) and stays the def
 of the model: :meth:`CrossedMerFit.stan_check` evaluates it at the optimum, and a test
 checks that the two agree. The fit says which evaluator ran (``fit.evaluator``).
 
+Small models run here too (``lmer`` with at most :data:`MAX_QUICK_Q2` random effects outside
+the largest term; one grouping factor: none, A is block-diagonal): an evaluation then takes
+microseconds, and theta is optimized by L-BFGS-B on central differences evaluated in one
+vectorized pass (:meth:`CrossedLMM.deviance_batch`). Within the stacked layout the data are
+``ml_lmm.stan``'s cross-products (exact sums, the same for Dask and pandas data) and that
+program defines the fit (:class:`StanDefined`: ``stan_check``, ``density`` for profiles).
+
 Example
 -------
 >>> import numpy as np, pandas as pd
@@ -666,9 +673,11 @@ def lower_bounds(lay: CrossedLayout) -> np.ndarray:
 
 
 def fd_gradient(fun, x: np.ndarray, lower: np.ndarray, f0: float | None = None,
-                rel: float = 1e-6, many=None) -> np.ndarray:
+                rel: float = 1e-6, many=None, with_value: bool = False):
     """Central differences of ``fun`` at ``x``, forward where a lower bound is within the step.
-    ``many``: evaluates a stack of points at once (else ``fun`` point by point)."""
+    ``many``: evaluates a stack of points at once (else ``fun`` point by point); ``f0``: the
+    value at ``x`` when known (else evaluated with the other points); ``with_value``: return
+    (value at x, gradient)."""
     h = rel * np.maximum(1.0, np.abs(x))
     forward = x - h < lower
     n = len(x)
@@ -680,7 +689,8 @@ def fd_gradient(fun, x: np.ndarray, lower: np.ndarray, f0: float | None = None,
     fp = vals[:n]
     fm = np.full(n, np.nan)
     fm[~forward] = vals[n:n + int(np.sum(~forward))]
-    return np.where(forward, (fp - f0) / h, (fp - fm) / (2 * h))
+    g = np.where(forward, (fp - f0) / h, (fp - fm) / (2 * h))
+    return (float(f0), g) if with_value else g
 
 
 def minimize_bounded(fun, x0: np.ndarray, lower: np.ndarray, *, tol: float, quick: bool,
@@ -697,8 +707,11 @@ def minimize_bounded(fun, x0: np.ndarray, lower: np.ndarray, *, tol: float, quic
     upper = np.full(len(x0), np.inf)
     if quick:
         def fg(x):
+            if many is not None:  # the value and the differences in one call
+                f, g = fd_gradient(fun, x, lower, many=many, with_value=True)
+                return (f, g) if np.isfinite(f) and np.all(np.isfinite(g)) else (np.inf, np.zeros_like(x))
             f = fun(x)
-            return (f, np.zeros_like(x)) if not np.isfinite(f) else (f, fd_gradient(fun, x, lower, f, many=many))
+            return (f, np.zeros_like(x)) if not np.isfinite(f) else (f, fd_gradient(fun, x, lower, f))
 
         res = sopt.minimize(fg, x0, jac=True, method="L-BFGS-B", bounds=sopt.Bounds(lower, upper),
                             options={"maxfun": max_evals, "ftol": 1e-12, "gtol": 1e-6,

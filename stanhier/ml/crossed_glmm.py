@@ -12,6 +12,13 @@ by COBYQA (lme4: bobyqa over the same variables). The Stan program of this model
 ``ml_glmm.stan`` (the stacked layout, for sizes where it fits); a test checks that its log
 density equals this evaluator at the optimum on a design small enough for it.
 
+Small designs (a Schur complement of at most ``MAX_QUICK_Q2`` effects, e.g. one grouping
+factor, or lme4's grouseticks) also run here: Z'WZ's blocks are summed with ``bincount``
+over index patterns fixed at the start, theta is first optimized with beta inside PIRLS
+(lme4's ``nAGQ = 0`` stage), then (beta, theta) by L-BFGS-B on central differences with
+beta scaled by its curvature. Standard errors: the finite-difference Hessian of the
+deviance over (beta, theta), as lme4.
+
 Example
 -------
 >>> import numpy as np, pandas as pd
@@ -408,7 +415,7 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float
                 x0[:K] = glmm.beta
             # beta in the coordinates z = R (beta - beta0), R' R = its curvature at the start: unit
             # curvature in every direction of beta (L-BFGS-B then needs few steps)
-            R = _curvature_root(glmm, x0)
+            R = _curvature_root(glmm, x0) if glmm.quick else np.eye(K)
             b0 = x0[:K].copy()
 
             def to_x(z):
