@@ -882,6 +882,17 @@ class CrossedMerFit(StanDefined, MerFit):
         self.crossed = crossed
         self._factorization = factorization
 
+    def refit_response(self, y: np.ndarray) -> np.ndarray | None:
+        """The optimum (beta, theta, log sigma) of this model refitted to the response ``y`` on
+        this evaluator, started at this fit's theta (parametric bootstrap); None if it fails."""
+        import dataclasses
+
+        design = dataclasses.replace(self.design, y=np.asarray(y, float))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = fit_crossed_lmm(self.call, design, start={"theta": self.theta})
+        return np.asarray(new.optimum.theta, float) if new.converged else None
+
     def ml_refit(self) -> "CrossedMerFit":
         """The ML fit of this model (itself for an ML fit), started at this optimum (for profiles)."""
         if not self.REML:

@@ -314,6 +314,18 @@ class CrossedGlmerFit(StanDefined, MerFit):
         self.glmm = glmm
         self._hess = hessian
 
+    def refit_response(self, y: np.ndarray) -> np.ndarray | None:
+        """The optimum (beta, theta) of this model refitted to the response ``y`` on this
+        evaluator, started at this fit's optimum (parametric bootstrap); None if it fails."""
+        import dataclasses
+
+        design = dataclasses.replace(self.design, y=np.asarray(y, float))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = fit_crossed_glmm(self.call, design, self.family, hessian=False,
+                                   start={"beta": self.fixef().to_numpy(), "theta": self.theta})
+        return np.asarray(new.optimum.theta, float) if new.converged else None
+
     @cached_property
     def _fixed(self):
         return self.glmm.pirls(self.fixef().to_numpy(), self.theta)
@@ -379,12 +391,14 @@ def _fd_hessian(fun, x: np.ndarray, rel: float = 1e-4) -> tuple[np.ndarray, np.n
 
 
 def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float = 1e-6,
-                     start: dict | None = None, optimum: np.ndarray | None = None) -> CrossedGlmerFit:
+                     start: dict | None = None, optimum: np.ndarray | None = None,
+                     hessian: bool = True) -> CrossedGlmerFit:
     """Laplace GLMM by the numpy evaluator (see the module docstring). Quick designs (Schur
     complement of at most ``MAX_QUICK_Q2`` effects): as lme4, theta is first optimized with beta
     inside PIRLS (its ``nAGQ = 0`` stage), then (beta, theta) by L-BFGS-B on central differences;
     larger ones by COBYQA over (beta, theta). ``start``: ``{"beta": .., "theta": ..}``;
-    ``optimum``: a recorded (beta, theta), evaluated without optimizing."""
+    ``optimum``: a recorded (beta, theta), evaluated without optimizing; ``hessian=False``: no
+    standard errors (refits that need the optimum only)."""
     if family.name not in GLMM_FAMILIES:
         raise DataError(f"glmer on crossed/nested factors beyond the stacked layout supports the families "
                         f"{', '.join(GLMM_FAMILIES)} (not {family.name!r}); use fewer levels or brm().")
@@ -429,12 +443,14 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float
             x = to_x(z)
         glmm.u = np.zeros(lay.q)  # PIRLS from u = 0 at x: the Hessian does not depend on the path here
         dev = fun(x)
-        if np.all(x[K:] > 1e-4):
+        if not hessian:
+            grad, H = np.full(len(x), np.nan), None
+        elif np.all(x[K:] > 1e-4):
             grad, H = _fd_hessian(fun, x)
         else:  # at the boundary (singular fit): over beta only, theta held at the optimum
             grad, H = _fd_hessian(lambda b: fun(np.concatenate([b, x[K:]])), x[:K])
             grad = np.concatenate([grad, np.full(lay.n_theta, np.nan)])
-        H = H / 2  # Hessian of -logLik
+        H = None if H is None else H / 2  # Hessian of -logLik
         grad = -grad / 2  # gradient of logLik (diagnostics)
         fun(x)  # leave the warm start at the optimum
     ok = bool(np.isfinite(dev) and ok)
