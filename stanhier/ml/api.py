@@ -123,7 +123,7 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
         )
     if kind == "lmm" and design.terms and (needs_crossed(design) or schur_size(design) <= MAX_QUICK_Q2):
         # the numpy evaluator also for small models, where Stan's per-call overhead dominates;
-        # ml_lmm_crossed.stan stays their definition (fit.stan_check(), fit.density)
+        # their Stan program stays the definition (fit.stan_check(), fit.density)
         return fit_crossed_lmm(call, design, tol=min(tol * 100, 1e-6), start=start, optimum=optimum)
     agg = _aggregation(call, design, family) if kind == "glmm" else None
     if agg is None and kind == "glmm" and (glmm_needs_crossed(design, family, call.nAGQ)

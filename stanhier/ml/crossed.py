@@ -72,7 +72,9 @@ from ..backends.base import LogDensity
 __all__ = ["CrossedLayout", "CrossedLMM", "CrossedMerFit", "StanProgramText", "build_crossed_layout",
            "crossed_problem", "fit_crossed_lmm", "lmer_crossed", "needs_crossed", "MAX_SCHUR_Q", "GramPairs", "CrossedModes", "ProblemSizes",
            "z_matrix", "single_threaded_blas", "crossed_stan_program", "crossed_stan_data",
-           "EVALUATOR", "blocked_is_quick", "StanDefined", "PermutedDensity", "stacked_problem_of", "within_stacked", "blocks_problem", "minimize_bounded", "fd_gradient", "lower_bounds"]
+           "EVALUATOR", "MAX_QUICK_Q2", "schur_size", "blocked_is_quick", "StanDefined", "PermutedDensity",
+           "stacked_problem_of", "within_stacked", "blocks_problem", "minimize_bounded", "fd_gradient",
+           "lower_bounds"]
 
 #: Largest size of the dense Schur complement (random effects outside the largest factor):
 #: memory 8 q^2 bytes per copy (a few copies live at once), time q^3 / 3 per evaluation.
