@@ -6,7 +6,12 @@ wall time and min bulk ESS over the parameters brms prints, per second. brms ref
 with ``update(fit, recompile = FALSE, seed = ...)``; stanhier uses its defaults
 (Gaussian: group-level effects integrated out; others: ``parameterization="auto"``).
 
-    python benchmarks/bench_bayes.py [--cases sleepstudy,fish,germination] [--seeds 1] [--cores 2]
+    python benchmarks/bench_bayes.py [--cases sleepstudy,fish,germination] [--seeds 1] [--cores 2] [--json out.json]
+
+``--json``: also write the results (machine, load averages, every run) to that file;
+docs/assets/render_comparison.py renders docs/comparison.md's benchmark tables from
+``docs/assets/bench_bayes_results.json`` (brms against stanhier) and
+``docs/assets/bench_bayes_seeds.json`` (``--cases fish --seeds 1,2,3,4,5 --no-brms``).
 
 Needs R with brms (``Rscript``). On a shared machine, say so next to the numbers.
 """
@@ -107,11 +112,25 @@ def run_stanhier(case: dict, seeds: list[int], cores: int) -> dict:
                      cores=cores, progress=False)
         wall = time.perf_counter() - t
         d = fit.diagnostics()
+        table = fit.summary_table()
         runs.append({"seed": s, "wall": wall, "sample_seconds": fit.sample_seconds,
-                     "min_ess_bulk": d["min_bulk_ess"], "max_rhat": d["max_rhat"],
+                     "min_ess_bulk": d["min_bulk_ess"], "min_ess_tail": d["min_tail_ess"], "max_rhat": d["max_rhat"],
                      "divergent": d["divergent_transitions"],
-                     "treatment": [c.choice for c in term_choices(fit.spec)]})
+                     "treatment": [c.choice for c in term_choices(fit.spec)],
+                     "mean": table["Estimate"].to_dict(), "sd": table["Est.Error"].to_dict()})
     return {"compile": compile_s, "runs": runs}
+
+
+def long_reference(case: dict, iters: int, cores: int) -> dict:
+    """A long centred run (4 chains x ``iters`` post-warmup draws) of the same model: the posterior
+    the default fits are checked against (issue 10: within 0.1 posterior SD)."""
+    df = load(case["data"])
+    fit = sh.brm(case["formula"], df, case["family"], chains=4, iter=2 * iters, warmup=iters, seed=99,
+                 cores=cores, progress=False, parameterization="centered", control={"adapt_delta": 0.99})
+    table = fit.summary_table()
+    d = fit.diagnostics()
+    return {"mean": table["Estimate"].to_dict(), "sd": table["Est.Error"].to_dict(),
+            "divergent": d["divergent_transitions"], "max_rhat": d["max_rhat"], "min_ess_bulk": d["min_bulk_ess"]}
 
 
 def main() -> None:
@@ -120,7 +139,13 @@ def main() -> None:
     p.add_argument("--seeds", default="1")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--no-brms", action="store_true", help="stanhier only")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--long", type=int, default=0, metavar="ITERS",
+                   help="also a long centred run (4 chains x ITERS draws) to check the default fits' posterior against")
     a = p.parse_args()
+    results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                 "load_average_start": round(os.getloadavg()[0], 1)},
+                     "settings": {"chains": 4, "iter": 2000, "warmup": 1000, "cores": a.cores}, "cases": {}}
     seeds = [int(s) for s in a.seeds.split(",")]
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, {cpu}; load average {os.getloadavg()[0]:.1f}")
@@ -138,10 +163,25 @@ def main() -> None:
                 print(f"  {who:8s} seed {r['seed']}: wall {r['wall']:6.1f} s, min bulk ESS {r['min_ess_bulk']:7.0f}, "
                       f"ESS/s {rate:8.1f}, max Rhat {r['max_rhat']:.3f}, divergent {r['divergent']}"
                       + (f", {'/'.join(r['treatment'])}" if r.get("treatment") else ""))
+        results["cases"][name] = {"formula": case["formula"], "family": case["family"], "stanhier": ours,
+                                  "brms": theirs}
+        if a.long:
+            ref = long_reference(case, a.long, a.cores)
+            print(f"  long centred run, 4 x {a.long} draws, adapt_delta 0.99: divergent {ref['divergent']}, "
+                  f"max Rhat {ref['max_rhat']:.3f}, min bulk ESS {ref['min_ess_bulk']:.0f}")
+            for r in ours["runs"]:
+                dev = {k: abs(r["mean"][k] - ref["mean"][k]) / ref["sd"][k] for k in ref["mean"]}
+                worst = max(dev, key=dev.get)
+                print(f"    seed {r['seed']}: max |mean - long mean| / posterior SD = {dev[worst]:.3f} ({worst})")
+                r["max_sd_from_long"] = dev[worst]
+            results["cases"][name]["long_centred"] = ref
         if ours["runs"] and theirs.get("runs"):
             a_rate = np.median([r["min_ess_bulk"] / r["wall"] for r in ours["runs"]])
             b_rate = np.median([r["min_ess_bulk"] / r["wall"] for r in theirs["runs"]])
             print(f"  min bulk ESS/s, stanhier / brms: {a_rate / b_rate:.1f}x")
+    if a.json:
+        results["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
+        Path(a.json).write_text(json.dumps(results, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

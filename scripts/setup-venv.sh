@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by main.sh and test.sh: create .venv (Python 3.11) if needed and install stanhier
-# with the extras given as arguments (e.g. "test,docs").
+# Sourced by main.sh and test.sh, or run alone (`bash scripts/setup-venv.sh docs`): create .venv
+# (Python 3.11) if needed and install stanhier with the extras given as arguments (e.g. "test,docs").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3.11}

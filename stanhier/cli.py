@@ -44,6 +44,7 @@ from .backends.base import SampleSettings
 from .errors import ArgumentError, DataError, StanhierError, StanhierWarning
 from .families import get_family
 from .model.formula import no_random_effects
+from .model.parameterization import PARAMETERIZATIONS
 from .model.priors import prior
 from .progress import verbose_output
 from .record import load, read_record, save, write_stan_data
@@ -448,7 +449,7 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
                    help="target acceptance rate (brms's control adapt_delta)")
     g.add_argument("--max-treedepth", type=int, default=SampleSettings.max_treedepth,
                    help="NUTS maximum tree depth (brms's control max_treedepth)")
-    g.add_argument("--parameterization", choices=("auto", "noncentered", "centered"), default=None,
+    g.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=None,
                    help="how group-level effects are sampled (default: brm's)")
     g.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=None,
                    help="Gaussian models: integrate the group-level effects out (default: where possible)")
@@ -542,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stancode", help="print the generated Stan program (--out: write it with its data)")
     _model_args(p)
-    p.add_argument("--parameterization", choices=("auto", "noncentered", "centered"), default=None,
+    p.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=None,
                    help="how group-level effects are sampled (default: brm's)")
     p.add_argument("--marginalize", action=argparse.BooleanOptionalAction, default=None,
                    help="Gaussian models: the program that integrates the group-level effects out")

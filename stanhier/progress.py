@@ -1,13 +1,15 @@
 """What a person sees while stanhier works: one tqdm display per stage.
 
-Three stages can take long enough to need a display:
+Four stages can take long enough to need a display:
 
 * compiling a Stan program (:func:`compiling`): elapsed time while the C++ compiler
   runs, a single ``cached`` line when the program is already compiled;
 * NUTS sampling (:class:`SamplingProgress`): iterations done of the total across
   chains, whether the chains are in warmup or sampling, elapsed and remaining time;
 * ML optimization (:class:`Spinner`): a spinner with the number of log-density
-  evaluations, shown only when the optimization takes more than a second.
+  evaluations, shown only when the optimization takes more than a second;
+* bootstrap refits (:class:`TaskProgress`): refits done of the total, elapsed and
+  remaining time.
 
 Every display goes to stderr through :mod:`tqdm.auto` (a widget in notebooks) and is
 switched off with ``progress=False``. What the engines print themselves (pystan's
@@ -36,7 +38,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["compiling", "CompileStage", "SamplingProgress", "Spinner", "verbose", "verbose_output", "VERBOSE_ENV",
+__all__ = ["compiling", "CompileStage", "SamplingProgress", "TaskProgress", "Spinner", "verbose", "verbose_output", "VERBOSE_ENV",
            "logger"]
 
 #: Environment variable that turns the engines' own console output back on (``1``/``true``).
@@ -223,6 +225,36 @@ class SamplingProgress:
                 self.done = self.total
         self._bar.close()
         self._bar = None
+
+
+class TaskProgress:
+    """``done/total`` tasks (e.g. bootstrap refits) with elapsed and remaining time.
+
+    >>> bar = TaskProgress(10, "Parametric bootstrap", unit="refits", enabled=False)
+    >>> bar.update(4); bar.done
+    4
+    >>> bar.close()
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "it", enabled: bool = True, file=None) -> None:
+        self.total, self.desc, self.done = int(total), desc, 0
+        self._bar = None
+        if enabled:
+            self._bar = _tqdm(total=self.total, desc=desc, unit=unit, mininterval=0.25, file=file,
+                              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " + unit
+                                         + " [{elapsed}<{remaining}]")
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more tasks done."""
+        self.done += int(n)
+        if self._bar is not None:
+            self._bar.update(int(n))
+
+    def close(self, ok: bool = True) -> None:
+        if self._bar is not None:
+            self._bar.set_description_str(f"{self.desc} {'done' if ok else 'stopped'}", refresh=False)
+            self._bar.close()
+            self._bar = None
 
 
 class Spinner:

@@ -253,6 +253,7 @@ def test_no_private_name_read_from_another_module(package):
     ("y ~ x + (x | g)", "gaussian", {"marginalize": False}),
     ("y ~ x + (x | g)", "gaussian", {"marginalize": True}),
     ("y ~ x + (x | g)", "poisson", {"parameterization": "centered"}),
+    ("y ~ x + (x | g) + (1 | h)", "poisson", {}),  # conditional: h's intercept is anchored by g
 ])
 def test_names_module_spells_the_programs_names(formula, family, kwargs):
     """Every name stan/names.py makes for a model is declared by the rendered program
@@ -280,8 +281,10 @@ def test_names_module_spells_the_programs_names(formula, family, kwargs):
     else:
         for info in table.terms:
             t = names.term(info.index)
-            centered = spec.structure.terms[info.index][1]
-            stan_names |= {t.sd, t.r} | (set() if centered else {t.z}) | ({t.L, t.cor} if info.correlated and info.M > 1 else set())
+            treatment = spec.structure.terms[info.index][1]
+            stan_names |= {t.sd, t.r} | (set() if treatment == "centered" else {t.z}) | ({t.L, t.cor} if info.correlated and info.M > 1 else set())
+            if treatment == "conditional":
+                stan_names |= {t.eps, names.B_FREE, names.LOG_JACOBIAN}
     if table.has_intercept:
         stan_names |= {names.INTERCEPT, names.B_INTERCEPT}
     for name in stan_names:

@@ -83,6 +83,13 @@ def test_golden_programs(name, formula, family, fixture, request):
     assert code == path.read_text(), f"generated code changed; review and update {path}"
 
 
+def test_golden_conditional_program(fish):
+    """The seed model's default program: the conditional treatment (stanhier.model.parameterization)."""
+    code = sh.make_stancode("fish_num ~ 1 + temperature + (temperature | weather)", fish, family="poisson")
+    path = GOLDEN / "brm_poisson_conditional.stan"
+    assert code == path.read_text(), f"generated code changed; review and update {path}"
+
+
 def test_golden_marginal_program(sleep):
     """The default Gaussian program: group-level effects integrated out (stanhier.bayes.marginal)."""
     code = sh.make_stancode("Reaction ~ Days + (Days | Subject)", sleep)

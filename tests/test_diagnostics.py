@@ -28,17 +28,15 @@ def test_seed_model_diagnostics_reported(fish_fit):
     tail = min(float(az.ess(post[v].values, method="tail")) for v in variables)
     assert d["max_rhat"] == pytest.approx(rhat) and d["min_bulk_ess"] == pytest.approx(bulk)
     assert d["min_tail_ess"] == pytest.approx(tail)
-    # 2 chains x 300 draws of a 2-level grouping factor: bulk ESS is far below 100 per chain
-    assert bulk < 200
     text = str(fish_fit)
-    assert f"Warning: Bulk effective sample size is low (min {bulk:.0f} < 200)" in text
+    assert (f"Warning: Bulk effective sample size is low (min {bulk:.0f} < 200)" in text) == (bulk < 200)
     assert (f"Warning: Parts of the model have not converged (some Rhats are > 1.01, max {rhat:.2f})" in text) \
         == (rhat > 1.01)
     div = int(st["divergent__"].sum())
     assert (f"Warning: There were {div} divergent transitions after warmup" in text) == (div > 0)
     if div:  # few levels with much data each: the advice fits the program that ran
-        centred = all(cen for _, cen in fish_fit.spec.structure.terms)
-        assert centred  # parameterization="auto" chose the centred program for these data
+        # parameterization="auto" chose the conditional program for these data: no advice to centre
+        assert [tr for _, tr in fish_fit.spec.structure.terms] == ["conditional"]
         assert "adapt_delta" in text and "'weather'" in text and "parameterization='centered'" not in text
 
 

@@ -24,7 +24,7 @@ DOCTEST_MODULES = ["stanhier", "stanhier.model.formula", "stanhier.model.design"
                    "stanhier.ml.crossed", "stanhier.ml.crossed_glmm", "stanhier.stan.marginal",
                    "stanhier.bayes.marginal", "stanhier.model.parameterization",
                    "stanhier.bayes.parameterization", "stanhier.model.crossprod", "stanhier.ml.aggregate",
-                   "stanhier.progress", "stanhier.backends.toolchain"]
+                   "stanhier.progress", "stanhier.backends.toolchain", "stanhier.ml.boot", "stanhier.bayes.plots"]
 
 
 def _renderer(name: str):
@@ -106,17 +106,29 @@ def test_comparison_page_has_measured_numbers():
     page = (DOCS / "comparison.md").read_text()
     render = _renderer("render_comparison")
     sections = [sec for sec in render.main().split("### ") if sec.strip()]
-    assert len(sections) == 6  # four ML and two Bayesian comparisons
+    assert len(sections) == 7  # five ML and two Bayesian comparisons
     for sec in sections:
         title, _, table = sec.partition("\n")
         assert f"### {title}" in page, title
         assert table.strip() in page, title
+    # the benchmark tables, from the files benchmarks/bench_bayes.py --json wrote
+    for part in (render.bench_table(), render.seeds_table(), render.seeds_verdict()):
+        assert part in page
     # spot checks against the JSON files directly (not through the renderer)
     ours = json.loads((DOCS / "assets" / "comparison_numbers.json").read_text())["cases"]
     ref = json.loads((ROOT / "tests" / "reference" / "ml_reference.json").read_text())["cases"]
     row = re.search(r"\| logLik \| (-?[\d.]+) \| (-?[\d.]+) \|", page)
     assert float(row.group(1)) == round(ref["sleepstudy_corr_REML"]["logLik"], 3)
     assert float(row.group(2)) == round(ours["sleepstudy_corr_REML"]["logLik"], 3)
+    # cbpp: the independent Laplace calculation reproduces lme4's log-likelihood at lme4's estimates
+    # to lme4's own evaluation error (3e-4) and stanhier's at stanhier's to 1e-6
+    agg = json.loads((ROOT / "tests" / "reference" / "aggregation_reference.json").read_text())["cbpp_binomial"]
+    at_lme4 = render.laplace_loglik_cbpp(list(agg["fixef"].values()), agg["theta"])
+    assert abs(at_lme4 - agg["logLik"]) < 5e-4
+    cb = ours["cbpp_binomial_laplace"]
+    assert abs(render.laplace_loglik_cbpp(list(cb["fixef"].values()), cb["theta"][0]) - cb["logLik"]) < 1e-6
+    assert cb["logLik"] > agg["logLik"]
+    assert f"stanhier's Laplace optimum is higher than lme4's ({cb['logLik']:.5f} against {agg['logLik']:.5f})" in page
     div = ours["fish_slope_corr"]["diagnostics"]["divergent_transitions"]
     assert f"stanhier's run reports {div} divergent" in page
 
@@ -127,3 +139,23 @@ def test_large_data_page_has_measured_numbers():
     render = _renderer("render_large_data")
     assert render.example_output() in page
     assert render.bench_table() in page
+
+
+def test_parameterization_page_table_is_rendered():
+    """docs/parameterization.md's table of the auto rule's choices is what the rule decides now."""
+    page = (DOCS / "parameterization.md").read_text()
+    table = _renderer("render_parameterization").table()
+    assert table in page
+    assert "| fish `fish_num ~ 1 + temperature + (temperature \\| weather)` (poisson) | " in table
+
+
+def test_index_page_outputs_are_rendered():
+    """docs/index.md shows the brm summary its code printed (sampled once by
+    docs/assets/render_index.py --sample) and the glmer printout a fresh fit prints now."""
+    page = (DOCS / "index.md").read_text()
+    render = _renderer("render_index")
+    brm = render.brm_output()
+    assert brm in page and "Group-level effects: (Intercept + temperature | weather) " in brm
+    m = render._glmer()
+    assert render.glmer_output(m) in page
+    assert render.glmer_text(m) in page

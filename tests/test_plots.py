@@ -148,3 +148,34 @@ def test_conditional_effects_ml_point_line(sleep):
     fig = conditional_effects(m, "Days", resolution=5)
     line = fig.axes[0].get_lines()[0]
     np.testing.assert_allclose(line.get_ydata(), m.fixef()["(Intercept)"] + m.fixef()["Days"] * np.linspace(0, 9, 5))
+
+
+def test_conditional_effects_many_levels_says_so_and_keeps_lines_visible(sleep, tmp_path):
+    """18 subjects, 12 drawn by default: a warning and the legend's title say so and name how to
+    choose; every drawn level has its own colour; the legend sits beside the axes (no line is
+    hidden under it), also when all 18 are drawn."""
+    from stanhier.ml.api import lmer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False, progress=False)
+    with pytest.warns(sh.StanhierWarning, match=r"'Subject' has 18 levels; the plot draws the first 12 "
+                                                r"\(max_levels=12\)\. Choose the levels with by_levels="):
+        fig = conditional_effects(m, "Days", by="Subject", resolution=5, path=tmp_path / "ce12.png")
+    assert _written(tmp_path / "ce12.png")
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "Subject (12 of 18 levels)"
+    assert [t.get_text() for t in legend.get_texts()] == [str(s) for s in sorted(sleep["Subject"].unique())[:12]]
+    for n, f in ((12, fig), (18, None)):
+        if f is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # every level drawn: no warning
+                f = conditional_effects(m, "Days", by="Subject", max_levels=18, resolution=5)
+            assert f.axes[0].get_legend().get_title().get_text() == "Subject"
+        lines = f.axes[0].get_lines()
+        assert len(lines) == n
+        assert len({matplotlib.colors.to_rgba(ln.get_color()) for ln in lines}) == n
+        renderer = f.canvas.get_renderer()
+        box, axes_box = f.axes[0].get_legend().get_window_extent(renderer), f.axes[0].get_window_extent(renderer)
+        assert box.x0 > axes_box.x1  # beside the axes: overlaps no line

@@ -1,6 +1,8 @@
 """Measure the stanhier column of docs/comparison.md (run from the repository root).
 
-    .venv/bin/python docs/assets/measure_comparison.py [all|ml|bayes] > numbers.json
+    .venv/bin/python docs/assets/measure_comparison.py [all|ml|bayes|cbpp] > numbers.json
+    .venv/bin/python docs/assets/measure_comparison.py cbpp docs/assets/comparison_numbers.json
+        # the second form updates those cases in the file, keeping the others
 
 Same calls as tests/reference/*.json: brm with chains=4, iter=4000, warmup=2000, seed=1
 (pystan backend), lmer/glmer with lme4's defaults.
@@ -23,6 +25,7 @@ warnings.simplefilter("ignore")
 fish = pd.read_csv("tests/data/fish.csv")
 fish["weather"] = (fish["weather"] == "sunny").astype(int)
 sleep = pd.read_csv("tests/data/sleepstudy.csv")
+cbpp = pd.read_csv("tests/data/cbpp.csv").astype({"period": str, "herd": str})
 out: dict = {"python": sys.version.split()[0], "platform": platform.platform(), "cases": {}}
 
 
@@ -55,7 +58,18 @@ if WHAT in ("all", "ml"):
   t0 = time.time(); ml("sleepstudy_corr_ML", lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False), "sh.lmer('Reaction ~ Days + (Days | Subject)', sleep, REML=False)", t0)
   t0 = time.time(); ml("fish_int_weather_laplace", glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (1 | weather)', fish, family='poisson')", t0)
   t0 = time.time(); ml("fish_slope_weather_laplace", glmer("fish_num ~ 1 + temperature + (temperature | weather)", fish, family="poisson"), "sh.glmer('fish_num ~ 1 + temperature + (temperature | weather)', fish, family='poisson')", t0)
+if WHAT in ("all", "ml", "cbpp"):
+  t0 = time.time(); g = glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+  ml("cbpp_binomial_laplace", g, "sh.glmer('cbind(incidence, size - incidence) ~ period + (1 | herd)', cbpp, family='binomial')", t0)
+  out["cases"]["cbpp_binomial_laplace"]["theta"] = [float(t) for t in g.theta]
 if WHAT in ("all", "bayes"):
   bayes("sleepstudy", "Reaction ~ Days + (Days | Subject)", sleep, "gaussian")
   bayes("fish_slope_corr", "fish_num ~ 1 + temperature + (temperature | weather)", fish, "poisson")
-print(json.dumps(out, indent=1, default=str))
+if len(sys.argv) > 2:  # update these cases in an existing file
+  from pathlib import Path
+  path = Path(sys.argv[2])
+  saved = json.loads(path.read_text())
+  saved["cases"].update(out["cases"])
+  path.write_text(json.dumps(saved, indent=1, default=str) + "\n")
+else:
+  print(json.dumps(out, indent=1, default=str))

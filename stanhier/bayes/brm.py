@@ -97,9 +97,13 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     gradient costs the same for any number of rows (:mod:`stanhier.bayes.marginal`).
     ``marginalize=False`` runs brms's program; ``sufficient_stats=True`` is
     ``marginalize=True`` (an error if the model does not allow it).
-    ``parameterization="auto"`` (default) chooses per group-level term between the
-    centred and the non-centred program from how strongly the data inform each level
-    (docs/parameterization.md); ``"centered"`` / ``"noncentered"`` (brms's) force one.
+    ``parameterization="auto"`` (default), for other models: with a log or logit link,
+    the *conditional* treatment (each level's effects and the population-level effects
+    they share follow their approximate conditional posterior: an exact change of
+    variables, stable for few or many levels, little or much data); otherwise centred or
+    non-centred per term from how strongly the data inform each level
+    (docs/parameterization.md). ``"conditional"``, ``"centered"`` / ``"noncentered"``
+    (brms's) force one.
     ``na_action="drop"`` drops rows with missing values (with a
     warning; ``"raise"`` errors); ``collinear="error"`` names constant or collinear
     predictors (``"drop"`` drops them with a warning).

@@ -397,7 +397,7 @@ class BrmsFit:
             few = [gt.term.group_name for gt in design.terms
                    if gt.n_levels <= 5 and design.N / gt.n_levels >= 20]
             # [parameterization] "auto" may already have chosen the centred program
-            if few and not all(cen for _, cen in self.spec.structure.terms):
+            if few and any(tr == "noncentered" for _, tr in self.spec.structure.terms):
                 msg += (f" Grouping factor(s) {', '.join(map(repr, few))} have few levels with much data each: "
                         "parameterization='centered' usually removes such divergences.")
             elif few:

@@ -1,8 +1,8 @@
 """How each group-level term of a Bayesian fit was sampled, and why (for the summary and the run record).
 
-Three treatments exist: *integrated out* (Gaussian models, :mod:`stanhier.bayes.marginal`),
-*centred* and *non-centred* (other models; ``parameterization="auto"`` picks one per
-term with the rule of :mod:`stanhier.model.parameterization`).
+Four treatments exist: *integrated out* (Gaussian models, :mod:`stanhier.bayes.marginal`),
+*conditional*, *centred* and *non-centred* (other models; ``parameterization="auto"`` picks
+with the rule of :mod:`stanhier.model.parameterization`).
 
 Example
 -------
@@ -12,9 +12,9 @@ Example
 >>> fish["weather"] = (fish["weather"] == "sunny").astype(int)
 >>> spec = build_model("fish_num ~ 1 + temperature + (temperature | weather)", fish, "poisson")
 >>> [c.choice for c in term_choices(spec)]
-['centered']
+['conditional']
 >>> summary_lines(spec)
-['Group-level effects: (Intercept + temperature | weather) centred']
+['Group-level effects: (Intercept + temperature | weather) conditional']
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..model.parameterization import term_information
+from ..model.parameterization import conditional_unavailable, term_information
 from ..stan.codegen import ModelSpec
 
 __all__ = ["TermChoice", "term_choices", "choices_record", "summary_lines"]
@@ -33,7 +33,7 @@ class TermChoice:
     """The treatment of one group-level term."""
 
     term: str  #: ``(temperature | weather)``
-    choice: str  #: ``integrated_out``, ``centered`` or ``noncentered``
+    choice: str  #: ``integrated_out``, ``conditional``, ``centered`` or ``noncentered``
     reason: str
 
 
@@ -46,23 +46,27 @@ def _term_text(spec: ModelSpec, k: int) -> str:
 def term_choices(spec: ModelSpec) -> list[TermChoice]:
     """One :class:`TermChoice` per group-level term, in the formula's order."""
     out = []
-    for k, (_, centered) in enumerate(spec.structure.terms, start=1):
+    for k, (_, treatment) in enumerate(spec.structure.terms, start=1):
         text = _term_text(spec, k)
         if spec.structure.marginal:
             out.append(TermChoice(text, "integrated_out",
                                   f"Gaussian model: effects integrated out exactly ({spec.structure.marginal} "
                                   "layout), drawn afterwards from their exact conditionals"))
             continue
-        choice = "centered" if centered else "noncentered"
-        if spec.parameterization == "auto":
+        if spec.parameterization != "auto":
+            reason = f"parameterization={spec.parameterization!r} requested"
+        elif treatment == "conditional":
+            reason = ("auto: log/logit link and the intercept in a group-level term, so each level's effects follow "
+                      "their approximate conditional posterior (exact change of variables; neither centred nor "
+                      "non-centred funnels)")
+        else:
             info = term_information(spec.design, spec.family, spec.priors, k)
             kap = ", ".join(f"{c} {x:.3g}" for c, x in zip(info.coefs, info.kappa))
-            reason = (f"auto: median over levels of min over coefficients of tau^2 * information = "
-                      f"{info.median_kappa:.3g} ({'>' if centered else '<='} 1; per coefficient: {kap}; "
-                      f"tau = {', '.join(f'{t:.3g}' for t in info.tau)})")
-        else:
-            reason = f"parameterization={spec.parameterization!r} requested"
-        out.append(TermChoice(text, choice, reason))
+            reason = (f"auto: conditional unavailable ({conditional_unavailable(spec.design, spec.family)}); "
+                      f"median over levels of min over coefficients of tau^2 * information = "
+                      f"{info.median_kappa:.3g} ({'>' if treatment == 'centered' else '<='} 1; per coefficient: "
+                      f"{kap}; tau = {', '.join(f'{t:.3g}' for t in info.tau)})")
+        out.append(TermChoice(text, treatment, reason))
     return out
 
 
@@ -76,5 +80,6 @@ def summary_lines(spec: ModelSpec) -> list[str]:
     choices = term_choices(spec)
     if not choices:
         return []
-    names = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred"}
+    names = {"integrated_out": "integrated out", "centered": "centred", "noncentered": "non-centred",
+             "conditional": "conditional"}
     return ["Group-level effects: " + "; ".join(f"{c.term} {names[c.choice]}" for c in choices)]

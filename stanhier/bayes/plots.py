@@ -21,16 +21,17 @@ Example
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..errors import ArgumentError, DataError
+from ..errors import ArgumentError, DataError, StanhierWarning, user_stacklevel
 from ..model.formula import formula_variables
 
-__all__ = ["plot_trace", "pp_check", "conditional_effects", "plot_ranef"]
+__all__ = ["plot_trace", "pp_check", "conditional_effects", "plot_ranef", "distinct_colors"]
 
 
 def _save(fig: Any, path: Any) -> None:
@@ -74,8 +75,6 @@ def plot_trace(fit: Any, variables: Sequence[str] | None = None, *, path: Any = 
         unknown = [v for v in variables if v not in fit.idata.posterior]
         if unknown:
             raise ArgumentError(f"Unknown variable(s) {unknown} for plot(); available: {', '.join(names)}.")
-    import warnings
-
     with warnings.catch_warnings():  # arviz 0.23 + matplotlib 3.11 deprecation noise
         warnings.simplefilter("ignore", DeprecationWarning)
         axes = az.plot_trace(fit.idata, var_names=variables, compact=False, **kwargs)
@@ -144,6 +143,25 @@ def pp_check(fit: Any, type: str | None = None, *, ndraws: int = 10, seed: int |
 
 
 # --------------------------------------------------------------------------- conditional effects
+def distinct_colors(n: int) -> list:
+    """``n`` different colours: matplotlib's colour cycle while it lasts (10), then tab20's
+    dark and light halves (20), then evenly spaced hues.
+
+    >>> tuple(len(set(distinct_colors(n))) for n in (3, 12, 30))
+    (3, 12, 30)
+    """
+    import matplotlib
+    from matplotlib import colors as mcolors
+
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    if n <= len(cycle):
+        return [mcolors.to_rgba(c) for c in cycle[:n]]
+    if n <= 20:
+        tab = matplotlib.colormaps["tab20"].colors
+        return [tuple(tab[k]) + (1.0,) for k in list(range(0, 20, 2)) + list(range(1, 20, 2))][:n]
+    return [tuple(float(c) for c in mcolors.hsv_to_rgb((h, 0.75, 0.85))) + (1.0,) for h in np.arange(n) / n]
+
+
 def _typical(series: pd.Series) -> Any:
     """brms's value for a predictor held constant: mean of numbers, first level otherwise."""
     if pd.api.types.is_bool_dtype(series):
@@ -175,6 +193,9 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
     (numbers) or first level (categories), or at ``conditions``. ``re_formula`` defaults
     to ``"NA"`` (population level, as brms); when ``by`` is a grouping factor it
     defaults to ``None`` so the lines show the group-level effects of each level.
+    ``by_levels`` chooses the levels drawn; otherwise the first ``max_levels`` (12) are,
+    with a warning and a note in the legend's title when ``by`` has more. Each level gets
+    its own colour (:func:`distinct_colors`); the legend sits beside the axes.
 
     Bayesian fits: the line is the posterior mean of :meth:`posterior_epred` at each x,
     the band its central ``prob`` interval. ML fits: the line is the point prediction
@@ -214,6 +235,7 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
     xs = data[x]
     x_numeric = pd.api.types.is_numeric_dtype(xs) and not pd.api.types.is_bool_dtype(xs)
     x_grid = np.linspace(xs.min(), xs.max(), int(resolution)) if x_numeric else _levels(xs)
+    by_note = ""  # said in the legend's title when not every level is drawn
     if by is None:
         by_vals: list[Any] = [None]
     elif by_levels is not None:
@@ -222,7 +244,13 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
         m, s = float(data[by].mean()), float(data[by].std())
         by_vals = [m + s, m, m - s]
     else:
-        by_vals = _levels(data[by])[:max_levels]
+        all_levels = _levels(data[by])
+        by_vals = all_levels[:max_levels]
+        if len(all_levels) > len(by_vals):
+            warnings.warn(f"conditional_effects: {by!r} has {len(all_levels)} levels; the plot draws the first "
+                          f"{len(by_vals)} (max_levels={max_levels}). Choose the levels with by_levels=[...] "
+                          "or draw more with max_levels=.", StanhierWarning, stacklevel=user_stacklevel())
+            by_note = f"{len(by_vals)} of {len(all_levels)} levels"
     needed = list(dict.fromkeys(fixed_vars + (term_vars + group_cols if re_formula is not None
                                               and not (isinstance(re_formula, str) and re_formula == "NA")
                                               else [])))
@@ -260,11 +288,11 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
         fig, ax = plt.subplots(figsize=(6, 4))
     else:
         fig = ax.figure
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = distinct_colors(len(by_vals))
     for i, bv in enumerate(by_vals):
         sub = table if by is None else table[table[by] == bv]
-        col = colors[i % len(colors)]
-        label = None if by is None else f"{by} = {bv:.3g}" if isinstance(bv, float) else f"{by} = {bv}"
+        col = colors[i]
+        label = None if by is None else f"{bv:.3g}" if isinstance(bv, float) else str(bv)  # title: by
         if x_numeric:
             ax.plot(sub[x].to_numpy(), sub["estimate__"].to_numpy(), color=col, label=label)
             if np.isfinite(sub["lower__"]).all():
@@ -279,8 +307,10 @@ def conditional_effects(fit: Any, effects: str, *, by: str | None = None, re_for
             ax.set_xticks(np.arange(len(sub)), [str(v) for v in sub[x]])
     ax.set_xlabel(x)
     ax.set_ylabel(d.formula.response.column)
-    if by is not None:
-        ax.legend(fontsize="small")
+    if by is not None:  # beside the axes, where it hides no line
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  title=f"{by} ({by_note})" if by_note else by, title_fontsize="small",
+                  ncols=1 + len(by_vals) // 25)
     fig.stanhier_data = table.reset_index(drop=True)
     _save(fig, path)
     return fig

@@ -26,7 +26,7 @@ from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.design import Design
 from ..model.formula import no_random_effects, parse_formula
-from .layout import RandomLayout
+from .layout import RandomLayout, linear_predictor
 from .optimizer import OptimumInfo
 from .printing import (abbreviate, char_matrix_lines, named_vector_lines, print_coefmat, r_cat_number, r_format,
                        r_round, zapsmall)
@@ -202,7 +202,7 @@ class MerFit:
         """Negative binomial shape (lme4's ``getME(fit, "glmer.nb.theta")``)."""
         return float(np.exp(self._aux[0])) if self.family.glmm_aux == "shape" else None
 
-    def _family_aux(self) -> dict[str, float]:
+    def family_aux(self) -> dict[str, float]:
         """The family's auxiliary parameters at the optimum. lmer: sigma = 1, as lme4's
         Pearson residuals use the variance function (the dispersion is left out)."""
         if self.kind == "lmm":
@@ -332,22 +332,34 @@ class MerFit:
             tab["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(est / se))
         return tab
 
-    def confint(self, level: float = 0.95, method: str = "profile", parm: list[str] | None = None) -> pd.DataFrame:
+    def confint(self, level: float = 0.95, method: str = "profile", parm: list[str] | None = None, *,
+                nsim: int = 500, seed: int | None = None, cores: int | None = 1,
+                progress: bool = True) -> pd.DataFrame:
         """Confidence intervals, as lme4's ``confint(fit)``.
 
         ``method="profile"`` (lme4's default): likelihood-profile intervals for the SDs and
         correlations of the random effects, the residual SD and the fixed effects, with
         lme4's ``oldNames = FALSE`` row names (:mod:`stanhier.ml.profile`; a REML fit is
-        profiled on its ML refit, as lme4 does). ``method="Wald"``: the fixed effects only
-        (lme4 also lists NA rows for the variance parameters; they are omitted here).
-        ``parm``: the rows wanted (profile). Bootstrap intervals are not implemented.
+        profiled on its ML refit, as lme4 does). ``method="boot"``: lme4's parametric
+        bootstrap percentile intervals for the same rows, from ``nsim`` refits (default 500)
+        to responses simulated from ``seed``, shared by ``cores`` processes, with a progress
+        bar unless ``progress=False`` (:mod:`stanhier.ml.boot`). ``method="Wald"``: the fixed
+        effects only (lme4 also lists NA rows for the variance parameters; they are omitted
+        here). ``parm``: the rows wanted (profile, boot).
+
+        >>> m.confint(method="boot", nsim=200, seed=1, cores=2)                 # doctest: +SKIP
         """
         if method == "profile":
             from .profile import profile_confint
 
             return profile_confint(self, level, parm)
+        if method == "boot":
+            from .boot import boot_confint
+
+            return boot_confint(self, level, parm, nsim=nsim, seed=seed, cores=cores, progress=progress)
         if method != "Wald":
-            raise ArgumentError(f"confint(method={method!r}) is not implemented; use 'profile' (default) or 'Wald'.")
+            raise ArgumentError(f"confint(method={method!r}) is not implemented; use 'profile' (default), "
+                                "'boot' or 'Wald'.")
         if not 0 < level < 1:
             raise ArgumentError(f"level must be between 0 and 1, got {level!r}.")
         z = stats.norm.ppf(0.5 + level / 2)
@@ -471,7 +483,7 @@ class MerFit:
     def _rows(self, what: str, **kwargs: Any):
         """A lazy Dask Series of a per-row quantity (fits on Dask data: the rows stay on the cluster)."""
         func = dataclasses.replace(_RowFunction(what=what, beta=self._beta, term_values=tuple(self._term_values()),
-                                                family=self.family, aux=self._family_aux()), **kwargs)
+                                                family=self.family, aux=self.family_aux()), **kwargs)
         return self.design.source.map_partitions(func, name=what)
 
     def fitted(self) -> np.ndarray:
@@ -494,7 +506,7 @@ class MerFit:
         if d.distributed:
             return self._rows("residuals", type=type, scale=scale)
         eta = self._eta(d.X, [gt.Z for gt in d.terms], [gt.J for gt in d.terms])
-        return residuals_of(d, eta, self.family, self._family_aux(), type) / scale
+        return residuals_of(d, eta, self.family, self.family_aux(), type) / scale
 
     def _scaled_residual_quantiles(self) -> np.ndarray:
         """Min, quartiles and max of the scaled Pearson residuals (the summary's line)."""
@@ -503,7 +515,7 @@ class MerFit:
             return np.quantile(self.residuals(type="pearson", scaled=True), probs)
         if "resid_quantiles" not in self.design.source.cache:
             func = _RowFunction(what="residuals", beta=self._beta, term_values=tuple(self._term_values()),
-                                family=self.family, aux=self._family_aux(), type="pearson", scale=self.sigma())
+                                family=self.family, aux=self.family_aux(), type="pearson", scale=self.sigma())
             self.design.source.cache["resid_quantiles"] = exact_quantiles(self.design.source, func, probs,
                                                                           "the scaled residuals")
         return self.design.source.cache["resid_quantiles"]
@@ -621,7 +633,7 @@ class MerFit:
         "Correlation of Fixed Effects" block. Problems follow as ``Warning:`` lines."""
         lines = self._title_lines()
         if self.kind == "glmm":
-            fam = self.family.lme4_label(self._family_aux())
+            fam = self.family.lme4_label(self.family_aux())
             lines.append(f" Family: {fam}  ( {self.family.link} )")
         lines += [f"Formula: {expand_double_verts(self.formula)}", f"   Data: {self.data_name}"]
         if self.aggregation is not None:
@@ -724,17 +736,6 @@ class MerFit:
 
 
 # --------------------------------------------------------------------------- per-row quantities
-def linear_predictor(X: np.ndarray, Zs, Js, beta: np.ndarray, term_values) -> np.ndarray:
-    """``X beta + sum_k Z_k r_k[J_k]`` (rows with ``J_k < 0`` get no effect of term k)."""
-    eta = X @ beta
-    for Z, J, vals in zip(Zs, Js, term_values):
-        ok = J >= 0
-        contrib = np.zeros(len(eta))
-        contrib[ok] = np.sum(Z[ok] * vals[J[ok]], axis=1)
-        eta = eta + contrib
-    return eta
-
-
 def residuals_of(d: Design, eta: np.ndarray, fam: Family, aux: dict, type: str) -> np.ndarray:
     """Residuals of the rows of ``d`` at linear predictor ``eta`` (see :meth:`MerFit.residuals`)."""
     y, n = d.y, (d.trials if fam.uses_trials else None)

@@ -21,7 +21,7 @@ from scipy import sparse
 from ..errors import DataError, FormulaError
 from ..model.design import Design
 
-__all__ = ["TermSlot", "RandomLayout", "build_layout", "MAX_STACKED_Q"]
+__all__ = ["TermSlot", "RandomLayout", "build_layout", "MAX_STACKED_Q", "linear_predictor"]
 
 #: Largest number of random effects in the stacked (several grouping factors) layout.
 #: The stacked block is a dense q x q matrix: memory q^2 and time q^3 per gradient.
@@ -168,3 +168,12 @@ def build_layout(design: Design, *, max_stacked_q: int = MAX_STACKED_Q) -> Rando
                         lam_par=np.array(lam_pars))
 
 
+def linear_predictor(X: np.ndarray, Zs, Js, beta: np.ndarray, term_values) -> np.ndarray:
+    """``X beta + sum_k Z_k r_k[J_k]`` (rows with ``J_k < 0`` get no effect of term k)."""
+    eta = X @ beta
+    for Z, J, vals in zip(Zs, Js, term_values):
+        ok = J >= 0
+        contrib = np.zeros(len(eta))
+        contrib[ok] = np.sum(Z[ok] * vals[J[ok]], axis=1)
+        eta = eta + contrib
+    return eta

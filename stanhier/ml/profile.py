@@ -30,10 +30,10 @@ from scipy import stats
 
 from ..errors import ArgumentError
 
-__all__ = ["profile_confint"]
+__all__ = ["profile_confint", "Reparam"]
 
 
-class _Reparam:
+class Reparam:
     """The fit's parameter vector ``x`` (beta, theta, aux) as a function of ``u``:
     log SDs and atanh correlations per term (lme4's order), then the aux parameters
     (log sigma for Gaussian models), then beta."""
@@ -129,7 +129,7 @@ class _Reparam:
 
 class _Profiler:
     def __init__(self, fit: Any) -> None:
-        self.rp = _Reparam(fit)
+        self.rp = Reparam(fit)
         self.density = fit.density
         self.u_hat = self.rp.from_x(np.asarray(fit.optimum.theta, float))
         self.ll_hat = float(self.density.log_prob(self.rp.to_x(self.u_hat)))

@@ -1,4 +1,4 @@
-"""Centred or non-centred group-level effects, per term, chosen from the data (``parameterization="auto"``).
+"""How each group-level term's effects are sampled, chosen from the data (``parameterization="auto"``).
 
 For a group-level term with levels j and coefficients m, write ``r_jm = sd_m * z_jm``.
 The *centred* program samples ``r`` directly, the *non-centred* one samples ``z``.
@@ -12,12 +12,32 @@ SD, the ratio
 
 is small when the data say little (the prior dominates: non-centred is efficient,
 centred has a funnel) and large when they say much (the likelihood dominates:
-centred is efficient, non-centred has the funnel instead). In the normal model the
-optimal partial centring is ``w = kappa / (1 + kappa)`` (Gorinova et al. 2020, sec. 3;
-Papaspiliopoulos et al. 2007, sec. 2), so a term is centred when the typical level has
-``w > 1/2``, i.e. ``median_j kappa_j > 1``, taking for every level its least-informed
-coefficient. See docs/parameterization.md for how ``I`` and ``tau`` are estimated
-before fitting and for what this chooses on the shipped examples.
+centred is efficient, non-centred has the funnel instead).
+
+A third treatment, *conditional*, removes the choice: the program samples standardized
+variables ``z`` and ``eps`` and sets, exactly, for every level j
+
+    r_j = V_j (s_j - I_j b) + chol(V_j) z_j,      V_j = (Sigma^-1 + I_j)^-1,
+
+where ``(s_j, I_j)`` is a Gaussian approximation of level j's likelihood (a pilot
+penalized IRLS fit, computed once as data) and ``Sigma`` the term's covariance; the
+population-level effects ``b`` that the term's coefficients share are set likewise from
+their approximate conditional posterior given ``Sigma``:
+``b = P^-1 sum_j W_j (s_j - ...) + chol(P^-1) eps`` with ``W_j = I_j - I_j V_j I_j``. This
+is a change of variables (its log Jacobian is added to the target), so the posterior is
+brms's; only the coordinates NUTS moves in differ. Where the data say little, ``V_j ~
+Sigma`` and ``r_j ~ chol(Sigma) z_j`` (non-centred); where they say much, ``r_j`` follows
+the data with its own small scale (as centred) and ``b`` moves with ``Sigma`` instead of
+forming a funnel with it — which neither centred nor non-centred programs avoid for a
+grouping factor with very few levels (the seed's fish model: 2 levels). It is
+the conditionally Gaussian reparameterization of Papaspiliopoulos et al. (2007, sec. 4,
+"partially non-centred" with level-specific weights) extended to the population mean.
+``"auto"`` uses it for every term whenever the family has a log or logit link (where
+stanhier has the IRLS working weights) and the intercept, if any, belongs to a
+group-level term; otherwise it centres a term when the typical level has ``w > 1/2`` in
+the optimal partial centring ``w = kappa / (1 + kappa)`` (Gorinova et al. 2020, sec. 3;
+Papaspiliopoulos et al. 2007, sec. 2), i.e. ``median_j kappa_j > 1``, taking for every
+level its least-informed coefficient. See docs/parameterization.md.
 
 Example
 -------
@@ -31,8 +51,10 @@ Example
 >>> df = pd.DataFrame({"y": rng.poisson(np.exp(1 + 0.5 * (g - 1.5))), "g": g})
 >>> design = make_design(parse_formula("y ~ 1 + (1 | g)"), df)
 >>> fam = get_family("poisson")
->>> choose_centering(design, fam, resolve_priors(design, fam, []), "auto")
-(True,)
+>>> choose_treatments(design, fam, resolve_priors(design, fam, []), "auto")
+('conditional',)
+>>> choose_treatments(design, get_family("gaussian"), resolve_priors(design, fam, []), "auto")
+('centered',)
 """
 
 from __future__ import annotations
@@ -40,15 +62,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse import linalg as spla
 
+from ..errors import ArgumentError
 from ..families import Family
 from .design import Design, GroupTerm
 from .priors import PriorSet
 
-__all__ = ["PARAMETERIZATIONS", "TermInformation", "term_information", "choose_centering"]
+__all__ = ["PARAMETERIZATIONS", "TREATMENTS", "TermInformation", "term_information", "choose_treatments",
+           "conditional_unavailable", "ConditionalPilot", "conditional_pilot"]
 
 #: accepted values of ``parameterization``
-PARAMETERIZATIONS = ("auto", "noncentered", "centered")
+PARAMETERIZATIONS = ("auto", "noncentered", "centered", "conditional")
+#: how a term's effects can be sampled (the program's per-term choice)
+TREATMENTS = ("noncentered", "centered", "conditional")
+#: links whose IRLS working weights the pilot fit of the conditional treatment uses
+CONDITIONAL_LINKS = ("log", "logit")
 
 #: median kappa above which a term is centred
 THRESHOLD = 1.0
@@ -168,12 +198,107 @@ def term_information(design: Design, family: Family, priors: PriorSet, k: int) -
                            median_kappa=med, centered=bool(med > THRESHOLD))
 
 
-def choose_centering(design: Design, family: Family, priors: PriorSet, parameterization: str) -> tuple[bool, ...]:
-    """Per group-level term: True (centred) or False (non-centred)."""
-    n = len(design.terms)
-    if parameterization == "centered":
-        return (True,) * n
-    if parameterization == "noncentered" or n == 0:
-        return (False,) * n
-    return tuple(term_information(design, family, priors, k).centered for k in range(1, n + 1))
+def conditional_unavailable(design: Design, family: Family) -> str | None:
+    """Why the conditional treatment cannot be used for this model (None when it can)."""
+    if family.link not in CONDITIONAL_LINKS or family.name in ("gaussian", "student", "lognormal"):
+        return f"it needs a log or logit link (family {family.name!r} has link {family.link!r})"
+    if design.has_intercept and not any("Intercept" in gt.coef_formulaic for gt in design.terms):
+        return "the intercept belongs to no group-level term (write '(1 + ... | g)' or drop the intercept)"
+    return None
 
+
+def choose_treatments(design: Design, family: Family, priors: PriorSet, parameterization: str) -> tuple[str, ...]:
+    """Per group-level term: ``"conditional"``, ``"centered"`` or ``"noncentered"``."""
+    n = len(design.terms)
+    if parameterization in ("centered", "noncentered") or n == 0:
+        return (parameterization if n else "noncentered",) * n
+    why = conditional_unavailable(design, family)
+    if parameterization == "conditional":
+        if why:
+            raise ArgumentError(f"parameterization='conditional' is not available for this model: {why}. "
+                                "Use 'auto', 'centered' or 'noncentered'.")
+        return ("conditional",) * n
+    if why is None:
+        return ("conditional",) * n
+    return tuple("centered" if term_information(design, family, priors, k).centered else "noncentered"
+                 for k in range(1, n + 1))
+
+
+# --------------------------------------------------------------------------- conditional treatment
+@dataclass(frozen=True, eq=False)
+class ConditionalPilot:
+    """Data of the conditional treatment: per term, the Gaussian approximation of each level's
+    likelihood and which population-level effects the term anchors (1-based, as Stan reads them)."""
+
+    s: tuple[np.ndarray, ...]  #: per term (N_k, M_k): information-weighted working response I_j * beta_j
+    info: tuple[np.ndarray, ...]  #: per term (N_k, M_k, M_k): Fisher information about beta_j
+    fixed_column: tuple[np.ndarray, ...]  #: per term (M_k,): population-level column of each coefficient, 0: none
+    anchored: tuple[np.ndarray, ...]  #: per term: positions (1..M_k) of the coefficients whose b it sets
+    free: np.ndarray  #: population-level columns (1..K) sampled directly
+
+
+def _fixed_columns(design: Design, gt: GroupTerm) -> np.ndarray:
+    out = np.zeros(gt.M, dtype=int)
+    for m, name in enumerate(gt.coef_formulaic):
+        if name in design.fixed_formulaic:
+            i = design.fixed_formulaic.index(name)
+            if np.array_equal(design.X[:, i], gt.Z[:, m]):
+                out[m] = i + 1
+    return out
+
+
+def _pilot_fit(design: Design, family: Family, ridge: float = 1.0, iterations: int = 30) -> tuple[np.ndarray, ...]:
+    """Penalized IRLS of the whole linear predictor (random effects ~ N(0, ridge^2) on the link
+    scale): coefficients (b, then each term's level-major effects), weights and working residuals."""
+    N, K = design.X.shape
+    blocks, q = [sparse.csr_matrix(design.X)], 0
+    for gt in design.terms:
+        rows = np.repeat(np.arange(N), gt.M)
+        cols = (gt.J[:, None] * gt.M + np.arange(gt.M)[None, :]).ravel()
+        blocks.append(sparse.csr_matrix((gt.Z.ravel(), (rows, cols)), shape=(N, gt.n_levels * gt.M)))
+        q += gt.n_levels * gt.M
+    A = sparse.hstack(blocks, format="csr")
+    penalty = sparse.diags(np.r_[np.full(K, 1e-6), np.full(q, 1.0 / ridge ** 2)])
+    y = design.y.astype(float)
+    trials = design.trials.astype(float) if design.trials is not None else np.ones_like(y)
+    eta = family.irls_start(y, trials)
+    theta = np.zeros(K + q)
+    for _ in range(iterations):
+        w, zwork = family.irls_working(y, eta, trials)
+        H = (A.T @ A.multiply(w[:, None])).tocsc() + penalty
+        new = spla.spsolve(H, A.T @ (w * zwork))
+        done = np.max(np.abs(new - theta)) < 1e-8
+        theta, eta = new, A @ new
+        if done:
+            break
+    w, zwork = family.irls_working(y, eta, trials)
+    return theta, w, w * (zwork - eta)
+
+
+def conditional_pilot(design: Design, family: Family) -> ConditionalPilot:
+    """The data the conditional treatment needs (see the module's docstring)."""
+    theta, w, wres = _pilot_fit(design, family)
+    K = design.X.shape[1]
+    s_all, info_all, fixed, anchored = [], [], [], []
+    taken: set[int] = set()
+    col = K
+    for gt in design.terms:
+        M, G = gt.M, gt.n_levels
+        r = theta[col:col + G * M].reshape(G, M)
+        col += G * M
+        fc = _fixed_columns(design, gt)
+        b_m = np.where(fc > 0, theta[np.maximum(fc - 1, 0)], 0.0)
+        info = np.zeros((G, M, M))
+        np.add.at(info, gt.J, w[:, None, None] * gt.Z[:, :, None] * gt.Z[:, None, :])
+        info = (info + info.transpose(0, 2, 1)) / 2
+        score = np.zeros((G, M))
+        np.add.at(score, gt.J, gt.Z * wres[:, None])
+        s_all.append(np.einsum("jab,jb->ja", info, b_m[None, :] + r) + score)
+        info_all.append(info)
+        fixed.append(fc)
+        mine = [m + 1 for m in range(M) if fc[m] > 0 and fc[m] not in taken]
+        taken.update(int(fc[m - 1]) for m in mine)
+        anchored.append(np.array(mine, dtype=int))
+    free = np.array([c for c in range(1, K + 1) if c not in taken], dtype=int)
+    return ConditionalPilot(s=tuple(s_all), info=tuple(info_all), fixed_column=tuple(fixed),
+                            anchored=tuple(anchored), free=free)

@@ -33,7 +33,7 @@ from ..model.design import Design
 from ..errors import ArgumentError
 from ..families import Family, get_family
 from ..model.spec import build_frame
-from ..model.parameterization import PARAMETERIZATIONS, choose_centering
+from ..model.parameterization import PARAMETERIZATIONS, choose_treatments, conditional_pilot
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from . import names
 from .marginal import MAX_DENSE_Q, marginal_layout, marginal_standata
@@ -50,7 +50,7 @@ class ModelStructure:
     link: str
     discrete: bool
     has_intercept: bool
-    terms: tuple[tuple[bool, bool], ...]  #: per term: (correlated, centered)
+    terms: tuple[tuple[bool, str], ...]  #: per term: (correlated, treatment: TREATMENTS)
     priors: tuple[tuple, ...]  #: PriorStatement.structure() of each statement
     family_aux: tuple[str, ...] = ()
     #: group-level effects integrated out (brm_marginal.stan): "" (no), "blocks" or "dense"
@@ -88,27 +88,28 @@ class ModelSpec:
 
 def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
                  marginal: str = "") -> ModelStructure:
-    # per-term centred / non-centred ("auto": stanhier.model.parameterization)
-    centered = ((False,) * len(design.terms) if marginal
-                else choose_centering(design, family, priors, parameterization))
+    # per-term conditional / centred / non-centred ("auto": stanhier.model.parameterization)
+    treatments = (("noncentered",) * len(design.terms) if marginal
+                  else choose_treatments(design, family, priors, parameterization))
     return ModelStructure(
         marginal=marginal,
         family=family.name, link=family.link, discrete=family.is_discrete,
         has_intercept=design.has_intercept,
-        terms=tuple((gt.correlated, cen) for gt, cen in zip(design.terms, centered)),
+        terms=tuple((gt.correlated, tr) for gt, tr in zip(design.terms, treatments)),
         priors=tuple(st.structure() for st in priors.statements),
         family_aux=family.aux,
     )
 
 
 def _render(structure: ModelStructure, statements: Sequence[PriorStatement], design: Design) -> str:
-    terms = [{"k": k, "correlated": c, "centered": cen}
-             for k, (c, cen) in enumerate(structure.terms, start=1)]
+    terms = [{"k": k, "correlated": c, "treatment": tr}
+             for k, (c, tr) in enumerate(structure.terms, start=1)]
     if structure.marginal:  # Gaussian, group-level effects integrated out
         return render("brm_marginal.stan", s=structure, terms=terms, priors=list(statements),
                       layout=marginal_layout(design),
                       lambda_diagonal=not any(c for c, _ in structure.terms))
-    return render("brm.stan", s=structure, fam=structure.family_object, terms=terms, priors=list(statements))
+    return render("brm.stan", s=structure, fam=structure.family_object, terms=terms, priors=list(statements),
+                  conditional=any(t["treatment"] == "conditional" for t in terms))
 
 
 def build_model(formula: str, data: Any, family: str | Family = "gaussian",
@@ -178,6 +179,17 @@ def make_standata(spec: ModelSpec) -> dict[str, Any]:
         data[t.design] = gt.Z
         if gt.correlated:
             data[t.n_cor] = gt.M * (gt.M - 1) // 2
+    if any(tr == "conditional" for _, tr in spec.structure.terms):
+        pilot = conditional_pilot(d, spec.family)
+        data[names.N_ANCHORED] = d.X.shape[1] - len(pilot.free)
+        data[names.FREE_COLUMNS] = pilot.free
+        for k in range(len(d.terms)):
+            t = names.term(k)
+            data[t.fixed_column] = pilot.fixed_column[k]
+            data[t.n_anchored] = len(pilot.anchored[k])
+            data[t.anchored] = pilot.anchored[k]
+            data[t.pilot_s] = pilot.s[k]
+            data[t.pilot_info] = pilot.info[k]
     data.update(spec.priors.standata())
     data[names.PRIOR_ONLY] = 0
     return data

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .codegen import ModelSpec
 
 __all__ = ["B", "INTERCEPT", "B_INTERCEPT", "LPRIOR", "N", "K", "X", "Y", "TRIALS", "PRIOR_ONLY",
+           "FREE_COLUMNS", "B_FREE", "N_ANCHORED", "LOG_JACOBIAN",
            "TermNames", "term", "TermInfo", "NameEntry", "NameTable", "make_names", "PosteriorDraws"]
 
 # ------------------------------------------------------------------ population level and data
@@ -44,6 +45,9 @@ INTERCEPT = "Intercept"  #: the intercept of the centred columns
 B_INTERCEPT = "b_Intercept"  #: the intercept on the original scale (generated quantity)
 LPRIOR = "lprior"  #: log prior density (generated quantity; one per draw)
 N, K, X, Y, TRIALS, PRIOR_ONLY = "N", "K", "X", "Y", "trials", "prior_only"
+#: conditional treatment: population-level columns sampled directly (data), their values (parameter),
+#: the number of columns anchored to group-level terms (data), and the log Jacobian (transformed parameter)
+FREE_COLUMNS, B_FREE, N_ANCHORED, LOG_JACOBIAN = "Jf", "b_f", "Ka", "log_jacobian"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,31 @@ class TermNames:
     @property
     def n_cor(self) -> str:
         return f"NC_{self.suffix}"
+
+    # conditional treatment (stanhier.model.parameterization)
+    @property
+    def fixed_column(self) -> str:
+        return f"Jb_{self.suffix}"
+
+    @property
+    def n_anchored(self) -> str:
+        return f"Na_{self.suffix}"
+
+    @property
+    def anchored(self) -> str:
+        return f"Ma_{self.suffix}"
+
+    @property
+    def pilot_s(self) -> str:
+        return f"s_{self.suffix}"
+
+    @property
+    def pilot_info(self) -> str:
+        return f"I_{self.suffix}"
+
+    @property
+    def eps(self) -> str:
+        return f"eps_{self.suffix}"
 
     # parameters and generated quantities
     @property
