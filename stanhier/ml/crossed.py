@@ -74,7 +74,7 @@ __all__ = ["CrossedLayout", "CrossedLMM", "CrossedMerFit", "StanProgramText", "b
            "z_matrix", "single_threaded_blas", "crossed_stan_program", "crossed_stan_data",
            "EVALUATOR", "MAX_QUICK_Q2", "schur_size", "blocked_is_quick", "StanDefined", "PermutedDensity",
            "stacked_problem_of", "within_stacked", "blocks_problem", "minimize_bounded", "fd_gradient",
-           "lower_bounds"]
+           "lower_bounds", "checked_optimum"]
 
 #: Largest size of the dense Schur complement (random effects outside the largest factor):
 #: memory 8 q^2 bytes per copy (a few copies live at once), time q^3 / 3 per evaluation.
@@ -958,7 +958,7 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6, start: d
     K = prob.K
     with single_threaded_blas():
         if optimum is not None:
-            optimum = _checked_optimum(optimum, K + lay.n_theta + 1)
+            optimum = checked_optimum(optimum, K + lay.n_theta + 1)
             theta = optimum[K:K + lay.n_theta]
             dev, n_evals, message = prob.deviance(theta), 1, "converged"
             grad = fd_gradient(prob.deviance, theta, lower_bounds(lay), dev, rel=1e-5,
@@ -989,7 +989,7 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6, start: d
     return fit
 
 
-def _checked_optimum(optimum: Any, n: int) -> np.ndarray:
+def checked_optimum(optimum: Any, n: int) -> np.ndarray:
     from ..errors import ArgumentError
 
     optimum = np.asarray(optimum, float)

@@ -47,10 +47,11 @@ from ..errors import ArgumentError, DataError, StanhierWarning
 from ..families import Family, get_family
 from ..model.design import Design, data_label, make_design
 from ..model.formula import parse_formula
-from .crossed import (MAX_QUICK_Q2, CrossedLayout, CrossedLMM, GramPairs, StanProgramText, CrossedModes,
-                      ProblemSizes, StanDefined, z_matrix, build_crossed_layout, needs_crossed,
-                      single_threaded_blas, lower_bounds, blocked_is_quick, minimize_bounded, within_stacked, _checked_optimum)
-from .problem import _irls
+from .crossed import (MAX_QUICK_Q2, CrossedLayout, CrossedLMM, CrossedModes, GramPairs, ProblemSizes,
+                      StanDefined, StanProgramText, blocked_is_quick, build_crossed_layout, checked_optimum,
+                      lower_bounds, minimize_bounded, needs_crossed, single_threaded_blas, within_stacked,
+                      z_matrix)
+from .problem import glm_irls
 from .problem import MAX_DENSE_CELLS
 from .fit import MerFit, MLCall
 from .optimizer import OptimumInfo
@@ -415,10 +416,10 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float
 
     with single_threaded_blas():
         if optimum is not None:
-            x = _checked_optimum(optimum, K + lay.n_theta)
+            x = checked_optimum(optimum, K + lay.n_theta)
             ok, message = True, "converged"
         else:
-            x0 = np.concatenate([_irls(design.X, glmm.y, family, design.trials), np.ones(lay.n_theta)])
+            x0 = np.concatenate([glm_irls(design.X, glmm.y, family, design.trials), np.ones(lay.n_theta)])
             glmm.beta = x0[:K].copy()
             if start:
                 x0 = user_start(start, x0, K, lay.n_theta)
