@@ -74,7 +74,7 @@ __all__ = ["CrossedLayout", "CrossedLMM", "CrossedMerFit", "StanProgramText", "b
            "z_matrix", "single_threaded_blas", "crossed_stan_program", "crossed_stan_data",
            "EVALUATOR", "MAX_QUICK_Q2", "schur_size", "blocked_is_quick", "StanDefined", "PermutedDensity",
            "stacked_problem_of", "within_stacked", "blocks_problem", "minimize_bounded", "fd_gradient",
-           "lower_bounds", "checked_optimum"]
+           "lower_bounds", "checked_optimum", "evaluator_text"]
 
 #: Largest size of the dense Schur complement (random effects outside the largest factor):
 #: memory 8 q^2 bytes per copy (a few copies live at once), time q^3 / 3 per evaluation.
@@ -979,6 +979,7 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6, start: d
                         model=StanProgramText(stan_program("lmm") if stacked else crossed_stan_program()),
                         density=None, optimum=info)
     fit.stacked_args = ("lmm", REML) if stacked else None
+    fit.evaluator = evaluator_text(lay, "stanhier.ml.crossed", "ml_lmm.stan" if stacked else "ml_lmm_crossed.stan")
     if stacked_problem is not None:
         fit.stacked_problem = stacked_problem  # (a cached property: built once)
     if not ok:
@@ -987,6 +988,13 @@ def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6, start: d
     if fit.is_singular():
         warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
+
+
+def evaluator_text(lay: CrossedLayout, module: str, program: str, what: str = "numpy blocked Cholesky") -> str:
+    """``fit.evaluator``: what ran (the summary shows the part before ';') and the program that defines it."""
+    how = ("one block per level of the grouping factor" if lay.q2 == 0
+           else "diagonal block of the largest factor + dense Schur complement")
+    return f"{what}: {how} ({module}); Stan program {program} defines the same log-likelihood"
 
 
 def checked_optimum(optimum: Any, n: int) -> np.ndarray:

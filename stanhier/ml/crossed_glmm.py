@@ -49,7 +49,7 @@ from ..model.design import Design, data_label, make_design
 from ..model.formula import parse_formula
 from .crossed import (MAX_QUICK_Q2, CrossedLayout, CrossedLMM, CrossedModes, GramPairs, ProblemSizes,
                       StanDefined, StanProgramText, blocked_is_quick, build_crossed_layout, checked_optimum,
-                      lower_bounds, minimize_bounded, needs_crossed, single_threaded_blas, within_stacked,
+                      evaluator_text, lower_bounds, minimize_bounded, needs_crossed, single_threaded_blas, within_stacked,
                       z_matrix)
 from .problem import glm_irls
 from .problem import MAX_DENSE_CELLS
@@ -463,6 +463,8 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float
                           family=family, problem=problem,
                           model=StanProgramText(stan_program("glmm")), density=None, optimum=info)
     fit.stacked_args = ("glmm", False, family, 1) if within_stacked(design, "glmm") else None
+    fit.evaluator = evaluator_text(lay, "stanhier.ml.crossed_glmm", "ml_glmm.stan",
+                                   "numpy blocked Cholesky (Laplace, PIRLS)")
     if not ok:
         warnings.warn(f"Model failed to converge: {message}", StanhierWarning, stacklevel=3)
     if fit.is_singular():
