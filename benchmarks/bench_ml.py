@@ -84,6 +84,8 @@ out <- list(
 )
 m <- lmer(y ~ x + (x | g), sim, REML = FALSE)
 out$sim_logLik <- as.numeric(logLik(m))
+out$lmer_sleepstudy_logLik <- as.numeric(logLik(lmer(Reaction ~ Days + (Days | Subject), sleep, REML = FALSE)))
+out$glmer_poisson_logLik <- as.numeric(logLik(glmer(fish_num ~ weather + temperature + (1 | id), fish, family = poisson)))
 cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA))
 """
 
@@ -110,6 +112,7 @@ def main() -> None:
                         help="crossed random-effects cases (InstEval, 1M-row simulation): run them too, skip, or only them")
     parser.add_argument("--no-lme4-crossed", action="store_true", help="crossed cases without the lme4 column")
     parser.add_argument("--cases", nargs="*", default=None, help=f"crossed cases to run (of {', '.join(CROSSED)})")
+    parser.add_argument("--backend", default="auto", help="backend of the small cases (default: what users get)")
     args = parser.parse_args()
     print("Machine:", machine())
     if args.crossed == "only":
@@ -122,10 +125,10 @@ def main() -> None:
     sim = simulate(args.n, args.groups)
 
     cases = {
-        "lmer_sleepstudy": lambda: lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False, backend="pystan"),
+        "lmer_sleepstudy": lambda: lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False, backend=args.backend),
         "glmer_poisson": lambda: glmer("fish_num ~ weather + temperature + (1 | id)", fish, family="poisson",
-                                       backend="pystan"),
-        "lmer_sim": lambda: lmer("y ~ x + (x | g)", sim, REML=False, backend="pystan"),
+                                       backend=args.backend),
+        "lmer_sim": lambda: lmer("y ~ x + (x | g)", sim, REML=False, backend=args.backend),
     }
     labels = {"lmer_sleepstudy": "lmer sleepstudy (Days|Subject), ML",
               "glmer_poisson": "glmer Poisson fish (1|id), Laplace, 100 groups",
@@ -138,7 +141,8 @@ def main() -> None:
             warnings.simplefilter("ignore")
             fit = fun()  # warm-up: compiles (or loads) the program once
         first = time.perf_counter() - start
-        extra[key] = dict(first=first, compile=fit.compile_seconds, cache_hit=fit.cache_hit, logLik=fit.logLik())
+        extra[key] = dict(first=first, compile=fit.compile_seconds, cache_hit=fit.cache_hit, logLik=fit.logLik(),
+                          evaluator=fit.evaluator.split(":")[0], n_evals=fit.optimum.n_evals)
         ours[key] = median_time(fun, args.reps)
 
     sm = {}
@@ -179,9 +183,10 @@ def main() -> None:
     print()
     for key, e in extra.items():
         print(f"{key}: first call {e['first']:.2f} s (compile {e['compile']:.1f} s, cache hit {e['cache_hit']}), "
-              f"logLik {e['logLik']:.3f}")
+              f"logLik {e['logLik']:.3f}, {e['n_evals']} evaluations; evaluator: {e['evaluator']}")
     if r:
-        print(f"lme4 logLik (simulated): {r['sim_logLik']:.3f}")
+        print(f"lme4 logLik: sleepstudy {r['lmer_sleepstudy_logLik']:.3f}, fish {r['glmer_poisson_logLik']:.3f}, "
+              f"simulated {r['sim_logLik']:.3f}")
     if "sim_logLik" in sm:
         print(f"MixedLM logLik (simulated): {sm['sim_logLik']:.3f}")
     if args.crossed == "yes":

@@ -164,8 +164,8 @@ def test_schur_limit_names_the_limit_and_the_alternatives(monkeypatch):
         lmer_crossed("y ~ 1 + (1 | a) + (1 | b)", df, REML=False)
 
 
-def test_small_stacked_models_keep_the_stan_path():
-    """Below the stacked limit lmer keeps ml_lmm.stan (it is faster there)."""
+def test_needs_crossed_is_the_stacked_limit():
+    """needs_crossed: beyond the stacked limit (the Stan program ml_lmm.stan defines models below it)."""
     pen = pd.read_csv(HERE / "data" / "Penicillin.csv")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -241,3 +241,91 @@ def test_glmer_dispatches_large_crossed_poisson():
     assert isinstance(fit, CrossedGlmerFit)
     sd = fit.VarCorr().set_index("grp")["sdcor"]
     assert sd["a"] == pytest.approx(0.5, abs=0.1) and sd["b"] == pytest.approx(0.3, abs=0.1)
+
+
+# --------------------------------------------------------------------------- small models on the numpy evaluator
+#: lme4 1.1-31 (R 4.2.2, Rscript on this machine): glmer(TICKS ~ YEAR + cHEIGHT + (1 | INDEX) + (1 | BROOD)
+#: + (1 | LOCATION), grouseticks, family = poisson) with YEAR, INDEX, BROOD, LOCATION as factors.
+GROUSE_REF = {"logLik": -890.2713535, "theta": [0.5415084635, 0.7500279665, 0.5287214553],
+              "fixef": [0.3727763679, 1.180416892, -0.9786847196, -0.02376062735],
+              "se": [0.1963658906, 0.2381218595, 0.2627749843, 0.003438325577]}
+
+
+def _quiet(fun, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fun(*args, **kwargs)
+
+
+@pytest.mark.parametrize("formula, REML", [
+    ("Reaction ~ Days + (Days | Subject)", False),
+    ("Reaction ~ Days + (Days | Subject)", True),
+    ("Reaction ~ Days + (Days || Subject)", True),
+])
+def test_small_lmer_runs_on_numpy_and_its_stan_program_agrees(formula, REML):
+    """One grouping factor: lmer runs the blocked evaluator (A block-diagonal, no Schur part);
+    ml_lmm.stan (per-subject blocks) at that optimum gives the same log-likelihood."""
+    fit = lmer(formula, pd.read_csv(HERE / "data" / "sleepstudy.csv"), REML=REML)
+    assert fit.evaluator.startswith("numpy blocked Cholesky") and "Evaluator: numpy" in str(fit)
+    assert fit.compile_seconds == 0.0
+    stan_lp, ours = fit.stan_check()
+    assert stan_lp == pytest.approx(ours, rel=1e-10)
+
+
+def _reordered(n: int = 600, seed: int = 3) -> pd.DataFrame:
+    """Two crossed factors written fewest levels first: the blocked layout reverses the formula's
+    term order, so reading the Stan program needs the parameter permutation."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"a": rng.integers(0, 30, n), "b": rng.integers(0, 8, n), "x": rng.normal(size=n)})
+    eta = 0.2 + 0.3 * df.x + 0.5 * rng.normal(size=30)[df.a] + 0.4 * rng.normal(size=8)[df.b]
+    df["y"] = rng.poisson(np.exp(eta))
+    df["yn"] = eta + rng.normal(size=n)
+    return df
+
+
+@pytest.mark.parametrize("kind", ["lmm", "glmm"])
+def test_stan_program_read_in_the_blocked_order(kind):
+    """theta in the blocked order (a, b) against the program's formula order (b, a): the density
+    at the optimum equals ours and its gradient vanishes there (both read through the permutation)."""
+    from stanhier.ml.api import glmer
+
+    df = _reordered()
+    fit = (lmer("yn ~ x + (1 | b) + (1 | a)", df, REML=False) if kind == "lmm"
+           else _quiet(glmer, "y ~ x + (1 | b) + (1 | a)", df, family="poisson"))
+    assert fit.evaluator.startswith("numpy")
+    assert [s.group for s in fit.layout.slots] == ["a", "b"]
+    stan_lp, ours = fit.stan_check()
+    assert stan_lp == pytest.approx(ours, rel=1e-9)
+    _, grad = fit.density.log_prob_grad(fit.optimum.theta)
+    # profiled beta and sigma are exact; theta stops within the optimizer's tolerance
+    assert np.max(np.abs(grad)) < 1e-2
+
+
+def test_grouseticks_glmer_on_numpy_matches_lme4():
+    """Three nested/crossed intercepts (403 + 118 + 63 levels): PIRLS on the blocked factorization,
+    lme4's two stages; SEs from the finite-difference Hessian of the deviance, as lme4."""
+    from stanhier.ml.api import glmer
+
+    df = pd.read_csv(HERE / "data" / "grouseticks.csv", dtype={"INDEX": str, "BROOD": str, "YEAR": str,
+                                                               "LOCATION": str})
+    fit = glmer("TICKS ~ YEAR + cHEIGHT + (1 | INDEX) + (1 | BROOD) + (1 | LOCATION)", df, family="poisson")
+    assert fit.evaluator.startswith("numpy blocked Cholesky (Laplace, PIRLS)")
+    assert fit.logLik() >= GROUSE_REF["logLik"] - 1e-4 and fit.logLik() - GROUSE_REF["logLik"] < 1e-3
+    np.testing.assert_allclose(fit.theta, GROUSE_REF["theta"], rtol=2e-4)
+    np.testing.assert_allclose(fit.fixef().to_numpy(), GROUSE_REF["fixef"], atol=1e-4)
+    np.testing.assert_allclose(np.sqrt(np.diag(fit.vcov())), GROUSE_REF["se"], rtol=1e-3)
+
+
+def test_numpy_glmer_record_reloads_exactly(tmp_path):
+    """A run record of a glmer fit on the numpy evaluator reloads at its optimum with the same
+    logLik and standard errors, and its Stan program is still at hand (density)."""
+    from stanhier.ml.api import glmer
+    from stanhier.record import load, save
+
+    fish = pd.read_csv(HERE / "data" / "fish.csv")
+    fit = glmer("fish_num ~ temperature + (1 | id)", fish, family="poisson")
+    again = load(save(fit, tmp_path / "rec"))
+    assert type(again) is type(fit) and again.evaluator == fit.evaluator
+    assert again.logLik() == fit.logLik()
+    np.testing.assert_array_equal(again.vcov().to_numpy(), fit.vcov().to_numpy())
+    assert again.density.log_prob(again.optimum.theta) == pytest.approx(again.logLik(), rel=1e-9)

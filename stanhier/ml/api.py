@@ -16,6 +16,16 @@ covariance factor's free elements ``theta`` (lme4's parameterization) and
 Two programs serve every model: sizes, the layout of the covariance factor and
 the family are data, so a compiled model is reused by every later fit.
 
+Which evaluator runs the optimizer (``fit.evaluator`` and the summary's ``Evaluator:``
+line say it): where Stan's fixed cost per call dominates -- ``lmer`` whenever the random
+effects outside the largest term number at most
+:data:`~stanhier.ml.crossed.MAX_QUICK_Q2` (one grouping factor: always), and Laplace
+``glmer`` with scalar terms, canonical links and Poisson/binomial/Bernoulli responses under
+the same condition -- the numpy blocked evaluator of the same likelihood
+(:mod:`stanhier.ml.crossed`, :mod:`stanhier.ml.crossed_glmm`) runs without compiling; the
+Stan program above stays the model's definition (``fit.stan_check()``, ``fit.density``,
+profile intervals), compiled when first needed. Everything else runs on Stan's log density.
+
 Example
 -------
 >>> import pandas as pd, stanhier as sh                       # doctest: +SKIP
@@ -38,8 +48,8 @@ from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
-from .crossed import fit_crossed_lmm, needs_crossed
-from .crossed_glmm import fit_crossed_glmm, glmm_needs_crossed
+from .crossed import MAX_QUICK_Q2, fit_crossed_lmm, needs_crossed, schur_size
+from .crossed_glmm import fit_crossed_glmm, glmm_is_quick, glmm_needs_crossed, user_start
 from .aggregate import AGGREGATABLE, MIN_SHRINK, Aggregation, aggregate_counts
 from .layout import MAX_STACKED_Q, build_layout
 from .optimizer import evaluate_at, maximize
@@ -111,11 +121,14 @@ def fit_ml(call: MLCall, data: Any, *, start: dict | None = None, progress: bool
             f"{MAX_STACKED_Q} random effects in all (the stacked layout); this model has more. Fit it on "
             "a pandas DataFrame, or aggregate the data first."
         )
-    if kind == "lmm" and needs_crossed(design):
-        return fit_crossed_lmm(call, design)
+    if kind == "lmm" and design.terms and (needs_crossed(design) or schur_size(design) <= MAX_QUICK_Q2):
+        # the numpy evaluator also for small models, where Stan's per-call overhead dominates;
+        # their Stan program stays the definition (fit.stan_check(), fit.density)
+        return fit_crossed_lmm(call, design, tol=min(tol * 100, 1e-6), start=start, optimum=optimum)
     agg = _aggregation(call, design, family) if kind == "glmm" else None
-    if agg is None and kind == "glmm" and glmm_needs_crossed(design, family, call.nAGQ):
-        return fit_crossed_glmm(call, design, family)
+    if agg is None and kind == "glmm" and (glmm_needs_crossed(design, family, call.nAGQ)
+                                           or glmm_is_quick(design, family, call.nAGQ)):
+        return fit_crossed_glmm(call, design, family, tol=min(tol * 100, 1e-6), start=start, optimum=optimum)
     fit_design, fit_family = (agg.design, agg.family) if agg is not None else (design, family)
     lay = build_layout(fit_design)
     if kind == "glmm" and call.nAGQ > 1 and (len(lay.slots) != 1 or lay.q != 1):
@@ -181,15 +194,8 @@ def _aggregation(call: MLCall, design: Design, family: Family) -> Aggregation | 
 
 def _user_start(start: dict, problem: MLProblem, default: np.ndarray) -> np.ndarray:
     x = default.copy()
-    for key, value in start.items():
-        value = np.atleast_1d(np.asarray(value, float))
-        if key == "theta" and len(value) == problem.n_theta:
-            x[problem.K:problem.K + problem.n_theta] = value
-        elif key in ("beta", "fixef") and len(value) == problem.K:
-            x[:problem.K] = value
-        else:
-            raise ArgumentError(f"start[{key!r}] must be 'theta' (length {problem.n_theta}) or "
-                                f"'beta' (length {problem.K}).")
+    K, T = problem.K, problem.n_theta
+    x[:K + T] = user_start(start, default[:K + T], K, T)
     return x
 
 

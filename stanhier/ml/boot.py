@@ -67,7 +67,10 @@ def simulate_response(fit: Any, rng: np.random.Generator) -> np.ndarray:
 def refit_response(fit: Any, y: np.ndarray) -> np.ndarray | None:
     """The optimum (``beta, theta, aux``) of ``fit``'s model refitted to the response ``y``:
     the fit's design, layout and compiled program with only ``y`` replaced (lme4's
-    ``refit``), started at the fit's optimum. None when no start converges."""
+    ``refit``), started at the fit's optimum. None when no start converges. Fits of the numpy
+    evaluators (small and crossed models) refit on their evaluator."""
+    if hasattr(fit, "refit_response"):
+        return fit.refit_response(y)
     design = dataclasses.replace(fit.design, y=np.asarray(y, float))
     if fit.kind == "lmm":
         problem = lmm_problem(design, fit.layout, fit.REML)
@@ -184,9 +187,6 @@ def boot_confint(fit: Any, level: float = 0.95, parm: Sequence[str] | None = Non
         raise ArgumentError(f"nsim must be an integer of at least 2 (lme4's default is 500), not {nsim!r}.")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ArgumentError(f"seed must be a non-negative integer, not {seed!r}.")
-    if getattr(fit, "density", None) is None:
-        raise ArgumentError("Bootstrap intervals refit the model's Stan program; this fit ran on the blocked "
-                            "evaluator for large crossed designs: use confint(method='Wald').")
     n_cores = min(_resolve_cores(cores), int(nsim))
     rp = Reparam(fit)
     wanted = list(range(len(rp.names))) if parm is None else [rp.names.index(p) if p in rp.names else -1

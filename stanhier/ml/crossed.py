@@ -22,6 +22,13 @@ blocks (unprofiled: beta, theta, log sigma are its parameters) and stays the def
 of the model: :meth:`CrossedMerFit.stan_check` evaluates it at the optimum, and a test
 checks that the two agree. The fit says which evaluator ran (``fit.evaluator``).
 
+Small models run here too (``lmer`` with at most :data:`MAX_QUICK_Q2` random effects outside
+the largest term; one grouping factor: none, A is block-diagonal): an evaluation then takes
+microseconds, and theta is optimized by L-BFGS-B on central differences evaluated in one
+vectorized pass (:meth:`CrossedLMM.deviance_batch`). Within the stacked layout the data are
+``ml_lmm.stan``'s cross-products (exact sums, the same for Dask and pandas data) and that
+program defines the fit (:class:`StanDefined`: ``stan_check``, ``density`` for profiles).
+
 Example
 -------
 >>> import numpy as np, pandas as pd
@@ -59,11 +66,15 @@ from ..stan.templating import render
 from .fit import MerFit, MLCall
 from .layout import MAX_STACKED_Q, TermSlot
 from .optimizer import OptimumInfo
+from .problem import stan_program
+from ..backends.base import LogDensity
 
 __all__ = ["CrossedLayout", "CrossedLMM", "CrossedMerFit", "StanProgramText", "build_crossed_layout",
            "crossed_problem", "fit_crossed_lmm", "lmer_crossed", "needs_crossed", "MAX_SCHUR_Q", "GramPairs", "CrossedModes", "ProblemSizes",
            "z_matrix", "single_threaded_blas", "crossed_stan_program", "crossed_stan_data",
-           "EVALUATOR"]
+           "EVALUATOR", "MAX_QUICK_Q2", "schur_size", "blocked_is_quick", "StanDefined", "PermutedDensity",
+           "stacked_problem_of", "within_stacked", "blocks_problem", "minimize_bounded", "fd_gradient",
+           "lower_bounds", "checked_optimum", "evaluator_text"]
 
 #: Largest size of the dense Schur complement (random effects outside the largest factor):
 #: memory 8 q^2 bytes per copy (a few copies live at once), time q^3 / 3 per evaluation.
@@ -121,6 +132,9 @@ def single_threaded_blas():
 
 
 # --------------------------------------------------------------------------- layout
+_EMPTY = sparse.csr_matrix((0, 0))
+
+
 @dataclass(frozen=True, eq=False)
 class CrossedLayout:
     """Random effects of a crossed/nested model ordered for the blocked factorization.
@@ -158,6 +172,8 @@ class CrossedLayout:
 
     def Lambda2(self, theta: np.ndarray) -> sparse.csr_matrix:
         """Relative covariance factor of the dense (Schur) part, q2 x q2, sparse."""
+        if self.q2 == 0:
+            return _EMPTY
         sel = self.lam_row > self.q1
         return sparse.csr_matrix((np.asarray(theta, float)[self.lam_par[sel] - 1],
                                   (self.lam_row[sel] - 1 - self.q1, self.lam_col[sel] - 1 - self.q1)),
@@ -179,6 +195,18 @@ def needs_crossed(design: Design, max_stacked_q: int = MAX_STACKED_Q) -> bool:
     if len(terms) < 2 or all(gt.term.group == terms[0].term.group for gt in terms):
         return False
     return sum(gt.n_levels * gt.M for gt in terms) > max_stacked_q
+
+
+def schur_size(design: Design) -> int:
+    """q2 of :func:`build_crossed_layout`: the random effects outside the largest term."""
+    sizes = [gt.n_levels * gt.M for gt in sorted(design.terms, key=lambda gt: -gt.n_levels)]
+    return sum(sizes[1:])
+
+
+def blocked_is_quick(design: Design) -> bool:
+    """True when the blocked evaluator is the quick one for this design: a Schur complement of
+    at most :data:`MAX_QUICK_Q2` effects (none for one term), on rows held in memory."""
+    return bool(design.terms) and not design.distributed and schur_size(design) <= MAX_QUICK_Q2
 
 
 def build_crossed_layout(design: Design) -> CrossedLayout:
@@ -262,6 +290,66 @@ class CrossedLMM:
     pairs: "GramPairs | None" = field(default=None, repr=False)
 
     # ---------------------------------------------------------------- evaluator
+    def _first_block(self, lam1: np.ndarray) -> tuple:
+        """The largest factor's part at ``lam1`` (M1 x M1, or a stack (P, M1, M1) of them):
+        log|A11|, A11^-1 per level, v1 = Lambda1' V1, x1 = A11^-1 v1, and V1' Lambda1 A11^-1 Lambda1' V1."""
+        lay = self.layout
+        M1, L1 = lay.M1, lay.L1
+        lam1T = np.swapaxes(lam1, -1, -2)[..., None, :, :]  # (..., 1, M1, M1)
+        if M1 == 1:
+            l2 = lam1[..., 0, 0, None] ** 2
+            a11 = l2 * self.B[:, 0, 0] + 1.0  # (..., L1)
+            logdet1 = np.sum(np.log(a11), axis=-1)
+            ainv = (1.0 / a11)[..., None, None]
+        else:
+            A11 = lam1T @ self.B @ np.swapaxes(lam1T, -1, -2) + np.eye(M1)  # positive definite
+            logdet1 = np.sum(np.linalg.slogdet(A11)[1], axis=-1)
+            ainv = np.linalg.inv(A11)
+        V1 = self.V[:lay.q1].reshape(L1, M1, -1)
+        v1 = lam1T @ V1
+        x1 = ainv @ v1
+        c = V1.shape[-1]
+        Q = np.swapaxes(v1.reshape(*v1.shape[:-3], lay.q1, c), -1, -2) @ x1.reshape(*x1.shape[:-3], lay.q1, c)
+        return logdet1, ainv, v1, x1, Q
+
+    def _profiled(self, Q: np.ndarray) -> tuple:
+        """Fixed effects and r^2 profiled out given the quadratic forms ``Q`` of [y, X]
+        ((1 + K) x (1 + K), or a stack): (X'V^-1X, log|X'V^-1X|, beta, r^2)."""
+        XtVX = self.XtX - Q[..., 1:, 1:]
+        XtVX = (XtVX + np.swapaxes(XtVX, -1, -2)) / 2
+        Xty = self.Xty - Q[..., 1:, 0]
+        sign, logdetX = np.linalg.slogdet(XtVX)
+        if np.any(sign <= 0):
+            raise np.linalg.LinAlgError("X' V^-1 X is not positive definite")
+        beta = np.linalg.solve(XtVX, Xty[..., None])[..., 0]
+        r2 = self.yty - Q[..., 0, 0] - np.sum(Xty * beta, axis=-1)
+        return XtVX, logdetX, beta, r2
+
+    def _criterion(self, logdet, r2, logdetX):
+        """lme4's profiled deviance / REML criterion from its pieces (scalars or arrays)."""
+        n = self.N - self.K if self.REML else self.N
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dev = logdet + n * (1 + np.log(2 * np.pi * r2 / n)) + (logdetX if self.REML else 0.0)
+        return np.where(r2 > 0, dev, np.inf)
+
+    def deviance_batch(self, thetas: np.ndarray) -> np.ndarray:
+        """:meth:`deviance` at each row of ``thetas`` in one vectorized pass (one grouping
+        factor: q2 = 0), e.g. all the points of a finite-difference gradient."""
+        lay = self.layout
+        if lay.q2:
+            return np.array([self.deviance(t) for t in thetas])
+        thetas = np.asarray(thetas, float)
+        lam1 = np.zeros((len(thetas), lay.M1, lay.M1))
+        slot = lay.slots[0]
+        for (i, j), k in zip(slot.pairs, slot.theta_index):
+            lam1[:, i, j] = thetas[:, k]
+        logdet1, _, _, _, Q = self._first_block(lam1)
+        try:
+            _, logdetX, _, r2 = self._profiled(Q)
+        except np.linalg.LinAlgError:
+            return np.array([self.deviance(t) for t in thetas])
+        return self._criterion(logdet1, r2, logdetX)
+
     def factor(self, theta: np.ndarray) -> dict[str, Any]:
         """Blocked factorization of A = Lambda'Z'Z Lambda + I at ``theta`` and the
         profiled quantities: beta, r^2, log|A|, RX'RX (``XtVX``), the solves needed later."""
@@ -269,53 +357,40 @@ class CrossedLMM:
         theta = np.asarray(theta, float)
         lam1 = lay.term_lambda(lay.slots[0], theta)
         M1, L1 = lay.M1, lay.L1
-        if M1 == 1:
-            l = lam1[0, 0]
-            a11 = l * l * self.B[:, 0, 0] + 1.0
-            logdet1 = float(np.sum(np.log(a11)))
-            ainv = (1.0 / a11)[:, None, None]
-        else:
-            A11 = np.einsum("ji,ljk,km->lim", lam1, self.B, lam1) + np.eye(M1)
-            C11 = np.linalg.cholesky(A11)
-            logdet1 = float(2 * np.sum(np.log(np.diagonal(C11, axis1=1, axis2=2))))
-            ainv = np.linalg.inv(A11)
-        P = np.einsum("ij,ljk,mk->lim", lam1, ainv, lam1)  # Lambda1 A11^-1 Lambda1', per level
+        logdet1, ainv, v1, x1, Q = self._first_block(lam1)
+        logdet1 = float(logdet1)
         q2 = lay.q2
-        if M1 == 1 and self.pairs is not None:
-            TPT = self.pairs.weighted_gram(P[:, 0, 0], q2)
-        elif M1 == 1:
-            TPT = (self.T.T.multiply(P[:, 0, 0][None, :]) @ self.T)
-        else:
-            Pm = sparse.block_diag(list(P), format="csr")
-            TPT = self.T.T @ Pm @ self.T
-        W = self.Z22.toarray()
-        W -= TPT.toarray() if sparse.issparse(TPT) else TPT
         lam2 = lay.Lambda2(theta)
-        if lay.lambda2_diagonal:
-            d2 = lam2.diagonal()
-            S = W * d2[:, None] * d2[None, :]
+        if q2 == 0:  # one grouping factor: A is block-diagonal, no Schur complement
+            P, CS, logdet = None, np.zeros((0, 0)), logdet1
         else:
-            L2d = lam2.toarray()
-            S = L2d.T @ W @ L2d
-        S[np.diag_indices(q2)] += 1.0
-        CS = sla.cholesky(S, lower=True, check_finite=False)
-        logdet = logdet1 + 2 * float(np.sum(np.log(np.diag(CS))))
-        # quadratic forms V' Lambda A^-1 Lambda' V through the blocks
-        V1 = self.V[:lay.q1].reshape(L1, M1, -1)
-        V2 = self.V[lay.q1:]
-        v1 = np.einsum("ji,ljc->lic", lam1, V1)
-        x1 = np.einsum("lij,ljc->lic", ainv, v1)
-        g = np.einsum("ij,ljc->lic", lam1, x1).reshape(lay.q1, -1)  # Lambda1 A11^-1 v1
-        rhs2 = lam2.T @ (V2 - self.T.T @ g)
-        y2 = sla.solve_triangular(CS, rhs2, lower=True, check_finite=False)
-        Q = np.einsum("lic,lid->cd", v1, x1) + y2.T @ y2
-        XtVX = self.XtX - Q[1:, 1:]
-        Xty = self.Xty - Q[1:, 0]
-        CX = np.linalg.cholesky((XtVX + XtVX.T) / 2)
-        beta = sla.cho_solve((CX, True), Xty)
-        r2 = float(self.yty - Q[0, 0] - Xty @ beta)
+            P = np.einsum("ij,ljk,mk->lim", lam1, ainv, lam1)  # Lambda1 A11^-1 Lambda1', per level
+            if M1 == 1 and self.pairs is not None:
+                TPT = self.pairs.weighted_gram(P[:, 0, 0], q2)
+            elif M1 == 1:
+                TPT = (self.T.T.multiply(P[:, 0, 0][None, :]) @ self.T)
+            else:
+                Pm = sparse.block_diag(list(P), format="csr")
+                TPT = self.T.T @ Pm @ self.T
+            W = self.Z22.toarray()
+            W -= TPT.toarray() if sparse.issparse(TPT) else TPT
+            if lay.lambda2_diagonal:
+                d2 = lam2.diagonal()
+                S = W * d2[:, None] * d2[None, :]
+            else:
+                L2d = lam2.toarray()
+                S = L2d.T @ W @ L2d
+            S[np.diag_indices(q2)] += 1.0
+            CS = sla.cholesky(S, lower=True, check_finite=False)
+            logdet = logdet1 + 2 * float(np.sum(np.log(np.diag(CS))))
+            g = np.einsum("ij,ljc->lic", lam1, x1).reshape(lay.q1, -1)  # Lambda1 A11^-1 v1
+            rhs2 = lam2.T @ (self.V[lay.q1:] - self.T.T @ g)
+            y2 = sla.solve_triangular(CS, rhs2, lower=True, check_finite=False)
+            Q = Q + y2.T @ y2
+        XtVX, logdetX, beta, r2 = self._profiled(Q)
+        r2 = float(r2)
         return dict(theta=theta, lam1=lam1, ainv=ainv, P=P, lam2=lam2, CS=CS, logdet=logdet,
-                    XtVX=XtVX, logdetX=2 * float(np.sum(np.log(np.diag(CX)))), beta=beta, r2=r2)
+                    XtVX=XtVX, logdetX=float(logdetX), beta=beta, r2=r2)
 
     def deviance(self, theta: np.ndarray) -> float:
         """Profiled deviance (ML) or REML criterion at ``theta`` (lme4's ``devfun``)."""
@@ -326,13 +401,7 @@ class CrossedLMM:
         return self._deviance(f)
 
     def _deviance(self, f: dict) -> float:
-        n = self.N - self.K if self.REML else self.N
-        if f["r2"] <= 0:
-            return math.inf
-        dev = f["logdet"] + n * (1 + math.log(2 * math.pi * f["r2"] / n))
-        if self.REML:
-            dev += f["logdetX"]
-        return dev
+        return float(self._criterion(f["logdet"], f["r2"], f["logdetX"]))
 
     def sigma2(self, f: dict) -> float:
         return f["r2"] / (self.N - self.K if self.REML else self.N)
@@ -345,6 +414,8 @@ class CrossedLMM:
         r = self.V[:, 0] - self.V[:, 1:] @ f["beta"]
         v1 = np.einsum("ji,lj->li", lam1, r[:lay.q1].reshape(lay.L1, lay.M1))
         x1 = np.einsum("lij,lj->li", ainv, v1)
+        if lay.q2 == 0:
+            return np.einsum("ij,lj->li", lam1, x1).reshape(-1)
         g = np.einsum("ij,lj->li", lam1, x1).reshape(-1)
         rhs2 = lam2.T @ (r[lay.q1:] - self.T.T @ g)
         u2 = sla.cho_solve((f["CS"], True), rhs2, check_finite=False)
@@ -360,6 +431,8 @@ class CrossedLMM:
         lam1, lam2, ainv = f["lam1"], f["lam2"], f["ainv"]
         g1 = g[:lay.q1].reshape(lay.L1, lay.M1)
         x1 = np.einsum("lij,lj->li", ainv, g1)
+        if lay.q2 == 0:
+            return x1.reshape(-1)
         rhs2 = g[lay.q1:] - lam2.T @ (self.T.T @ np.einsum("ij,lj->li", lam1, x1).reshape(-1))
         u2 = sla.cho_solve((f["CS"], True), rhs2, check_finite=False)
         a12u2 = np.einsum("ji,lj->li", lam1, (self.T @ (lam2 @ u2)).reshape(lay.L1, lay.M1))
@@ -371,6 +444,8 @@ class CrossedLMM:
         lay = self.layout
         lam1, lam2, ainv, CS = f["lam1"], f["lam2"], f["ainv"], f["CS"]
         L1, M1 = lay.L1, lay.M1
+        if lay.q2 == 0:
+            return {lay.slots[0].index: sigma2 * np.einsum("ij,ljk,mk->lim", lam1, ainv, lam1)}
         # (A^-1)_11 = A11^-1 + A11^-1 A12 S^-1 A21 A11^-1; F = CS^-1 A21 A11^-1 (q2 x q1)
         A21 = (lam2.T @ self.T.T.tocsr())  # q2 x q1 before Lambda1
         A21 = A21.toarray().reshape(lay.q2, L1, M1)
@@ -409,9 +484,13 @@ class GramPairs:
     values: np.ndarray | None  #: t_jk t_jm in the same order, or None when every entry of T is 1
     starts: np.ndarray  #: first product of each distinct output place
     place: np.ndarray  #: flat output index k * q2 + m (k <= m) of each segment
+    #: positions in ``T.data`` of the two factors of each product (``entries=True``: T's values vary)
+    ia: np.ndarray | None = None
+    ib: np.ndarray | None = None
 
     @classmethod
-    def build(cls, T: sparse.csr_matrix, max_pairs: int = MAX_GRAM_PAIRS) -> "GramPairs | None":
+    def build(cls, T: sparse.csr_matrix, max_pairs: int = MAX_GRAM_PAIRS,
+              entries: bool = False) -> "GramPairs | None":
         T = T.tocsr()
         T.sort_indices()
         nnz = np.diff(T.indptr)
@@ -421,7 +500,7 @@ class GramPairs:
         key_t = np.int32 if q2 * q2 < 2 ** 31 else np.int64
         row_t = np.int32 if q1 < 2 ** 31 else np.int64
         ones = bool(np.all(T.data == 1.0))
-        keys, rows, vals = [], [], []
+        keys, rows, vals, ias, ibs = [], [], [], [], []
         for n in np.unique(nnz[nnz > 0]):
             sel = np.flatnonzero(nnz == n)
             pos = T.indptr[sel][:, None] + np.arange(n)[None, :]
@@ -429,6 +508,9 @@ class GramPairs:
             cols = T.indices[pos].astype(key_t)
             keys.append((cols[:, iu] * key_t(q2) + cols[:, ju]).ravel())
             rows.append(np.repeat(sel.astype(row_t), len(iu)))
+            if entries:
+                ias.append(pos[:, iu].ravel())
+                ibs.append(pos[:, ju].ravel())
             if not ones:
                 v = T.data[pos]
                 vals.append((v[:, iu] * v[:, ju]).ravel())
@@ -438,14 +520,18 @@ class GramPairs:
         key = key[order]
         row = np.concatenate(rows)[order]
         values = None if ones else np.concatenate(vals)[order]
+        ia = np.concatenate(ias)[order] if entries else None
+        ib = np.concatenate(ibs)[order] if entries else None
         del order
         starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-        return cls(row=row, values=values, starts=starts, place=key[starts].astype(np.int64))
+        return cls(row=row, values=values, starts=starts, place=key[starts].astype(np.int64), ia=ia, ib=ib)
 
-    def weighted_gram(self, p: np.ndarray, q2: int) -> np.ndarray:
-        """Dense T' diag(p) T (q2 x q2)."""
+    def weighted_gram(self, p: np.ndarray, q2: int, data: np.ndarray | None = None) -> np.ndarray:
+        """Dense T' diag(p) T (q2 x q2); ``data``: T's values now (built with ``entries=True``)."""
         w = p[self.row]
-        if self.values is not None:
+        if data is not None:
+            w *= data[self.ia] * data[self.ib]
+        elif self.values is not None:
             w *= self.values
         U = np.zeros(q2 * q2)
         U[self.place] = np.add.reduceat(w, self.starts)
@@ -473,7 +559,42 @@ def crossed_problem(design: Design, lay: CrossedLayout, REML: bool) -> CrossedLM
     V = np.asarray(Z.T @ np.column_stack([y, X]))
     return CrossedLMM(N=design.N, K=X.shape[1], REML=bool(REML), B=B, T=T, Z22=Z22, V=V,
                       XtX=(X.T @ X + (X.T @ X).T) / 2, Xty=X.T @ y, yty=float(y @ y), layout=lay,
-                      pairs=GramPairs.build(T) if M1 == 1 else None)
+                      pairs=GramPairs.build(T) if M1 == 1 and lay.q2 else None)
+
+
+def blocks_problem(problem: Any, lay: CrossedLayout) -> CrossedLMM:
+    """:class:`CrossedLMM` from the stacked/per-group problem's cross-products (``ml_lmm.stan``'s
+    data, exact sums that Dask and pandas data give bit for bit), reordered into the blocked layout."""
+    cp, slay = problem.crossproducts, problem.layout
+    G, qb, K = cp.ZtX.shape
+    # blocked index of every (block, column) of the stacked layout
+    where = np.empty((G, qb), dtype=np.int64)
+    crossed_slot = {s.index: s for s in lay.slots}
+    for slot in slay.slots:
+        cs = crossed_slot[slot.index]
+        m = np.arange(slot.M)
+        if slay.layout == "blocks":  # block g = level g; the term's columns slot.col ... + M
+            where[:, slot.col + m] = cs.col + np.arange(G)[:, None] * slot.M + m
+        else:  # one block: the term's levels one after another
+            lev = np.arange(slot.L)
+            where[0, (slot.col + lev[:, None] * slot.M + m).ravel()] = (cs.col + lev[:, None] * slot.M + m).ravel()
+    rows = np.broadcast_to(where[:, :, None], (G, qb, qb))
+    cols = np.broadcast_to(where[:, None, :], (G, qb, qb))
+    ZtZ = np.asarray(cp.ZtZ, float)
+    nz = ZtZ != 0
+    full = sparse.csr_matrix((ZtZ[nz], (rows[nz], cols[nz])), shape=(lay.q, lay.q))
+    V = np.empty((lay.q, 1 + K))
+    V[where.ravel()] = np.concatenate([cp.Zty[:, :, None], cp.ZtX], axis=2).reshape(G * qb, 1 + K)
+    q1, M1, L1 = lay.q1, lay.M1, lay.L1
+    first = full[:q1, :q1].toarray() if q1 <= 4096 else None
+    if first is not None:
+        B = np.stack([first[l * M1:(l + 1) * M1, l * M1:(l + 1) * M1] for l in range(L1)])
+    else:
+        B = np.stack([full[l * M1:(l + 1) * M1, l * M1:(l + 1) * M1].toarray() for l in range(L1)])
+    T = full[:q1, q1:].tocsr()
+    return CrossedLMM(N=problem.N, K=K, REML=problem.REML, B=B, T=T, Z22=full[q1:, q1:].tocsr(), V=V,
+                      XtX=np.asarray(cp.XtX, float), Xty=np.asarray(cp.Xty, float), yty=float(cp.yty),
+                      layout=lay, pairs=GramPairs.build(T) if M1 == 1 and lay.q2 else None)
 
 
 # --------------------------------------------------------------------------- Stan program and data
@@ -537,44 +658,218 @@ def crossed_stan_data(prob: CrossedLMM) -> dict:
 
 
 # --------------------------------------------------------------------------- optimizer
-def _optimize(prob: CrossedLMM, tol: float) -> tuple[np.ndarray, float, int, bool, str, np.ndarray]:
-    """Minimize the profiled deviance over theta (diagonal of Lambda >= 0) from lme4's start
-    (identity Lambda) with scipy's COBYQA (Powell's derivative-free trust-region method with
-    bounds, a successor of lme4's BOBYQA); about 40 evaluations for two variance components.
-    The returned gradient (central differences, projected on the bounds) is for diagnostics."""
-    lay = prob.layout
-    diag = np.zeros(lay.n_theta, bool)
+#: Largest Schur complement for which the evaluator is cheap (well under a millisecond) and the
+#: optimizer is L-BFGS-B on central-difference gradients; beyond it, COBYQA (one evaluation per
+#: step, but about 5 ms of its own work per step).
+MAX_QUICK_Q2 = 300
+
+
+def lower_bounds(lay: CrossedLayout) -> np.ndarray:
+    """lme4's lower bounds on theta: 0 on Lambda's diagonal, none elsewhere."""
+    low = np.full(lay.n_theta, -np.inf)
     for slot in lay.slots:
         for (i, j), k in zip(slot.pairs, slot.theta_index):
-            diag[k] = i == j
-    x0 = np.where(diag, 1.0, 0.0)
-    lower = np.where(diag, 0.0, -np.inf)
+            if i == j:
+                low[k] = 0.0
+    return low
+
+
+def fd_gradient(fun, x: np.ndarray, lower: np.ndarray, f0: float | None = None,
+                rel: float = 1e-6, many=None, with_value: bool = False):
+    """Central differences of ``fun`` at ``x``, forward where a lower bound is within the step.
+    ``many``: evaluates a stack of points at once (else ``fun`` point by point); ``f0``: the
+    value at ``x`` when known (else evaluated with the other points); ``with_value``: return
+    (value at x, gradient)."""
+    h = rel * np.maximum(1.0, np.abs(x))
+    forward = x - h < lower
+    n = len(x)
+    E = np.diag(h)
+    points = np.concatenate([x + E, x - E[~forward]] + ([x[None, :]] if f0 is None else []))
+    vals = np.asarray(many(points) if many is not None else [fun(p) for p in points], float)
+    if f0 is None:
+        f0 = vals[-1]
+    fp = vals[:n]
+    fm = np.full(n, np.nan)
+    fm[~forward] = vals[n:n + int(np.sum(~forward))]
+    g = np.where(forward, (fp - f0) / h, (fp - fm) / (2 * h))
+    return (float(f0), g) if with_value else g
+
+
+def minimize_bounded(fun, x0: np.ndarray, lower: np.ndarray, *, tol: float, quick: bool,
+                     max_evals: int = 5000, many=None) -> tuple[np.ndarray, float, bool, str, np.ndarray]:
+    """Minimize ``fun`` subject to ``x >= lower``: returns (x, f, ok, message, projected gradient).
+
+    ``quick`` (cheap evaluations): L-BFGS-B on central-difference gradients. Otherwise COBYQA
+    (Powell's derivative-free trust-region method with bounds, a successor of lme4's BOBYQA),
+    which needs fewer evaluations but spends milliseconds per step itself. The returned
+    gradient (projected on the bounds) is for diagnostics. ``many``: ``fun`` at a stack of
+    points in one call (see :func:`fd_gradient`).
+    """
+    x0 = np.maximum(np.asarray(x0, float), lower)
+    upper = np.full(len(x0), np.inf)
+    if quick:
+        def fg(x):
+            if many is not None:  # the value and the differences in one call
+                f, g = fd_gradient(fun, x, lower, many=many, with_value=True)
+                return (f, g) if np.isfinite(f) and np.all(np.isfinite(g)) else (np.inf, np.zeros_like(x))
+            f = fun(x)
+            return (f, np.zeros_like(x)) if not np.isfinite(f) else (f, fd_gradient(fun, x, lower, f))
+
+        res = sopt.minimize(fg, x0, jac=True, method="L-BFGS-B", bounds=sopt.Bounds(lower, upper),
+                            options={"maxfun": max_evals, "ftol": 1e-12, "gtol": 1e-6,
+                                     "maxcor": 20})
+    else:
+        res = sopt.minimize(fun, x0, method="COBYQA", bounds=sopt.Bounds(lower, upper),
+                            options={"initial_tr_radius": 0.2, "final_tr_radius": tol, "maxfev": max_evals})
+    x = np.maximum(res.x, lower)
+    f0 = float(fun(x))
+    g = fd_gradient(fun, x, lower, f0, rel=1e-5, many=many)
+    h = 1e-5 * np.maximum(1.0, np.abs(x))
+    proj = np.where((x - lower <= h) & (g > 0), 0.0, g)
+    ok = bool(np.isfinite(f0) and (res.success or np.max(np.abs(proj)) < 1e-2))
+    return x, f0, ok, str(res.message), proj
+
+
+def _optimize(prob: CrossedLMM, tol: float, start: np.ndarray | None = None
+              ) -> tuple[np.ndarray, float, int, bool, str, np.ndarray]:
+    """Minimize the profiled deviance over theta (diagonal of Lambda >= 0) from lme4's start
+    (identity Lambda) or ``start`` (see :func:`minimize_bounded`)."""
+    lay = prob.layout
+    lower = lower_bounds(lay)
+    x0 = np.where(np.isfinite(lower), 1.0, 0.0) if start is None else np.asarray(start, float)
     count = {"n": 0}
 
     def fun(x):
         count["n"] += 1
         return prob.deviance(x)
 
-    res = sopt.minimize(fun, x0, method="COBYQA", bounds=sopt.Bounds(lower, np.full(len(x0), np.inf)),
-                        options={"initial_tr_radius": 0.2, "final_tr_radius": tol, "maxfev": 2000})
-    x = np.where(diag, np.maximum(res.x, 0.0), res.x)
-    f0 = float(prob.deviance(x))
-    h = 1e-5 * np.maximum(1.0, np.abs(x))
-    g = np.empty_like(x)
-    for k in range(len(x)):
-        e = np.zeros_like(x)
-        e[k] = h[k]
-        if diag[k] and x[k] - h[k] < 0:  # one-sided at the bound
-            g[k] = (fun(x + e) - f0) / h[k]
-        else:
-            g[k] = (fun(x + e) - fun(x - e)) / (2 * h[k])
-    proj = np.where(diag & (x <= h) & (g > 0), 0.0, g)
-    ok = bool(np.isfinite(f0) and (res.success or np.max(np.abs(proj)) < 1e-2))
-    return x, f0, count["n"], ok, str(res.message), proj
+    def many(xs):
+        count["n"] += len(xs)
+        return prob.deviance_batch(xs)
+
+    x, f0, ok, message, proj = minimize_bounded(fun, x0, lower, tol=tol, quick=lay.q2 <= MAX_QUICK_Q2,
+                                                max_evals=2000, many=many)
+    return x, f0, count["n"], ok, message, proj
+
+
+# --------------------------------------------------------------------------- the Stan definition
+class PermutedDensity(LogDensity):
+    """A Stan log density read with the parameters in another order: ``x_stan = x[order]``
+    (the blocked layout orders the terms by levels, the stacked programs by the formula)."""
+
+    def __init__(self, base: LogDensity, order: np.ndarray) -> None:
+        self.base, self.order = base, np.asarray(order, int)
+        self.n_params = base.n_params
+
+    def log_prob_grad(self, theta: np.ndarray, jacobian: bool = False) -> tuple[float, np.ndarray]:
+        lp, g = self.base.log_prob_grad(np.asarray(theta, float)[self.order], jacobian)
+        out = np.empty(len(self.order))
+        out[self.order] = g
+        return lp, out
+
+    def log_prob_grad_many(self, thetas: np.ndarray, jacobian: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        lps, gs = self.base.log_prob_grad_many(np.atleast_2d(thetas)[:, self.order], jacobian)
+        out = np.empty_like(gs)
+        out[:, self.order] = gs
+        return lps, out
+
+    def constrain(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        return self.base.constrain(np.asarray(theta, float)[self.order])
+
+
+class StanDefined:
+    """What the fits of the numpy evaluators share: the Stan program that defines the model.
+
+    Within the stacked layout (``stacked_problem`` set) that is ``ml_lmm.stan`` /
+    ``ml_glmm.stan`` on :func:`~stanhier.ml.problem.lmm_problem`'s or ``glmm_problem``'s data;
+    :attr:`density` compiles it on first use (``confint()``, :meth:`stan_check`) and reads it
+    with this fit's parameter order (the blocked layout's)."""
+
+    #: (kind, REML, family, nAGQ) of the stacked layout's problem, None beyond that layout
+    stacked_args: Any = None
+    _density: Any = None
+
+    @cached_property
+    def stacked_problem(self):
+        """The stacked layout's Stan problem (built on first use), or None beyond that layout."""
+        return None if self.stacked_args is None else stacked_problem_of(self.design, *self.stacked_args)
+
+    @property
+    def density(self):
+        """The Stan program's log density (compiled on first use); None beyond the stacked layout."""
+        if self._density is None and self.stacked_problem is not None:
+            # the fit's backend argument (a run record of this fit names none: the program did not run)
+            backend = self.call.backend if self.call.backend in ("pystan", "cmdstanpy") else "auto"
+            compiled = self.model.compile(backend) if isinstance(self.model, StanProgramText) else self.model
+            base = compiled.log_density(self.stacked_problem.standata())
+            order = self._stan_order()
+            self._density = base if np.array_equal(order, np.arange(len(order))) else PermutedDensity(base, order)
+        return self._density
+
+    @density.setter
+    def density(self, value) -> None:
+        self._density = value
+
+    def _stan_order(self) -> np.ndarray:
+        """x_stan = x[order]: theta moved from the blocked layout's order to the program's."""
+        K, T = self.problem.K, self.problem.n_theta
+        stan_slots = {s.index: s for s in self.stacked_problem.layout.slots}
+        theta_order = np.empty(T, int)
+        for slot in self.layout.slots:
+            for k_fit, k_stan in zip(slot.theta_index, stan_slots[slot.index].theta_index):
+                theta_order[k_stan] = K + k_fit
+        return np.concatenate([np.arange(K), theta_order, np.arange(K + T, self.problem.n_params)])
+
+    def stan_check(self, backend: str = "auto") -> tuple[float, float]:
+        """(Stan program's log density, the evaluator's log-likelihood) at the optimum.
+
+        Compiles the program (cached by its text) and evaluates it at (beta, theta, aux);
+        the two agree to rounding when both define the same model.
+        """
+        x = np.concatenate([self.fixef().to_numpy(), self.theta, self.aux])
+        compiled = self.model.compile(backend) if isinstance(self.model, StanProgramText) else self.model
+        if self.stacked_problem is None:
+            return float(compiled.log_density(self.standata()).log_prob(x)), self.logLik()
+        base = compiled.log_density(self.stacked_problem.standata())
+        return float(base.log_prob(x[self._stan_order()])), self.logLik()
+
+    def standata(self) -> dict:
+        """The data of the Stan program that defines this fit (:meth:`stancode`)."""
+        if self.stacked_problem is not None:
+            return self.stacked_problem.standata()
+        return self._blocked_standata()
+
+    def _blocked_standata(self) -> dict:
+        raise NotImplementedError
+
+    def evaluator_line(self, lines: list[str]) -> list[str]:
+        """The summary's lines with ``Evaluator: ...`` after ``Data:``."""
+        at = next((i for i, s in enumerate(lines) if s.startswith("   Data:")), 1)
+        lines.insert(at + 1, f"Evaluator: {self.evaluator.split(';')[0]}")
+        return lines
+
+
+def within_stacked(design: Design, kind: str) -> bool:
+    """True when the stacked/per-group layout of ``ml_lmm.stan``/``ml_glmm.stan`` holds the design."""
+    from .problem import MAX_DENSE_CELLS
+
+    q = sum(gt.n_levels * gt.M for gt in design.terms)
+    same = len({gt.term.group for gt in design.terms}) == 1
+    return same or not (q > MAX_STACKED_Q or (kind == "glmm" and design.N * q > MAX_DENSE_CELLS))
+
+
+def stacked_problem_of(design: Design, kind: str, REML: bool = False, family: Family | None = None,
+                       nAGQ: int = 1):
+    """The stacked layout's Stan problem for a design within it (:func:`within_stacked`)."""
+    from .layout import build_layout
+    from .problem import glmm_problem, lmm_problem
+
+    lay = build_layout(design)
+    return lmm_problem(design, lay, REML) if kind == "lmm" else glmm_problem(design, lay, family, nAGQ)
 
 
 # --------------------------------------------------------------------------- fit
-class CrossedMerFit(MerFit):
+class CrossedMerFit(StanDefined, MerFit):
     """A :class:`~stanhier.ml.fit.MerFit` whose optimum came from the blocked evaluator.
 
     Same accessors; conditional modes, their variances and ``vcov`` come from the
@@ -588,6 +883,28 @@ class CrossedMerFit(MerFit):
         super().__init__(**kwargs)
         self.crossed = crossed
         self._factorization = factorization
+
+    def refit_response(self, y: np.ndarray) -> np.ndarray | None:
+        """The optimum (beta, theta, log sigma) of this model refitted to the response ``y`` on
+        this evaluator, started at this fit's theta (parametric bootstrap); None if it fails."""
+        import dataclasses
+
+        design = dataclasses.replace(self.design, y=np.asarray(y, float))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = fit_crossed_lmm(self.call, design, start={"theta": self.theta})
+        return np.asarray(new.optimum.theta, float) if new.converged else None
+
+    def ml_refit(self) -> "CrossedMerFit":
+        """The ML fit of this model (itself for an ML fit), started at this optimum (for profiles)."""
+        if not self.REML:
+            return self
+        import dataclasses
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fit_crossed_lmm(dataclasses.replace(self.call, REML=False), self.design,
+                                   start={"theta": self.theta})
 
     @property
     def factorization(self) -> dict:
@@ -607,26 +924,12 @@ class CrossedMerFit(MerFit):
             cov = self.crossed.mode_covariances(self._factorization, self.residual_variance())
         return CrossedModes(b=b, cov=cov)
 
-    def standata(self) -> dict:
+    def _blocked_standata(self) -> dict:
         """The data of the Stan program ``ml_lmm_crossed.stan`` (blocked cross-products)."""
         return crossed_stan_data(self.crossed)
 
-    def stan_check(self, backend: str = "auto") -> tuple[float, float]:
-        """(Stan program's log density, blocked evaluator's log-likelihood) at the optimum.
-
-        Compiles ``ml_lmm_crossed.stan`` (cached by program text) and evaluates it at
-        (beta, theta, log sigma); the two agree to rounding when both define the same model.
-        """
-        compiled = self.model.compile(backend) if isinstance(self.model, StanProgramText) else self.model
-        density = compiled.log_density(self.standata())
-        x = np.concatenate([self.fixef().to_numpy(), self.theta, self.aux])
-        return float(density.log_prob(x)), self.logLik()
-
     def summary(self, *args: Any, **kwargs: Any) -> str:
-        lines = super().summary(*args, **kwargs).split("\n")
-        at = next((i for i, s in enumerate(lines) if s.startswith("   Data:")), 1)
-        lines.insert(at + 1, f"Evaluator: {self.evaluator.split(';')[0]}")
-        return "\n".join(lines)
+        return "\n".join(self.evaluator_line(super().summary(*args, **kwargs).split("\n")))
 
 
 @dataclass(frozen=True, eq=False)
@@ -637,30 +940,83 @@ class CrossedModes:
     cov: dict  #: slot index -> (L, M, M)
 
 
-def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6) -> CrossedMerFit:
-    """Fit a Gaussian LMM with crossed/nested terms by the blocked evaluator (see module doc)."""
+def fit_crossed_lmm(call: MLCall, design: Design, *, tol: float = 1e-6, start: dict | None = None,
+                    optimum: np.ndarray | None = None) -> CrossedMerFit:
+    """Fit a Gaussian LMM by the blocked evaluator (see module doc): crossed/nested terms, or
+    one grouping factor (then A is block-diagonal). ``start``: ``{"theta": [...]}``;
+    ``optimum``: a recorded (beta, theta, log sigma), evaluated without optimizing."""
     t0 = time.perf_counter()
     REML = bool(call.REML)
     lay = build_crossed_layout(design)
-    prob = crossed_problem(design, lay, REML)
+    stacked = within_stacked(design, "lmm") and not needs_crossed(design)
+    if stacked:  # ml_lmm.stan's data (one owner of the cross-products), reordered
+        stacked_problem = stacked_problem_of(design, "lmm", REML)
+        prob = blocks_problem(stacked_problem, lay)
+    else:
+        stacked_problem = None
+        prob = crossed_problem(design, lay, REML)
+    K = prob.K
     with single_threaded_blas():
-        theta, dev, n_evals, ok, message, grad = _optimize(prob, tol)
+        if optimum is not None:
+            optimum = checked_optimum(optimum, K + lay.n_theta + 1)
+            theta = optimum[K:K + lay.n_theta]
+            dev, n_evals, message = prob.deviance(theta), 1, "converged"
+            grad = fd_gradient(prob.deviance, theta, lower_bounds(lay), dev, rel=1e-5,
+                               many=prob.deviance_batch)
+            ok = bool(np.isfinite(dev) and np.max(np.abs(np.where(theta <= 1e-5, np.minimum(grad, 0), grad)))
+                      < 1e-2)
+        else:
+            theta, dev, n_evals, ok, message, grad = _optimize(prob, tol, _start_theta(start, lay.n_theta))
         f = prob.factor(theta)
     sigma = math.sqrt(prob.sigma2(f))
-    x = np.concatenate([f["beta"], theta, [math.log(sigma)]])
+    x = optimum if optimum is not None else np.concatenate([f["beta"], theta, [math.log(sigma)]])
     info = OptimumInfo(theta=x, lp=-0.5 * dev, grad=-0.5 * grad, hessian=None, converged=ok,
                        message="converged" if ok else message, n_evals=n_evals, n_starts=1,
                        seconds=time.perf_counter() - t0)
     problem = ProblemSizes(kind="lmm", K=prob.K, n_theta=lay.n_theta, n_aux=1)
     fit = CrossedMerFit(crossed=prob, factorization=f, call=call, design=design,
-                         layout=lay, family=get_family("gaussian"), problem=problem,
-                         model=StanProgramText(crossed_stan_program()), density=None, optimum=info)
+                        layout=lay, family=get_family("gaussian"), problem=problem,
+                        model=StanProgramText(stan_program("lmm") if stacked else crossed_stan_program()),
+                        density=None, optimum=info)
+    fit.stacked_args = ("lmm", REML) if stacked else None
+    fit.evaluator = evaluator_text(lay, "stanhier.ml.crossed", "ml_lmm.stan" if stacked else "ml_lmm_crossed.stan")
+    if stacked_problem is not None:
+        fit.stacked_problem = stacked_problem  # (a cached property: built once)
     if not ok:
         warnings.warn(f"Model failed to converge: {message} (max |gradient| {np.max(np.abs(grad)):.2g}); "
                       "rescale predictors or simplify the random effects.", StanhierWarning, stacklevel=3)
     if fit.is_singular():
         warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
+
+
+def evaluator_text(lay: CrossedLayout, module: str, program: str, what: str = "numpy blocked Cholesky") -> str:
+    """``fit.evaluator``: what ran (the summary shows the part before ';') and the program that defines it."""
+    how = ("one block per level of the grouping factor" if lay.q2 == 0
+           else "diagonal block of the largest factor + dense Schur complement")
+    return f"{what}: {how} ({module}); Stan program {program} defines the same log-likelihood"
+
+
+def checked_optimum(optimum: Any, n: int) -> np.ndarray:
+    from ..errors import ArgumentError
+
+    optimum = np.asarray(optimum, float)
+    if optimum.shape != (n,):
+        raise ArgumentError(f"optimum must have {n} values (beta, theta, auxiliary), not {optimum.size}.")
+    return optimum
+
+
+def _start_theta(start: dict | None, n_theta: int) -> np.ndarray | None:
+    """``start={"theta": [...]}`` for the evaluators that profile beta out."""
+    from ..errors import ArgumentError
+
+    if not start:
+        return None
+    unknown = set(start) - {"theta", "beta", "fixef"}
+    theta = np.atleast_1d(np.asarray(start.get("theta", np.nan), float))
+    if unknown or ("theta" in start and len(theta) != n_theta):
+        raise ArgumentError(f"start accepts 'theta' (length {n_theta}) and 'beta'; got {sorted(start)}.")
+    return theta if "theta" in start else None
 
 
 @dataclass(frozen=True, eq=False)

@@ -35,7 +35,8 @@ from ..stan.templating import render
 from .layout import RandomLayout, build_layout
 
 __all__ = ["MLProblem", "CrossProducts", "GLMMBlocks", "stan_program", "lmm_problem", "glmm_problem",
-           "lmm_crossproducts", "partition_crossproducts", "lmm_bounds", "moments_least_squares", "gauss_hermite", "start_values", "MAX_DENSE_CELLS", "glmm_template_context"]
+           "lmm_crossproducts", "partition_crossproducts", "lmm_bounds", "moments_least_squares", "gauss_hermite", "start_values", "MAX_DENSE_CELLS", "glmm_template_context",
+           "glm_irls"]
 
 #: Largest N * q for a GLMM's dense per-observation random-effects design.
 MAX_DENSE_CELLS = 20_000_000
@@ -260,7 +261,7 @@ def moments_least_squares(m: dict[str, Any]) -> tuple[np.ndarray, float, float]:
     return beta, float(np.sqrt(max(ms_r - mean_r ** 2, 0.0))), float(np.sqrt(max(m["yty"] / n - mean_y ** 2, 0.0)))
 
 
-def _irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None,
+def glm_irls(X: np.ndarray, y: np.ndarray, family: Family, trials: np.ndarray | None,
           offset: np.ndarray | None = None) -> np.ndarray:
     """Fixed-effects GLM by IRLS (starting values for glmer); ``offset`` is added to X beta
     (aggregated Poisson rows: the log of their exposure)."""
@@ -298,7 +299,7 @@ def start_values(problem: MLProblem, design: Design, family: Family) -> list[np.
         log_sigma = np.log(max(sd_resid, 1e-8 * max(sd_y, 1.0), 1e-300))
         return [np.concatenate([beta, diag * s, [log_sigma]]) for s in (1.0, 0.3, 3.0)]
     exposure = design.trials if family.name == "poisson" and design.trials is not None else None
-    beta = _irls(X, y, family, design.trials, None if exposure is None else np.log(exposure))
+    beta = glm_irls(X, y, family, design.trials, None if exposure is None else np.log(exposure))
     aux = family.glmm_aux_start(y, family.inverse_link(X @ beta))
     return [np.concatenate([beta, diag * s, aux]) for s in (1.0, 0.3, 2.0)]
 

@@ -205,6 +205,8 @@ def _ml_refit(fit: Any) -> Any:
     at the REML optimum; an ML fit itself."""
     if not getattr(fit, "REML", False):
         return fit
+    if hasattr(fit, "ml_refit"):  # fits of the numpy evaluators refit on it
+        return fit.ml_refit()
     import dataclasses
 
     from .optimizer import maximize
@@ -227,7 +229,7 @@ def profile_confint(fit: Any, level: float = 0.95, parm: Sequence[str] | None = 
         raise ArgumentError(f"level must be between 0 and 1, got {level!r}.")
     if getattr(fit, "density", None) is None:
         raise ArgumentError("Profile intervals need the fit's Stan log density; this fit ran on the "
-                            "blocked evaluator for large crossed designs: use confint(method='Wald').")
+                            "blocked evaluator for a design beyond the stacked layout: use confint(method='Wald').")
     ml = _ml_refit(fit)
     prof = _Profiler(ml)
     rp = prof.rp
