@@ -159,11 +159,11 @@ def _aggregation(call: MLCall, design: Design, family: Family) -> Aggregation | 
     """The exact aggregation of a count GLMM's rows, when it is used (see :mod:`stanhier.ml.aggregate`)."""
     if call.aggregate is False and not design.distributed:
         return None
-    if family.name not in AGGREGATABLE or family.link != get_family(family.name).link:
+    if family.name not in AGGREGATABLE:
         if design.distributed:
             raise DataError(
                 f"glmer on Dask data aggregates the rows exactly, which needs family poisson, binomial or "
-                f"bernoulli with its default link; got {family.name!r} ({family.link}). Fit it on a pandas DataFrame."
+                f"bernoulli; got {family.name!r}. Fit it on a pandas DataFrame."
             )
         if call.aggregate:
             raise ArgumentError(f"aggregate=True needs family poisson, binomial or bernoulli, not {family.name!r}.")

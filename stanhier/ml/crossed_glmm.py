@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 from scipy import optimize as sopt
-from scipy import sparse, special
+from scipy import sparse
 
 from ..errors import ArgumentError, DataError, StanhierWarning
 from ..families import Family, get_family
@@ -44,7 +44,7 @@ from .crossed import (CrossedLayout, CrossedLMM, StanProgramText, CrossedModes, 
 from .problem import MAX_DENSE_CELLS
 from .fit import MerFit, MLCall
 from .optimizer import OptimumInfo
-from .problem import stan_program
+from .problem import glm_irls, stan_program
 
 __all__ = ["CrossedGLMM", "CrossedGlmerFit", "fit_crossed_glmm", "glmer_crossed", "glmm_needs_crossed",
            "GLMM_FAMILIES", "EVALUATOR_GLMM"]
@@ -87,28 +87,20 @@ class CrossedGLMM:
         self.y = np.asarray(design.y, float)
         self.n = (np.asarray(design.trials, float) if family.name == "binomial" and design.trials is not None
                   else np.ones_like(self.y))
-        if family.name == "poisson":
-            self.const = -float(np.sum(special.gammaln(self.y + 1)))
-        elif family.name == "binomial":
-            self.const = float(np.sum(special.gammaln(self.n + 1) - special.gammaln(self.y + 1)
-                                      - special.gammaln(self.n - self.y + 1)))
-        else:
-            self.const = 0.0
+        self.trials = self.n if family.uses_trials else None
         self.u = np.zeros(lay.q)  # warm start of PIRLS
         self.n_pirls = 0
 
     # ------------------------------------------------------------ family pieces
     def loglik(self, eta: np.ndarray) -> float:
-        if self.family.name == "poisson":
-            return float(np.sum(self.y * eta - np.exp(eta))) + self.const
-        return float(np.sum(self.y * eta - self.n * np.logaddexp(0, eta))) + self.const
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ll = float(np.sum(self.family.loglik(self.y, eta, {}, self.trials)))
+        return ll if not np.isnan(ll) else -math.inf  # mu outside the family's range (identity link...)
 
     def derivs(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.family.name == "poisson":
-            mu = np.exp(eta)
-            return self.y - mu, mu
-        p = special.expit(eta)
-        return self.y - self.n * p, np.maximum(self.n * p * (1 - p), 1e-300)
+        """Score and PIRLS weight (Fisher information: lme4's, also at non-canonical links)."""
+        score, w = self.family.glm_working(self.y, eta, {}, self.trials)
+        return score, np.maximum(w, 1e-300)
 
     # ------------------------------------------------------------ blocked factorization of H
     def factor(self, theta: np.ndarray, w: np.ndarray) -> tuple[CrossedLMM, dict]:
@@ -177,26 +169,6 @@ class CrossedGLMM:
             return self.pirls(x[:K], x[K:])[0]
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             return math.inf
-
-
-def _glm_start(X: np.ndarray, y: np.ndarray, n: np.ndarray, family: Family) -> np.ndarray:
-    """Fixed-effects GLM by IRLS."""
-    beta = np.zeros(X.shape[1])
-    eta = np.log(y + 0.5) if family.name == "poisson" else special.logit((y + 0.5) / (n + 1))
-    for _ in range(50):
-        if family.name == "poisson":
-            mu = np.exp(eta)
-            w, z = mu, eta + (y - mu) / mu
-        else:
-            p = special.expit(eta)
-            w = np.maximum(n * p * (1 - p), 1e-10)
-            z = eta + (y - n * p) / w
-        new = np.linalg.solve((X.T * w) @ X + 1e-10 * np.eye(X.shape[1]), (X.T * w) @ z)
-        eta = np.clip(X @ new, -30, 30)
-        if np.max(np.abs(new - beta)) < 1e-10:
-            return new
-        beta = new
-    return beta
 
 
 class CrossedGlmerFit(MerFit):
@@ -277,7 +249,7 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *,
     lay = build_crossed_layout(design)
     glmm = CrossedGLMM(design, lay, family)
     K = design.X.shape[1]
-    beta0 = _glm_start(design.X, glmm.y, glmm.n, family)
+    beta0 = glm_irls(design.X, glmm.y, family, glmm.n)
     x0 = np.concatenate([beta0, np.ones(lay.n_theta)])
     lower = np.concatenate([np.full(K, -np.inf), np.zeros(lay.n_theta)])
     count = {"n": 0}
