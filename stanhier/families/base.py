@@ -143,6 +143,17 @@ class Family:
     def __repr__(self) -> str:
         return f"Family({self.name!r}, link={self.link!r})"
 
+    @property
+    def spec(self) -> str:
+        """The family as a string :func:`~stanhier.families.get_family` reads back: the name at
+        the default link, else ``name(link='...')`` (reproducing calls, the CLI's ``--family``).
+
+        >>> from stanhier.families import binomial
+        >>> binomial().spec, binomial(link="probit").spec
+        ('binomial', "binomial(link='probit')")
+        """
+        return self.name if self.default_link else f"{self.name}(link='{self.link}')"
+
     # ------------------------------------------------------------ description
     @property
     def aux(self) -> tuple[str, ...]:

@@ -267,8 +267,9 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
         return lmer(formula, data, backend=backend, progress=progress, start=start, control=control,
                     na_action=na_action, collinear=collinear)
     if fam.name == "gaussian":
-        raise FamilyError(f"glmer with family gaussian and the {fam.link!r} link is not supported; "
-                          "use lmer() (identity link).")
+        raise FamilyError(f"glmer with family gaussian and the {fam.link!r} link is not supported (lme4's "
+                          "objective for families with a scale parameter is not implemented); fit it with "
+                          f"brm(family=\"{fam.spec}\"), or use lmer() (identity link).")
     if not fam.glmm_capable:
         raise FamilyError(f"glmer supports the families {', '.join(f.name for f in glmm_families())}; "
                           f"not {fam.name!r}.")

@@ -89,10 +89,19 @@ functions {
   }
 
   // score d log p / d eta (column 1) and Fisher weight (d E[y] / d eta)^2 / Var[y] (column 2)
-  // for E[y] = trials .* mu and Var[y] = v
+  // for E[y] = trials .* mu and Var[y] = v; 0 where Var[y] = 0 (a saturated mean: no information)
   matrix glm_working(array[] int y, array[] int trials, vector eta, vector mu, vector v, int link) {
-    vector[rows(eta)] dmean = to_vector(trials) .* mu_eta(eta, link);
-    return append_col((to_vector(y) - to_vector(trials) .* mu) .* dmean ./ v, square(dmean) ./ v);
+    int n = rows(eta);
+    vector[n] dmean = to_vector(trials) .* mu_eta(eta, link);
+    matrix[n, 2] d = rep_matrix(0, n, 2);
+    for (i in 1:n) {
+      if (v[i] > 0) {
+        real ratio = dmean[i] / v[i];
+        d[i, 1] = (y[i] - trials[i] * mu[i]) * ratio;
+        d[i, 2] = dmean[i] * ratio;
+      }
+    }
+    return d;
   }
 
   // log p(y | eta) with all normalizing constants (-inf where mu leaves the family's range)
