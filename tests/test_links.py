@@ -3,10 +3,15 @@ written by tests/reference/make_links_reference.R).
 
 glmer: at a non-canonical link lme4's Laplace approximation uses its PIRLS weights
 (d mu/d eta)^2 / Var[y] (the Fisher information) at the conditional mode; stanhier does the
-same, so the logLik matches lme4's to 1e-4 (both optimizers stop within ~1e-6 of the
-optimum of a smooth function: the logLik is flat there, the parameters agree to ~1e-4
-relative). The ``ml_glmm.stan`` program is the one every glmer test shares (family and
-link are data), so these cases compile nothing new.
+same. lme4's printed logLik takes log|H| from the weights of the PIRLS iteration before its
+last one and stops PIRLS on the penalized deviance, which at a non-canonical link (Fisher
+scoring converges linearly) moves it by up to 3.1e-4 in these cases; the reference
+``laplace_at_mode`` (R: the Laplace approximation at lme4's final mu with the weights at that
+mu) is the same approximation without that error, and stanhier matches it to 1e-4 (measured:
+8e-8 for cbpp probit; 4e-5 for the crossed case, where lme4's mode itself is off by a
+gradient of 1.6e-4), and lme4's printed value to 5e-4. Parameters: 1e-3 relative. The
+``ml_glmm.stan`` program is the one every glmer test shares (family and link are data), so
+these cases compile nothing new.
 
 brm: one binomial probit fit (the one new program structure) against brms's posterior
 means of the same model and default priors, within 0.2 posterior SD (each side's Monte
@@ -53,10 +58,12 @@ def glmer_quiet(formula, data, family, **kwargs):
         return sh.glmer(formula, data, family=family, progress=False, **kwargs)
 
 
-def check_against_lme4(fit, ref: dict, ll_tol: float = 1e-4) -> None:
-    assert fit.logLik() == pytest.approx(ref["logLik"], abs=ll_tol)
+def check_against_lme4(fit, ref: dict) -> None:
+    assert fit.logLik() == pytest.approx(ref["laplace_at_mode"], abs=1e-4)
+    assert fit.logLik() == pytest.approx(ref["logLik"], abs=5e-4)
     np.testing.assert_allclose(fit.fixef().to_numpy(), list(ref["fixef"].values()), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(fit.VarCorr()["sdcor"].to_numpy()[:len(ref["sd"])], ref["sd"], rtol=2e-3)
+    sd = np.atleast_1d(ref["sd"])
+    np.testing.assert_allclose(fit.VarCorr()["sdcor"].to_numpy()[:len(sd)], sd, rtol=2e-3)
     np.testing.assert_allclose(fit.fitted()[:5], ref["fitted_head"], rtol=1e-3)
 
 
@@ -90,7 +97,21 @@ def test_bernoulli_rows_aggregate_at_a_link(engine):
     ref = GLMER["cbpp_probit"]
     assert "aggregated" in fit.summary().lower()
     np.testing.assert_allclose(fit.fixef().to_numpy(), list(ref["fixef"].values()), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(fit.VarCorr()["sdcor"].to_numpy()[:1], ref["sd"], rtol=2e-3)
+    np.testing.assert_allclose(fit.VarCorr()["sdcor"].to_numpy()[:1], [ref["sd"]], rtol=2e-3)
+
+
+def test_brm_default_priors_at_links():
+    """brms 2.18's get_prior (Rscript on the development machine): at the identity, log, inverse
+    and sqrt links the Intercept's student_t is centred at the median of link(y)."""
+    fish = dataset("fish")
+    cases = [("fish_num ~ temperature + (1 | weather)", fish, "poisson(link='sqrt')", "student_t(3, 1, 2.5)"),
+             ("y ~ temperature + (1 | weather)", fish.assign(y=fish.fish_num + 1), "Gamma(link='inverse')",
+              "student_t(3, 0.5, 2.5)"),
+             ("y ~ temperature + (1 | weather)", fish.assign(y=fish.fish_num + 1), "gaussian(link='log')",
+              "student_t(3, 0.7, 2.5)")]
+    for formula, df, family, prior in cases:
+        table = sh.get_prior(formula, df, family=family)
+        assert table.loc[table["class"] == "Intercept", "prior"].iloc[0] == prior, family
 
 
 def test_glmer_unsupported_links_and_families():
