@@ -77,6 +77,16 @@ def test_glmer_link_against_lme4(case, engine):
     assert f" Family: {fam.name}  ( {fam.link} )" in fit.summary()
 
 
+def test_glmer_record_keeps_the_link(tmp_path, engine):
+    """save/load restores the link, and the recorded command reproduces it."""
+    cbpp = dataset("cbpp").assign(period=lambda d: "p" + d["period"])  # labels that stay strings in CSV
+    fit = glmer_quiet(CBPP_FORMULA, cbpp, "binomial(link='probit')")
+    sh.save(fit, tmp_path / "run")
+    back = sh.load(tmp_path / "run")
+    assert back.family == fit.family and back.logLik() == pytest.approx(fit.logLik(), abs=1e-10)
+    assert "family=\"binomial(link='probit')\"" in (tmp_path / "run" / "command.txt").read_text()
+
+
 def test_crossed_evaluator_with_a_link(engine):
     """Crossed factors through the numpy PIRLS evaluator (Fisher weights from the family)
     and through glmer's Stan program: both at lme4's optimum."""

@@ -242,7 +242,9 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
     with that many nodes (one scalar random-effects term only, as lme4).
     ``family`` defaults to ``gaussian``, as lme4's: a Gaussian model (identity link) is fitted
     as :func:`lmer` fits it (REML), with a warning. Other families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
-    ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``).
+    ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``), each at any of its
+    links (``"binomial(link='probit')"``, ``sh.family("poisson", link="sqrt")``): at a non-default
+    link the Laplace approximation uses lme4's PIRLS (Fisher) weights, as lme4 does.
     ``progress`` as in :func:`lmer`.
 
     ``data`` may be a Dask DataFrame or a Parquet path (Poisson, binomial, Bernoulli).
