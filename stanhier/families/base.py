@@ -71,6 +71,14 @@ class AuxParam:
         return dist, tuple(float(scale) if a == SCALE else float(a) for a in args)
 
 
+def _score_weight(y: np.ndarray, mean: np.ndarray, dmean: np.ndarray,
+                  var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GLM score (y - E[y]) dmean / var and weight dmean^2 / var (dmean = d E[y] / d eta);
+    0 where the variance vanishes (a saturated mean: no information)."""
+    ratio = np.divide(dmean, var, out=np.zeros(np.broadcast(dmean, var).shape), where=var > 0)
+    return (y - mean) * ratio, dmean * ratio
+
+
 #: the residual SD of the location-scale families (brms's ``student_t(3, 0, scale)`` prior)
 SIGMA = AuxParam("sigma", lower=0, prior=("student_t", (3.0, 0.0, SCALE)), comment="residual SD")
 
@@ -256,9 +264,6 @@ class Family:
         raise FamilyError(f"Family {self.name!r} has no unit deviance.")
 
     # ------------------------------------------------------------ glmer: PIRLS pieces and starts
-    #: auxiliary values of the IRLS start of the fixed effects (negbinomial: Poisson's variance)
-    irls_aux: ClassVar[dict[str, float]] = {}
-
     def glm_working(self, y: np.ndarray, eta: np.ndarray, aux: dict[str, np.ndarray],
                     trials: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Score d log p / d eta and Fisher weight (d E[y] / d eta)^2 / Var[y] at ``eta``: lme4's
@@ -269,11 +274,8 @@ class Family:
         [2.0, 1.0]
         """
         n = 1.0 if trials is None else np.asarray(trials, float)
-        dmean = n * self.link_object.mu_eta(eta)
-        var = self.variance(eta, aux, trials)
-        # d E[y] / d eta / Var[y]; 0 where the variance vanishes (a saturated mean: no information)
-        ratio = np.divide(dmean, var, out=np.zeros(np.broadcast(dmean, var).shape), where=var > 0)
-        return (y - self.mean(eta, aux, trials)) * ratio, dmean * ratio
+        return _score_weight(y, self.mean(eta, aux, trials), n * self.link_object.mu_eta(eta),
+                             self.variance(eta, aux, trials))
 
     def start_mean(self, y: np.ndarray, trials: np.ndarray) -> np.ndarray:
         """The distribution's ``mu`` the IRLS start begins from: (y + 1/2) / (trials + 1) for
@@ -285,8 +287,20 @@ class Family:
         return self.linkfun(self.start_mean(y, trials))
 
     def irls_working(self, y: np.ndarray, eta: np.ndarray, trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """IRLS weights and working response at ``eta`` (:meth:`glm_working`)."""
-        score, w = self.glm_working(y, eta, self.irls_aux, trials if self.uses_trials else None)
+        """IRLS weights and working response at ``eta`` of the quasi-likelihood GLM with this link
+        and the variance function of the response's support: binomial's n mu (1 - mu) for
+        proportions, Poisson's mu for counts and positive responses, 1 for real ones. These are
+        the Fisher weights of poisson, binomial and bernoulli; for the others (negbinomial,
+        Gamma, beta...) a start that needs no auxiliary parameter."""
+        n = np.asarray(trials, float) if self.support == "binomial" else 1.0
+        mu = self.inverse_link(eta)
+        if self.support in ("binary", "binomial", "unit"):
+            var = n * mu * (1 - mu)
+        elif self.support in ("count", "positive"):
+            var = mu
+        else:
+            var = np.ones_like(mu)
+        score, w = _score_weight(y, n * mu, n * self.link_object.mu_eta(eta), var)
         w = np.maximum(w, 1e-10)
         return w, eta + score / w
 

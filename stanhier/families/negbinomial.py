@@ -36,7 +36,6 @@ class NegBinomial(Family):
                         "d[:, 2] = (yv + phi) .* mu * phi ./ square(phi + mu);")
     glmm_lpmf_mu = "neg_binomial_2_lpmf(y | mu, phi)"
     glmm_variance = "mu + square(mu) / phi"
-    irls_aux = {"shape": np.inf}  # the fixed-effects start is Poisson's IRLS
 
     def lme4_label(self, aux):
         return f"Negative Binomial({aux['shape']:.4g})"
