@@ -279,8 +279,8 @@ class Family:
 
     def start_mean(self, y: np.ndarray, trials: np.ndarray) -> np.ndarray:
         """The distribution's ``mu`` the IRLS start begins from: (y + 1/2) / (trials + 1) for
-        proportions, y + 1/2 otherwise."""
-        return (y + 0.5) / (trials + 1) if self.support in ("binary", "binomial") else y + 0.5
+        proportions (0/1, successes out of trials, values in (0, 1)), y + 1/2 otherwise."""
+        return (y + 0.5) / (trials + 1) if self.support in ("binary", "binomial", "unit") else y + 0.5
 
     def irls_start(self, y: np.ndarray, trials: np.ndarray) -> np.ndarray:
         """Starting linear predictor of the IRLS fit of the fixed effects (glmer's start)."""
