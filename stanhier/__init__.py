@@ -25,6 +25,7 @@ with _warnings.catch_warnings():
     # for library authors, not for stanhier's users; stanhier's own warnings still show
     _warnings.filterwarnings("ignore", category=FutureWarning, module=r"(?!stanhier)")
     from . import families
+    from .families import family
     from .api import brm, get_prior, make_standata, make_stancode
     from .errors import (ArgumentError, BackendError, DataError, FamilyError, FormulaError, PriorError,
                          SamplingError, StanCompileError, StanhierError, StanhierWarning)
@@ -40,7 +41,7 @@ with _warnings.catch_warnings():
 __version__ = "0.1.0"
 
 __all__ = [
-    "brm", "make_stancode", "make_standata", "get_prior", "prior", "Prior", "families", "BrmsFit",
+    "brm", "make_stancode", "make_standata", "get_prior", "prior", "Prior", "families", "family", "BrmsFit",
     "lmer", "glmer", "MerFit", "loo", "waic", "loo_compare", "bayes_R2", "hypothesis", "anova",
     "save", "load", "plot_trace", "pp_check", "conditional_effects", "plot_ranef",
     "StanhierError", "FormulaError", "DataError", "FamilyError", "PriorError", "ArgumentError",

@@ -55,7 +55,8 @@ __all__ = ["main", "build_parser", "parse_prior", "read_data", "example_data_pat
 _HINTS: dict[str, str] = {
     "FormulaError": "check the formula: lme4/brms syntax, e.g. \"y ~ x + (x | g)\", with column names of the data",
     "DataError": "check the data file: column names, missing values and the response's values",
-    "FamilyError": "check --family (gaussian, poisson, binomial, bernoulli, negbinomial, ...) against the response",
+    "FamilyError": "check --family (gaussian, poisson, binomial, bernoulli, negbinomial, ...; a link as "
+                   "'binomial(link=probit)') against the response",
     "PriorError": "write priors as DIST(ARGS):CLASS[:COEF[:GROUP]], e.g. \"normal(0,1):b:temperature\"",
     "ArgumentError": "check the options (--chains, --iter, --warmup, --seed, ...); stanhier fit --help lists them",
     "BackendError": "use --backend pystan, or install CmdStan: python -m cmdstanpy.install_cmdstan",
@@ -164,7 +165,8 @@ class _Warnings:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("formula", help='lme4/brms formula, e.g. "y ~ x + (x | g)"')
     p.add_argument("--data", required=True, help="CSV file with the data")
-    p.add_argument("--family", default="gaussian", help="response family (default gaussian)")
+    p.add_argument("--family", default="gaussian",
+                   help="response family (default gaussian), optionally with a link as in R: 'binomial(link=probit)'")
     p.add_argument("--prior", action="append", default=[], metavar="DIST:CLASS[:COEF[:GROUP]]",
                    help='a prior, e.g. "normal(0,1):b:temperature" (repeatable)')
 
@@ -285,7 +287,8 @@ def ml_kwargs(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     for name in ("na_action", "collinear"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
-    if get_family(args.family).name == "gaussian":
+    fam = get_family(args.family)
+    if fam.name == "gaussian" and fam.link == "identity":
         if args.nAGQ is not None:
             raise ArgumentError("--nAGQ applies to non-Gaussian families (glmer); a Gaussian model's "
                                 "likelihood is exact (lmer).")

@@ -120,7 +120,7 @@ def _ml_call(fit: MerFit) -> str:
     if call.kind == "lmm":
         args.append(f"REML={call.REML}")
     else:
-        args += [f"family={call.family!r}", f"nAGQ={call.nAGQ}"]
+        args += [f"family={call.family_object().spec!r}", f"nAGQ={call.nAGQ}"]
     args.append(f"backend={fit.model.backend!r}")
     if call.na_action != "drop":
         args.append(f"na_action={call.na_action!r}")

@@ -175,7 +175,7 @@ def python_call(fit: Any) -> str:
     """
     spec, s = fit.spec, fit.raw.settings
     priors = [p for p in spec.priors.user]
-    args = [repr(spec.design.formula.text), f"data={fit.data_name}", f"family={spec.family.name!r}"]
+    args = [repr(spec.design.formula.text), f"data={fit.data_name}", f"family={spec.family.spec!r}"]
     if priors:
         ptxt = ", ".join(f"sh.prior({p.text!r}, class_={p.class_!r}"
                          + (f", coef={p.coef!r}" if p.coef else "")

@@ -99,6 +99,21 @@ def test_stancode_prints_and_writes(fish, fish_csv, tmp_path):
     assert isinstance(data["X"][0], list)  # matrices as lists of rows
 
 
+def test_family_flag_takes_a_link(fish, fish_csv):
+    """--family with R's link syntax (quoted or not) reaches the program; a bad link is one error line."""
+    code, out, _ = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson(link=sqrt)"])
+    assert code == 0 and out == sh.make_stancode(FISH_FORMULA, fish, sh.family("poisson", link="sqrt"))
+    assert "mu = square(mu + Xc * b);" in out
+    code, _, err = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson(link='logit')"])
+    assert code == 1 and err.startswith("error: Link 'logit' is not supported for family 'poisson'; "
+                                        "supported links: log, identity, sqrt")
+    base = ["fit", "y ~ x + (1 | g)", "--data", "d.csv", "--method", "ml"]
+    which, kwargs = ml_kwargs(build_parser().parse_args(base + ["--family", "binomial(link=probit)"]))
+    assert which == "glmer" and kwargs["family"] == "binomial(link=probit)"
+    which, _ = ml_kwargs(build_parser().parse_args(base + ["--family", "gaussian(link=log)"]))
+    assert which == "glmer"  # which says what it does not fit (a FamilyError naming brm)
+
+
 def test_fit_summary_from_record(fish_fit, fish_csv, tmp_path):
     """fit + --out writes a record; summary reads it back without refitting."""
     out_dir = tmp_path / "run"

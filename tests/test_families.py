@@ -56,6 +56,16 @@ AUX_DRAW = {
 DISPERSION = {"gaussian": lambda a: a["sigma"] ** 2, "Gamma": lambda a: 1 / a["shape"]}
 
 NAMES = sorted(fams.FAMILIES)
+#: every (family, link) a family takes
+COMBOS = [(name, link) for name in NAMES for link in fams.FAMILIES[name].links]
+
+
+def eta_shift(fam) -> float:
+    """Keeps mu inside the family's range at links that do not: positive eta at the identity
+    and inverse links of positive families, negative eta at the log link of probabilities."""
+    if fam.link in ("identity", "inverse") and fam.mean_range[0] == 0:
+        return 5.0
+    return -5.0 if fam.link == "log" and fam.mean_range[1] == 1 else 0.0
 
 
 def random_point(name: str, k: int = 50, seed: int = 0):
@@ -190,18 +200,18 @@ def snippet_data(fam, seed: int = 11) -> pd.DataFrame:
 
 
 def harness_program() -> str:
-    """One Stan program holding every registered family's ``brm`` likelihood statements, each
-    inside its own ``_lp`` function, chosen by the data ``family`` (one compile for all).
-    The context is ``brm.stan``'s: ``mu`` is the linear predictor without ``Xc * b``."""
+    """One Stan program holding every registered family's ``brm`` likelihood statements at each
+    of its links, each inside its own ``_lp`` function, chosen by the data ``family`` (one
+    compile for all). The context is ``brm.stan``'s: ``mu`` is the linear predictor without ``Xc * b``."""
     aux = sorted(fams.aux_names())
     funcs, calls = [], []
-    for i, name in enumerate(NAMES, start=1):
-        fam = fams.get_family(name)
+    for i, (name, link) in enumerate(COMBOS, start=1):
+        fam = fams.family(name, link)
         ytype, ydata = ("array[] int", "Y_int") if fam.is_discrete else ("vector", "Y_real")
         args = [f"{ytype} Y", "array[] int trials", "vector mu_in", "matrix Xc", "vector b"]
         args += [f"real {a}" for a in fam.aux]
-        body = "\n".join(f"    {line}" for line in fam.stan_likelihood.splitlines())
-        funcs.append(f"  void lik_{i}_lp({', '.join(args)}) {{  // {name}\n"
+        body = "\n".join(f"    {line}" for line in fam.stan_model.splitlines())
+        funcs.append(f"  void lik_{i}_lp({', '.join(args)}) {{  // {name}, {link} link\n"
                      f"    vector[rows(mu_in)] mu = mu_in;\n{body}\n  }}")
         call_args = ", ".join([ydata, "trials", "mu", "Xc", "b"] + list(fam.aux))
         calls.append(f"  if (family == {i}) {{\n    lik_{i}_lp({call_args});\n  }}")
@@ -220,27 +230,96 @@ def harness():
     return get_backend("pystan").compile(harness_program(), progress=False)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_stan_likelihood_matches_numpy(name, harness):
-    """Each family's Stan likelihood statements against its numpy log-likelihood, summed over
-    40 rows, at three random (b, Intercept) with random auxiliary values."""
-    fam = fams.get_family(name)
-    df = snippet_data(fam)
+@pytest.mark.parametrize("name,link", COMBOS)
+def test_stan_likelihood_matches_numpy(name, link, harness):
+    """Each family's Stan likelihood statements at each of its links (the link's Stan inverse,
+    e.g. Stan's ``Phi``) against its numpy log-likelihood (the link's numpy inverse, e.g.
+    scipy's ``ndtr``), summed over 40 rows, at three random (b, Intercept) with random
+    auxiliary values."""
+    fam = fams.family(name, link)
+    df = snippet_data(fams.get_family(name))
     r = np.random.default_rng(5)
     y = df["y"].to_numpy()
     Xc = np.column_stack([df["x"] - df["x"].mean(), r.normal(size=len(df))])
-    offset = r.normal(0, 0.3, len(df))
+    offset = r.normal(0, 0.3, len(df)) + eta_shift(fam)
     trials = df["n"].to_numpy() if fam.uses_trials else np.ones(len(df), int)
     for _ in range(3):
         aux = {a: float(AUX_DRAW[a](r, 1)[0]) for a in fams.aux_names()}
         data = dict(N=len(df), Kc=2, Xc=Xc, mu_re=offset, Y_int=np.round(y).astype(int) if fam.is_discrete
                     else np.zeros(len(df), int), Y_real=y if not fam.is_discrete else np.zeros(len(df)),
-                    trials=trials.astype(int), family=NAMES.index(name) + 1, **aux)
+                    trials=trials.astype(int), family=COMBOS.index((name, link)) + 1, **aux)
         theta = r.uniform(-1, 1, 3)  # b[1], b[2], Intercept
         eta = theta[2] + offset + Xc @ theta[:2]
         expected = float(np.sum(fam.loglik(y, eta, aux, trials if fam.uses_trials else None)))
         got = harness.log_density(data).log_prob(theta)
-        assert got == pytest.approx(expected, rel=1e-9, abs=1e-8), (name, got, expected)
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-8), (name, link, got, expected)
+
+
+@pytest.mark.parametrize("name,link", [c for c in COMBOS if c[1] != fams.FAMILIES[c[0]].links[0]])
+def test_a_link_changes_only_mu(name, link):
+    """At any link the family is its distribution at mu = inverse link(eta): loglik, mean,
+    variance and deviance equal the default link's at the eta giving the same mu."""
+    fam, base = fams.family(name, link), fams.get_family(name)
+    _, eta, aux, trials, y = random_point(name)
+    if eta_shift(fam) or link == "sqrt":
+        eta = np.sign(eta_shift(fam) or 1.0) * (np.abs(eta) + 0.2)
+    eta_base = base.linkfun(fam.inverse_link(eta))
+    for method in ("loglik", "unit_deviance"):
+        try:
+            got = getattr(fam, method)(y, eta, aux, trials)
+        except FamilyError:
+            continue
+        np.testing.assert_allclose(got, getattr(base, method)(y, eta_base, aux, trials), rtol=1e-9, atol=1e-9)
+    for method in ("mean", "variance"):
+        np.testing.assert_allclose(getattr(fam, method)(eta, aux, trials), getattr(base, method)(eta_base, aux, trials),
+                                   rtol=1e-9)
+
+
+@pytest.mark.parametrize("link", sorted(fams.LINKS))
+def test_link_functions(link):
+    """Each link: link(inverse(eta)) = eta, mu_eta = d inverse / d eta (central differences),
+    log_mu / log1m_mu = log(mu) / log(1 - mu), and the inverse against an independent formula."""
+    lk = fams.LINKS[link]
+    eta = np.linspace(0.2, 2.5, 12) if link in ("sqrt", "inverse") else np.linspace(-2.5, 2.5, 12)
+    mu = lk.inverse(eta)
+    np.testing.assert_allclose(lk.link(mu), eta, rtol=1e-9, atol=1e-12)
+    h = 1e-6
+    np.testing.assert_allclose(lk.mu_eta(eta), (lk.inverse(eta + h) - lk.inverse(eta - h)) / (2 * h), rtol=1e-6)
+    np.testing.assert_allclose(lk.log_mu(eta), np.log(mu), rtol=1e-12)
+    if lk.mu_range == (0.0, 1.0):
+        np.testing.assert_allclose(lk.log1m_mu(eta), np.log1p(-mu), rtol=1e-12)
+    independent = {"identity": eta, "log": np.exp(eta), "logit": 1 / (1 + np.exp(-eta)),
+                   "probit": stats.norm.cdf(eta), "cloglog": 1 - np.exp(-np.exp(eta)),
+                   "cauchit": stats.cauchy.cdf(eta), "sqrt": eta ** 2, "inverse": 1 / eta}
+    np.testing.assert_allclose(mu, independent[link], rtol=1e-12)
+    assert np.all((mu >= lk.mu_range[0]) & (mu <= lk.mu_range[1]))
+
+
+def test_tail_stable_binomial_loglik():
+    """Far in the tails the binomial and Bernoulli log-likelihoods use the link's log(mu)
+    and log(1 - mu): finite where 1 - mu rounds to 0 (probit eta = 10: log(1 - mu) = -53.2)."""
+    ll = fams.family("bernoulli", "probit").loglik(np.array([0.0]), np.array([10.0]), {})
+    assert ll[0] == pytest.approx(stats.norm.logsf(10.0), rel=1e-12)
+    ll = fams.family("binomial", "cloglog").loglik(np.array([0.0]), np.array([4.0]), {}, np.array([3]))
+    assert ll[0] == pytest.approx(-3 * np.exp(4.0), rel=1e-12)
+
+
+def test_family_strings_and_link_errors():
+    assert fams.get_family("binomial(link='probit')") == fams.family("binomial", link="probit")
+    assert fams.get_family('poisson(link = "sqrt")').link == "sqrt"
+    assert fams.get_family("binomial(cloglog)").link == "cloglog"
+    assert fams.get_family("Gamma(link=inverse)").spec == "Gamma(link='inverse')"
+    assert sh.family("gaussian", link="log").stan_model.startswith("mu = exp(mu + Xc * b);")
+    with pytest.raises(ValueError, match=r"Link 'probit' is not supported for family 'poisson'; "
+                                         r"supported links: log, identity, sqrt"):
+        sh.family("poisson", link="probit")
+    with pytest.raises(ValueError, match=r"Link 'logt' is not supported for family 'binomial'; "
+                                         r"supported links: logit, probit, cloglog, cauchit, log"):
+        fams.get_family("binomial(link='logt')")
+    with pytest.raises(FamilyError, match="Cannot read the family"):
+        fams.get_family("binomial(link=)")
+    with pytest.raises(FamilyError, match="Unknown family 'binomal'"):
+        fams.get_family("binomal(link='probit')")
 
 
 # --------------------------------------------------------------------------- beta end to end

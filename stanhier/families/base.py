@@ -21,25 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
-from scipy import special
 
 from ..errors import FamilyError
+from .links import LINKS, Link
 
-__all__ = ["AuxParam", "Family", "register", "REGISTRY", "LINKS", "SCALE", "SIGMA"]
+__all__ = ["AuxParam", "Family", "register", "REGISTRY", "LINKS", "Link", "SCALE", "SIGMA"]
 
 #: placeholder in :attr:`AuxParam.prior` for brms's data-dependent scale (``def_scale_prior``)
 SCALE = "scale"
-
-#: link name -> (inverse link, link function)
-LINKS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-    "identity": (lambda e: e, lambda m: m),
-    "log": (np.exp, np.log),
-    "logit": (special.expit, special.logit),
-}
-
 
 def _num(x: float) -> str:
     return f"{x:g}"
@@ -79,6 +71,14 @@ class AuxParam:
         return dist, tuple(float(scale) if a == SCALE else float(a) for a in args)
 
 
+def _score_weight(y: np.ndarray, mean: np.ndarray, dmean: np.ndarray,
+                  var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GLM score (y - E[y]) dmean / var and weight dmean^2 / var (dmean = d E[y] / d eta);
+    0 where the variance vanishes (a saturated mean: no information)."""
+    ratio = np.divide(dmean, var, out=np.zeros(np.broadcast(dmean, var).shape), where=var > 0)
+    return (y - mean) * ratio, dmean * ratio
+
+
 #: the residual SD of the location-scale families (brms's ``student_t(3, 0, scale)`` prior)
 SIGMA = AuxParam("sigma", lower=0, prior=("student_t", (3.0, 0.0, SCALE)), comment="residual SD")
 
@@ -88,11 +88,15 @@ class Family:
     """A response distribution with its link (one subclass per family, see :func:`register`).
 
     Class attributes a family defines: ``name`` (brms's name), ``links`` (the first is the
-    default), ``aux_params``, ``support`` (``real``, ``positive``, ``unit``, ``count``,
-    ``binary``, ``binomial``), ``stan_data`` (the response's lines in the ``data`` block),
-    ``stan_likelihood`` (``brm``'s likelihood statements; in scope: ``Y``, ``mu`` (the
-    linear predictor without ``Xc * b``), ``Xc``, ``b``, ``trials`` and the auxiliary
-    parameters) and, for families ``glmer`` fits, ``glmm_lpmf`` / ``glmm_derivatives``.
+    default, as brms's), ``aux_params``, ``support`` (``real``, ``positive``, ``unit``, ``count``,
+    ``binary``, ``binomial``), ``mean_range`` (where the distribution's ``mu`` may lie),
+    ``stan_data`` (the response's lines in the ``data`` block), ``stan_likelihood``
+    (``brm``'s likelihood statements given ``mu``, the mean after the inverse link; in scope:
+    ``Y``, ``mu``, ``trials`` and the auxiliary parameters), optionally ``stan_default_likelihood``
+    (statements for the default link alone, e.g. Stan's ``*_glm`` functions; ``mu`` is then the
+    linear predictor without ``Xc * b``) and, for families ``glmer`` fits, ``glmm_lpmf`` /
+    ``glmm_derivatives`` (default link) with ``glmm_lpmf_mu`` / ``glmm_variance`` (any link).
+    Everything about a link itself is its :class:`~stanhier.families.links.Link`.
 
     >>> from stanhier.families import poisson
     >>> fam = poisson()
@@ -107,16 +111,29 @@ class Family:
     aux_params: ClassVar[tuple[AuxParam, ...]] = ()
     support: ClassVar[str] = "real"
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: closed range of the distribution's ``mu`` (the inverse link's value)
+    mean_range: ClassVar[tuple[float, float]] = (-np.inf, np.inf)
     #: lines of the Stan ``data`` block declaring the response (and trials)
     stan_data: ClassVar[tuple[str, ...]] = ("vector[N] Y;  // response",)
-    #: ``brm``'s likelihood statements (one or more lines)
+    #: ``brm``'s likelihood statements given ``mu`` (the mean, after the inverse link)
     stan_likelihood: ClassVar[str] = ""
-    #: GLMM (``glmer``) log-likelihood: a Stan expression in ``y`` (int array), ``trials``,
-    #: ``eta`` (vector) and ``phi`` (the auxiliary parameter, 1 if none); ``None``: no glmer
+    #: ``brm``'s likelihood statements for the default link only (``mu``: the linear predictor
+    #: without ``Xc * b``); ``None``: the inverse link, then ``stan_likelihood``
+    stan_default_likelihood: ClassVar[str | None] = None
+    #: GLMM (``glmer``) log-likelihood at the default link: a Stan expression in ``y`` (int
+    #: array), ``trials``, ``eta`` (vector) and ``phi`` (the auxiliary parameter, 1 if none);
+    #: ``None``: no glmer
     glmm_lpmf: ClassVar[str | None] = None
-    #: GLMM first two derivatives: Stan statements setting ``d[:, 1]`` = d log p / d eta and
-    #: ``d[:, 2]`` = -d^2 log p / d eta^2 (``n`` = rows(eta)), same variables as ``glmm_lpmf``
+    #: GLMM first two derivatives at the default link: Stan statements setting ``d[:, 1]`` =
+    #: d log p / d eta and ``d[:, 2]`` = its weight (the negative second derivative, which for
+    #: a canonical link is the Fisher information) (``n`` = rows(eta)), variables as ``glmm_lpmf``
     glmm_derivatives: ClassVar[str | None] = None
+    #: GLMM log-likelihood at any link: a Stan expression in ``y``, ``trials``, ``mu`` (the
+    #: inverse link of ``eta``; E[y] = trials .* mu) and ``phi``
+    glmm_lpmf_mu: ClassVar[str | None] = None
+    #: Var[y] as a Stan expression in ``mu``, ``trials`` and ``phi`` (glmer's Fisher weights at
+    #: any link: (d E[y] / d eta)^2 / Var[y], lme4's PIRLS weights)
+    glmm_variance: ClassVar[str | None] = None
     #: the auxiliary parameter glmer estimates (on the log scale, as ``phi``), if any
     glmm_aux: ClassVar[str | None] = None
     #: the family's code in the glmer program's data (``family``): unique, fixed once given
@@ -127,11 +144,23 @@ class Family:
             object.__setattr__(self, "link", self.links[0])
         if self.link not in self.links:
             raise FamilyError(
-                f"Link {self.link!r} is not supported for family {self.name!r}; supported: {', '.join(self.links)}."
+                f"Link {self.link!r} is not supported for family {self.name!r}; supported links: "
+                f"{', '.join(self.links)} (e.g. family='{self.name}(link=\"{self.links[-1]}\")')."
             )
 
     def __repr__(self) -> str:
         return f"Family({self.name!r}, link={self.link!r})"
+
+    @property
+    def spec(self) -> str:
+        """The family as a string :func:`~stanhier.families.get_family` reads back: the name at
+        the default link, else ``name(link='...')`` (reproducing calls, the CLI's ``--family``).
+
+        >>> from stanhier.families import binomial
+        >>> binomial().spec, binomial(link="probit").spec
+        ('binomial', "binomial(link='probit')")
+        """
+        return self.name if self.default_link else f"{self.name}(link='{self.link}')"
 
     # ------------------------------------------------------------ description
     @property
@@ -166,12 +195,48 @@ class Family:
         return self.name
 
     # ------------------------------------------------------------ links
+    @property
+    def link_object(self) -> Link:
+        """The family's :class:`~stanhier.families.links.Link`."""
+        return LINKS[self.link]
+
+    @property
+    def default_link(self) -> bool:
+        """True at the family's default link (the one with its own Stan fast paths)."""
+        return self.link == self.links[0]
+
     def inverse_link(self, eta: np.ndarray) -> np.ndarray:
         """The distribution's ``mu`` from the linear predictor."""
-        return LINKS[self.link][0](eta)
+        return self.link_object.inverse(eta)
 
     def linkfun(self, mu: np.ndarray) -> np.ndarray:
-        return LINKS[self.link][1](mu)
+        return self.link_object.link(mu)
+
+    def stan_mean_outside(self, mu: str) -> str:
+        """Stan condition: some element of the vector ``mu`` is outside :attr:`mean_range`.
+
+        >>> from stanhier.families import binomial
+        >>> binomial().stan_mean_outside("mu")
+        'min(mu) < 0 || max(mu) > 1'
+        """
+        lo, hi = self.mean_range
+        parts = ([f"min({mu}) < {_num(lo)}"] if np.isfinite(lo) else []) + \
+                ([f"max({mu}) > {_num(hi)}"] if np.isfinite(hi) else [])
+        return " || ".join(parts) or "0"
+
+    @property
+    def stan_model(self) -> str:
+        """``brm``'s likelihood statements for this link (``mu``: the linear predictor without
+        ``Xc * b``): the default link's own statements, else the inverse link then ``stan_likelihood``.
+
+        >>> from stanhier.families import poisson
+        >>> print(poisson(link="sqrt").stan_model)
+        mu = square(mu + Xc * b);
+        target += poisson_lpmf(Y | mu);
+        """
+        if self.default_link and self.stan_default_likelihood is not None:
+            return self.stan_default_likelihood
+        return f"mu = {self.link_object.stan_inverse('mu + Xc * b')};\n{self.stan_likelihood}"
 
     # ------------------------------------------------------------ numpy helpers (broadcast over draws)
     def mean(self, eta: np.ndarray, aux: dict[str, np.ndarray], trials: np.ndarray | None = None) -> np.ndarray:
@@ -198,22 +263,46 @@ class Family:
         """R's ``family()$dev.resids`` (deviance residuals are its signed square root)."""
         raise FamilyError(f"Family {self.name!r} has no unit deviance.")
 
-    # ------------------------------------------------------------ glmer starting values
+    # ------------------------------------------------------------ glmer: PIRLS pieces and starts
+    def glm_working(self, y: np.ndarray, eta: np.ndarray, aux: dict[str, np.ndarray],
+                    trials: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Score d log p / d eta and Fisher weight (d E[y] / d eta)^2 / Var[y] at ``eta``: lme4's
+        PIRLS working weights (the observed information too at a canonical link).
+
+        >>> from stanhier.families import poisson
+        >>> [float(v[0]) for v in poisson().glm_working(np.array([3.0]), np.array([0.0]), {})]
+        [2.0, 1.0]
+        """
+        n = 1.0 if trials is None else np.asarray(trials, float)
+        return _score_weight(y, self.mean(eta, aux, trials), n * self.link_object.mu_eta(eta),
+                             self.variance(eta, aux, trials))
+
+    def start_mean(self, y: np.ndarray, trials: np.ndarray) -> np.ndarray:
+        """The distribution's ``mu`` the IRLS start begins from: (y + 1/2) / (trials + 1) for
+        proportions (0/1, successes out of trials, values in (0, 1)), y + 1/2 otherwise."""
+        return (y + 0.5) / (trials + 1) if self.support in ("binary", "binomial", "unit") else y + 0.5
+
     def irls_start(self, y: np.ndarray, trials: np.ndarray) -> np.ndarray:
         """Starting linear predictor of the IRLS fit of the fixed effects (glmer's start)."""
-        if self.link == "log":
-            return np.log(y + 0.5)
-        p = (y + 0.5) / (trials + 1)
-        return np.log(p / (1 - p))
+        return self.linkfun(self.start_mean(y, trials))
 
     def irls_working(self, y: np.ndarray, eta: np.ndarray, trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """IRLS weights and working response at ``eta`` (log link: Poisson's; logit: binomial's)."""
-        if self.link == "log":
-            mu = np.exp(eta)
-            return mu, eta + (y - mu) / mu
-        p = special.expit(eta)
-        w = np.maximum(trials * p * (1 - p), 1e-10)
-        return w, eta + (y - trials * p) / w
+        """IRLS weights and working response at ``eta`` of the quasi-likelihood GLM with this link
+        and the variance function of the response's support: binomial's n mu (1 - mu) for
+        proportions, Poisson's mu for counts and positive responses, 1 for real ones. These are
+        the Fisher weights of poisson, binomial and bernoulli; for the others (negbinomial,
+        Gamma, beta...) a start that needs no auxiliary parameter."""
+        n = np.asarray(trials, float) if self.support == "binomial" else 1.0
+        mu = self.inverse_link(eta)
+        if self.support in ("binary", "binomial", "unit"):
+            var = n * mu * (1 - mu)
+        elif self.support in ("count", "positive"):
+            var = mu
+        else:
+            var = np.ones_like(mu)
+        score, w = _score_weight(y, n * mu, n * self.link_object.mu_eta(eta), var)
+        w = np.maximum(w, 1e-10)
+        return w, eta + score / w
 
     def glmm_aux_start(self, y: np.ndarray, mu: np.ndarray) -> list[float]:
         """Starting value(s) of glmer's log auxiliary parameter given the IRLS means."""
@@ -262,6 +351,10 @@ def register(cls: F) -> F:
     if (cls.glmm_lpmf is None) != (cls.glmm_derivatives is None) or \
             (cls.glmm_lpmf is not None) != (cls.glmm_code is not None):
         raise ValueError(f"Family class {cls.__name__}: glmm_lpmf, glmm_derivatives and glmm_code go together.")
+    if (cls.glmm_lpmf is None) != (cls.glmm_lpmf_mu is None) or (cls.glmm_lpmf is None) != (cls.glmm_variance is None):
+        raise ValueError(f"Family class {cls.__name__}: glmer at any link needs glmm_lpmf_mu and glmm_variance.")
+    if unknown := [link for link in cls.links if link not in LINKS]:
+        raise ValueError(f"Family class {cls.__name__}: unknown link(s) {unknown}; define them in links.py.")
     if cls.glmm_code is not None and any(c.glmm_code == cls.glmm_code for c in REGISTRY.values()):
         raise ValueError(f"Family class {cls.__name__}: glmm_code {cls.glmm_code} is taken.")
     REGISTRY[cls.name] = cls

@@ -1,6 +1,6 @@
-"""The beta family: proportions strictly inside (0, 1), logit link, precision ``phi``.
+"""The beta family: proportions strictly inside (0, 1); logit (default), probit, cloglog or cauchit link; precision ``phi``.
 
-As brms: ``Y ~ beta(mu * phi, (1 - mu) * phi)`` with ``mu = inv_logit(eta)``, so
+As brms: ``Y ~ beta(mu * phi, (1 - mu) * phi)`` with ``mu = inv_logit(eta)`` (at the default link), so
 E[y] = mu and Var[y] = mu (1 - mu) / (1 + phi); ``phi`` has the prior ``gamma(0.01, 0.01)``.
 
 >>> from stanhier.families import beta
@@ -24,24 +24,24 @@ class Beta(Family):
     """Beta-distributed proportions in (0, 1); auxiliary precision ``phi``. ``sh.families.beta()``"""
 
     name = "beta"
-    links = ("logit",)
+    links = ("logit", "probit", "cloglog", "cauchit")
     aux_params = (AuxParam("phi", lower=0, prior=("gamma", (0.01, 0.01)), comment="precision parameter"),)
     support = "unit"
-    stan_likelihood = ("mu = inv_logit(mu + Xc * b);\n"
-                       "target += beta_lpdf(Y | mu * phi, (1 - mu) * phi);")
+    mean_range = (0.0, 1.0)
+    stan_likelihood = "target += beta_lpdf(Y | mu * phi, (1 - mu) * phi);"
 
     def loglik(self, y, eta, aux, trials=None):
-        mu, phi = special.expit(eta), aux["phi"]
+        mu, phi = self.inverse_link(eta), aux["phi"]
         a, b = mu * phi, (1 - mu) * phi
         return (special.gammaln(phi) - special.gammaln(a) - special.gammaln(b)
                 + (a - 1) * np.log(y) + (b - 1) * np.log1p(-np.asarray(y, float)))
 
     def rng(self, eta, aux, rng, trials=None):
-        mu, phi = special.expit(eta), aux["phi"]
+        mu, phi = self.inverse_link(eta), aux["phi"]
         return rng.beta(mu * phi, (1 - mu) * phi)
 
     def variance(self, eta, aux, trials=None):
-        mu = special.expit(eta)
+        mu = self.inverse_link(eta)
         return mu * (1 - mu) / (1 + aux["phi"])
 
     def check_response(self, y, column, trials=None, trials_column=None):

@@ -1,4 +1,4 @@
-"""The Gamma family: log link (brms's default), ``shape``; mean ``mu``, variance ``mu^2 / shape``.
+"""The Gamma family: log (brms's default), inverse or identity link, ``shape``; variance ``mu^2 / shape``.
 
 >>> from stanhier.families import Gamma
 >>> Gamma().link, Gamma().aux
@@ -17,30 +17,29 @@ __all__ = ["GammaFamily"]
 
 @register
 class GammaFamily(Family):
-    """Gamma with log link (brms's default); auxiliary ``shape``. ``sh.families.Gamma()``"""
+    """Gamma with log link (brms's default; lme4's is inverse, which ``Gamma(link="inverse")``
+    gives); auxiliary ``shape``. ``sh.families.Gamma()``"""
 
     name = "Gamma"
-    links = ("log",)
+    links = ("log", "inverse", "identity")
     aliases = ("gamma",)
     aux_params = (AuxParam("shape", lower=0, prior=("gamma", (0.01, 0.01)), comment="shape parameter"),)
     support = "positive"
-    stan_likelihood = "mu = exp(mu + Xc * b);\ntarget += gamma_lpdf(Y | shape, shape ./ mu);"
-
-    def mean(self, eta, aux, trials=None):
-        return np.exp(eta)
+    mean_range = (0.0, np.inf)
+    stan_likelihood = "target += gamma_lpdf(Y | shape, shape ./ mu);"
 
     def variance(self, eta, aux, trials=None):
-        return np.exp(2 * eta) / aux["shape"]
+        return self.inverse_link(eta) ** 2 / aux["shape"]
 
     def loglik(self, y, eta, aux, trials=None):
         k = aux["shape"]
-        rate = k / np.exp(eta)
+        rate = k / self.inverse_link(eta)
         return k * np.log(rate) - special.gammaln(k) + (k - 1) * np.log(y) - rate * y
 
     def rng(self, eta, aux, rng, trials=None):
-        return rng.gamma(aux["shape"], np.exp(eta) / aux["shape"])
+        return rng.gamma(aux["shape"], self.inverse_link(eta) / aux["shape"])
 
     def unit_deviance(self, y, eta, aux, trials=None):
         """R's ``Gamma()$dev.resids``: -2 (log(y / mu) - (y - mu) / mu)."""
-        mu = np.exp(eta)
+        mu = self.inverse_link(eta)
         return -2 * (np.log(y / mu) - (y - mu) / mu)

@@ -1,4 +1,4 @@
-"""The gaussian (normal) family: identity link, residual SD ``sigma``.
+"""The gaussian (normal) family: identity (default), log or inverse link, residual SD ``sigma``.
 
 >>> from stanhier.families import gaussian
 >>> fam = gaussian()
@@ -20,22 +20,23 @@ class Gaussian(Family):
     """Normal response; auxiliary ``sigma``. ``sh.families.gaussian()``"""
 
     name = "gaussian"
-    links = ("identity",)
+    links = ("identity", "log", "inverse")
     aliases = ("normal",)
     aux_params = (SIGMA,)
     support = "real"
-    stan_likelihood = "target += normal_id_glm_lpdf(Y | Xc, mu, b, sigma);"
+    stan_default_likelihood = "target += normal_id_glm_lpdf(Y | Xc, mu, b, sigma);"
+    stan_likelihood = "target += normal_lpdf(Y | mu, sigma);"
 
     def loglik(self, y, eta, aux, trials=None):
-        z = (np.asarray(y) - eta) / aux["sigma"]
+        z = (np.asarray(y) - self.inverse_link(eta)) / aux["sigma"]
         return -0.5 * z ** 2 - np.log(aux["sigma"]) - 0.5 * np.log(2 * np.pi)
 
     def rng(self, eta, aux, rng, trials=None):
-        return rng.normal(eta, aux["sigma"])
+        return rng.normal(self.inverse_link(eta), aux["sigma"])
 
     def variance(self, eta, aux, trials=None):
         return np.ones_like(eta, dtype=float) * np.asarray(aux["sigma"], float) ** 2
 
     def unit_deviance(self, y, eta, aux, trials=None):
         """Squared residual (R's ``gaussian()$dev.resids``: the deviance is without sigma)."""
-        return (np.asarray(y) - eta) ** 2
+        return (np.asarray(y) - self.inverse_link(eta)) ** 2

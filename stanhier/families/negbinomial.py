@@ -20,38 +20,42 @@ class NegBinomial(Family):
     """Negative binomial (Stan's ``neg_binomial_2``); auxiliary ``shape``. ``sh.families.negbinomial()``"""
 
     name = "negbinomial"
-    links = ("log",)
+    links = ("log", "identity", "sqrt")
     aliases = ("negative_binomial", "negbin")
     aux_params = (AuxParam("shape", lower=0, prior=("gamma", (0.01, 0.01)), comment="shape parameter"),)
     support = "count"
+    mean_range = (0.0, np.inf)
     stan_data = ("array[N] int<lower=0> Y;  // response",)
-    stan_likelihood = "target += neg_binomial_2_log_glm_lpmf(Y | Xc, mu, b, shape);"
+    stan_default_likelihood = "target += neg_binomial_2_log_glm_lpmf(Y | Xc, mu, b, shape);"
+    stan_likelihood = "target += neg_binomial_2_lpmf(Y | mu, shape);"
     glmm_code = 4
     glmm_aux = "shape"
     glmm_lpmf = "neg_binomial_2_log_lpmf(y | eta, phi)"
     glmm_derivatives = ("vector[n] mu = exp(eta);\nvector[n] yv = to_vector(y);\n"
                         "d[:, 1] = yv - (yv + phi) .* mu ./ (phi + mu);\n"
                         "d[:, 2] = (yv + phi) .* mu * phi ./ square(phi + mu);")
+    glmm_lpmf_mu = "neg_binomial_2_lpmf(y | mu, phi)"
+    glmm_variance = "mu + square(mu) / phi"
 
     def lme4_label(self, aux):
         return f"Negative Binomial({aux['shape']:.4g})"
 
     def loglik(self, y, eta, aux, trials=None):
         y = np.asarray(y, float)
-        mu, k = np.exp(eta), aux["shape"]
+        mu, k = self.inverse_link(eta), aux["shape"]
         return (special.gammaln(y + k) - special.gammaln(k) - special.gammaln(y + 1)
                 + k * np.log(k / (k + mu)) + special.xlogy(y, mu / (k + mu)))
 
     def rng(self, eta, aux, rng, trials=None):
-        mu, k = np.exp(eta), aux["shape"]
+        mu, k = self.inverse_link(eta), aux["shape"]
         return rng.poisson(rng.gamma(k, mu / k)).astype(float)
 
     def variance(self, eta, aux, trials=None):
-        mu = np.exp(eta)
+        mu = self.inverse_link(eta)
         return mu + mu ** 2 / aux["shape"]
 
     def unit_deviance(self, y, eta, aux, trials=None):
-        mu, k = np.exp(eta), aux["shape"]
+        mu, k = self.inverse_link(eta), aux["shape"]
         return 2 * (special.xlogy(y, y / mu) - (y + k) * np.log((y + k) / (mu + k)))
 
     def glmm_aux_start(self, y, mu):

@@ -133,7 +133,7 @@ def aggregate_counts(design: Design, family: Family) -> Aggregation:
     else:
         agg_const = -(special.gammaln(n + 1) - special.gammaln(Y + 1) - special.gammaln(n - Y + 1))
         trials = n
-        agg_family = get_family("binomial")
+        agg_family = get_family("binomial").with_link(family.link)
     offset = float(table["const"].sum() + agg_const.sum())
     X = table[[f"x{j}" for j in range(design.X.shape[1])]].to_numpy(float).reshape(len(table), -1)
     terms = tuple(replace(gt, J=table[f"J{k}"].to_numpy(np.int64),

@@ -172,11 +172,11 @@ def _aggregation(call: MLCall, design: Design, family: Family) -> Aggregation | 
     """The exact aggregation of a count GLMM's rows, when it is used (see :mod:`stanhier.ml.aggregate`)."""
     if call.aggregate is False and not design.distributed:
         return None
-    if family.name not in AGGREGATABLE or family.link != get_family(family.name).link:
+    if family.name not in AGGREGATABLE:
         if design.distributed:
             raise DataError(
                 f"glmer on Dask data aggregates the rows exactly, which needs family poisson, binomial or "
-                f"bernoulli with its default link; got {family.name!r} ({family.link}). Fit it on a pandas DataFrame."
+                f"bernoulli; got {family.name!r}. Fit it on a pandas DataFrame."
             )
         if call.aggregate:
             raise ArgumentError(f"aggregate=True needs family poisson, binomial or bernoulli, not {family.name!r}.")
@@ -248,7 +248,9 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
     with that many nodes (one scalar random-effects term only, as lme4).
     ``family`` defaults to ``gaussian``, as lme4's: a Gaussian model (identity link) is fitted
     as :func:`lmer` fits it (REML), with a warning. Other families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
-    ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``).
+    ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``), each at any of its
+    links (``"binomial(link='probit')"``, ``sh.family("poisson", link="sqrt")``): at a non-default
+    link the Laplace approximation uses lme4's PIRLS (Fisher) weights, as lme4 does.
     ``progress`` as in :func:`lmer`.
 
     ``data`` may be a Dask DataFrame or a Parquet path (Poisson, binomial, Bernoulli).
@@ -273,8 +275,9 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
         return lmer(formula, data, backend=backend, progress=progress, start=start, control=control,
                     na_action=na_action, collinear=collinear)
     if fam.name == "gaussian":
-        raise FamilyError(f"glmer with family gaussian and the {fam.link!r} link is not supported; "
-                          "use lmer() (identity link).")
+        raise FamilyError(f"glmer with family gaussian and the {fam.link!r} link is not supported (lme4's "
+                          "objective for families with a scale parameter is not implemented); fit it with "
+                          f"brm(family=\"{fam.spec}\"), or use lmer() (identity link).")
     if not fam.glmm_capable:
         raise FamilyError(f"glmer supports the families {', '.join(f.name for f in glmm_families())}; "
                           f"not {fam.name!r}.")

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg as sla
 from scipy import optimize as sopt
-from scipy import sparse, special
+from scipy import sparse
 
 from ..errors import ArgumentError, DataError, StanhierWarning
 from ..families import Family, get_family
@@ -55,7 +55,7 @@ from .problem import glm_irls
 from .problem import MAX_DENSE_CELLS
 from .fit import MerFit, MLCall
 from .optimizer import OptimumInfo
-from .problem import stan_program
+from .problem import glm_irls, stan_program
 
 __all__ = ["CrossedGLMM", "CrossedGlmerFit", "fit_crossed_glmm", "glmer_crossed", "glmm_needs_crossed",
            "glmm_is_quick", "user_start",
@@ -107,13 +107,7 @@ class CrossedGLMM:
         self.y = np.asarray(design.y, float)
         self.n = (np.asarray(design.trials, float) if family.name == "binomial" and design.trials is not None
                   else np.ones_like(self.y))
-        if family.name == "poisson":
-            self.const = -float(np.sum(special.gammaln(self.y + 1)))
-        elif family.name == "binomial":
-            self.const = float(np.sum(special.gammaln(self.n + 1) - special.gammaln(self.y + 1)
-                                      - special.gammaln(self.n - self.y + 1)))
-        else:
-            self.const = 0.0
+        self.trials = self.n if family.uses_trials else None
         self.u = np.zeros(lay.q)  # warm start of PIRLS
         self.beta = np.zeros(design.X.shape[1])  # warm start of the joint PIRLS (nAGQ = 0)
         self.beta_curvature = np.eye(design.X.shape[1])
@@ -186,16 +180,14 @@ class CrossedGLMM:
 
     # ------------------------------------------------------------ family pieces
     def loglik(self, eta: np.ndarray) -> float:
-        if self.family.name == "poisson":
-            return float(np.sum(self.y * eta - np.exp(eta))) + self.const
-        return float(np.sum(self.y * eta - self.n * np.logaddexp(0, eta))) + self.const
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ll = float(np.sum(self.family.loglik(self.y, eta, {}, self.trials)))
+        return ll if not np.isnan(ll) else -math.inf  # mu outside the family's range (identity link...)
 
     def derivs(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.family.name == "poisson":
-            mu = np.exp(eta)
-            return self.y - mu, mu
-        p = special.expit(eta)
-        return self.y - self.n * p, np.maximum(self.n * p * (1 - p), 1e-300)
+        """Score and PIRLS weight (Fisher information: lme4's, also at non-canonical links)."""
+        score, w = self.family.glm_working(self.y, eta, {}, self.trials)
+        return score, np.maximum(w, 1e-300)
 
     # ------------------------------------------------------------ blocked factorization of H
     def factor(self, theta: np.ndarray, w: np.ndarray) -> tuple[CrossedLMM, dict]:

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import DataError
-from ..families import Family, glmm_families
+from ..families import LINKS, Family, glmm_families
 from ..model.crossprod import crossprod, exact_value, finish_parts, grouped_crossprod, grouped_crossprod_parts, symmetrize
 from ..model.distributed import design_moments
 from ..model.design import Design
@@ -73,6 +73,7 @@ class GLMMBlocks:
     block_size: np.ndarray  #: (G,)
     order: np.ndarray  #: permutation sorting the design's observations by block
     family_code: int  #: the program's family switch
+    link_code: int  #: the program's link switch
     nAGQ: int
 
 
@@ -118,7 +119,7 @@ class MLProblem:
         else:
             bl = self.blocks
             x, logw = gauss_hermite(bl.nAGQ)
-            data.update(family=bl.family_code, y=bl.y, trials=bl.trials, X=bl.X, G=lay.G, q=lay.q,
+            data.update(family=bl.family_code, link=bl.link_code, y=bl.y, trials=bl.trials, X=bl.X, G=lay.G, q=lay.q,
                         Zb=bl.Zb, block_start=bl.block_start, block_size=bl.block_size)
         data.update(n_theta=lay.n_theta, n_lam=len(lay.lam_row), lam_row=lay.lam_row.astype(int),
                     lam_col=lay.lam_col.astype(int), lam_par=lay.lam_par.astype(int))
@@ -140,11 +141,12 @@ def stan_program(kind: str) -> str:
 
 
 def glmm_template_context() -> dict:
-    """What ``ml_glmm.stan`` needs from the families: every glmer family's Stan snippets
-    (the family code is data, so one program serves them all)."""
+    """What ``ml_glmm.stan`` needs from the families: every glmer family's Stan snippets and
+    every link glmer families take (family and link codes are data: one program serves all)."""
     fams = glmm_families()
     with_aux = [f for f in fams if f.glmm_aux]
-    return dict(families=fams,
+    links = sorted({LINKS[name] for f in fams for name in f.links}, key=lambda link: link.code)
+    return dict(families=fams, links=links,
                 phi_condition=" || ".join(f"family == {f.glmm_code}" for f in with_aux) or "0",
                 phi_names=", ".join(f"{f.name}'s {f.glmm_aux}" for f in with_aux) or "nothing")
 
@@ -244,7 +246,7 @@ def glmm_problem(design: Design, lay: RandomLayout, family: Family, nAGQ: int) -
     bl = GLMMBlocks(y=np.round(design.y[order]).astype(int), trials=np.round(trials[order]).astype(int),
                     X=design.X[order], Zb=Zb[order], block_start=(starts + 1).astype(int),
                     block_size=sizes.astype(int), order=order, family_code=family.glmm_code,
-                    nAGQ=int(nAGQ))
+                    link_code=family.link_object.code, nAGQ=int(nAGQ))
     return MLProblem(kind="glmm", layout=lay, N=N, K=design.X.shape[1],
                      n_aux=int(family.glmm_aux is not None), blocks=bl)
 

@@ -140,8 +140,10 @@ def _working(design: Design, family: Family, gt: GroupTerm) -> tuple[np.ndarray,
         p_all = (y.sum() + 0.5) / (t.sum() + 1.0)
         p_lev = (np.bincount(gt.J, y, gt.n_levels) + p_all) / (np.bincount(gt.J, t, gt.n_levels) + 1.0)
         p = np.clip(p_lev[gt.J], 1e-6, 1 - 1e-6)
-        w = t * p * (1 - p)
-        z = np.log(p / (1 - p)) + (y - t * p) / np.maximum(w, 1e-12)
+        eta = family.linkfun(p)
+        dmu = np.maximum(family.link_object.mu_eta(eta), 1e-12)  # logit: p (1 - p)
+        w = t * dmu ** 2 / (p * (1 - p))
+        z = eta + (y - t * p) / np.maximum(t * dmu, 1e-12)
         return w, z
     mu_all = max(float(y.mean()), 1e-6)
     mu_lev = (np.bincount(gt.J, y, gt.n_levels) + mu_all) / (n + 1.0)

@@ -28,7 +28,7 @@ import pandas as pd
 from .design import Design
 from .distributed import exact_quantiles
 from ..errors import PriorError
-from ..families import Family, aux_names
+from ..families import LINKS, Family, aux_names
 
 __all__ = ["Prior", "prior", "PriorStatement", "PriorSet", "resolve_priors", "DISTRIBUTIONS",
            "default_scale_prior"]
@@ -133,13 +133,18 @@ def _mad(x: np.ndarray) -> float:
     return float(np.median(np.abs(x - np.median(x))) * 1.4826)
 
 
+#: the links at which brms sets the default prior scales from link(y) (``def_scale_prior``)
+SCALE_LINKS = ("identity", "log", "inverse", "sqrt")
+
+
 def _response_on_scale(d: Design, link: str, center: float | None = None) -> np.ndarray:
-    """The response on brms's prior scale (log link: log(y), zeros as 0.1); ``center``: |y - center|."""
+    """The response on brms's prior scale, link(y) (log and inverse links: zeros as 0.1);
+    ``center``: |link(y) - center|."""
     y = np.asarray(d.y, float)
-    if link == "log":
+    if link in ("log", "inverse"):
         y = np.where(y == 0, y + 0.1, y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            y = np.log(y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = LINKS[link].link(y)
     return y if center is None else np.abs(y - center)
 
 
@@ -159,18 +164,14 @@ def default_scale_prior(design: Design, family: Family, center: bool = True) -> 
     """brms's ``def_scale_prior``: (location, scale) of ``student_t(3, location, scale)``."""
     location, scale = 0.0, 2.5
     link = family.scale_link
-    if link in ("identity", "log") and design.distributed:  # exact median and MAD on the cluster
+    if link in SCALE_LINKS and design.distributed:  # exact median and MAD on the cluster
         loc_y, scale_y = _distributed_location_scale(design, link)
         if math.isfinite(scale_y):
             scale = max(scale, scale_y)
         if center and math.isfinite(loc_y):
             location = loc_y
-    elif link in ("identity", "log"):
-        y = np.asarray(design.y, float)
-        if link == "log":
-            y = np.where(y == 0, y + 0.1, y)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                y = np.log(y)
+    elif link in SCALE_LINKS:
+        y = _response_on_scale(design, link)
         scale_y = _r_round(_mad(y), 1)
         if math.isfinite(scale_y):
             scale = max(scale, scale_y)

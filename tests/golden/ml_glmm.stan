@@ -13,9 +13,13 @@
 // parameter is unconstrained and the likelihood keeps its constants, so `target`
 // at the optimum IS the (approximate) marginal log-likelihood.
 //
-// The family is data (1 poisson/log, 2 binomial/logit, 3 bernoulli/logit, 4 negbinomial/log),
-// so one compiled program serves every family; each family's branch below is the
-// Stan text its module in stanhier/families/ holds.
+// The family is data (1 poisson, 2 binomial, 3 bernoulli, 4 negbinomial),
+// and so is the link (1 identity, 2 log, 3 logit, 4 probit, 5 cloglog, 6 cauchit, 7 sqrt), so one
+// compiled program serves every family and link; each family's branch below is the Stan
+// text its module in stanhier/families/ holds, each link's the text of stanhier/families/links.py.
+// At a family's default link its own expressions are used; at another link the generic
+// ones, with lme4's PIRLS weights (d E[y] / d eta)^2 / Var[y] (the Fisher information) as
+// the curvature of the Laplace approximation, as lme4 does.
 // Layout: observations are sorted by block; a block is one level of the grouping
 // factor when all terms share one factor, else one stacked block with every
 // random effect (crossed or nested factors).
@@ -32,47 +36,164 @@ functions {
     return Lambda;
   }
 
-  // log p(y | eta) with all normalizing constants
-  real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, real phi) {
+  // the inverse link mu = g^-1(eta)
+  vector inv_link(vector eta, int link) {
+    if (link == 1) {  // identity
+      return eta;
+    }
+    if (link == 2) {  // log
+      return exp(eta);
+    }
+    if (link == 3) {  // logit
+      return inv_logit(eta);
+    }
+    if (link == 4) {  // probit
+      return Phi(eta);
+    }
+    if (link == 5) {  // cloglog
+      return inv_cloglog(eta);
+    }
+    if (link == 6) {  // cauchit
+      return atan(eta) / pi() + 0.5;
+    }
+    if (link == 7) {  // sqrt
+      return square(eta);
+    }
+    reject("inv_link: unknown link code ", link);
+  }
+
+  // d mu / d eta
+  vector mu_eta(vector eta, int link) {
+    if (link == 1) {  // identity
+      return rep_vector(1, rows(eta));
+    }
+    if (link == 2) {  // log
+      return exp(eta);
+    }
+    if (link == 3) {  // logit
+      return inv_logit(eta) .* inv_logit(-eta);
+    }
+    if (link == 4) {  // probit
+      return exp(-0.5 * square(eta)) / sqrt(2 * pi());
+    }
+    if (link == 5) {  // cloglog
+      return exp(eta - exp(eta));
+    }
+    if (link == 6) {  // cauchit
+      return inv(pi() * (1 + square(eta)));
+    }
+    if (link == 7) {  // sqrt
+      return 2 * eta;
+    }
+    reject("mu_eta: unknown link code ", link);
+  }
+
+  // score d log p / d eta (column 1) and Fisher weight (d E[y] / d eta)^2 / Var[y] (column 2)
+  // for E[y] = trials .* mu and Var[y] = v; 0 where Var[y] = 0 (a saturated mean: no information)
+  matrix glm_working(array[] int y, array[] int trials, vector eta, vector mu, vector v, int link) {
+    int n = rows(eta);
+    vector[n] dmean = to_vector(trials) .* mu_eta(eta, link);
+    matrix[n, 2] d = rep_matrix(0, n, 2);
+    for (i in 1:n) {
+      if (v[i] > 0) {
+        real ratio = dmean[i] / v[i];
+        d[i, 1] = (y[i] - trials[i] * mu[i]) * ratio;
+        d[i, 2] = dmean[i] * ratio;
+      }
+    }
+    return d;
+  }
+
+  // log p(y | eta) with all normalizing constants (-inf where mu leaves the family's range)
+  real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, int link, real phi) {
     if (family == 1) {  // poisson
-      return poisson_log_lpmf(y | eta + log(to_vector(trials)));
+      if (link == 2) {
+        return poisson_log_lpmf(y | eta + log(to_vector(trials)));
+      }
+      vector[rows(eta)] mu = inv_link(eta, link);
+      if (min(mu) < 0) {
+        return negative_infinity();
+      }
+      return poisson_lpmf(y | to_vector(trials) .* mu);
     }
     if (family == 2) {  // binomial
-      return binomial_logit_lpmf(y | trials, eta);
+      if (link == 3) {
+        return binomial_logit_lpmf(y | trials, eta);
+      }
+      vector[rows(eta)] mu = inv_link(eta, link);
+      if (min(mu) < 0 || max(mu) > 1) {
+        return negative_infinity();
+      }
+      return binomial_lpmf(y | trials, mu);
     }
     if (family == 3) {  // bernoulli
-      return bernoulli_logit_lpmf(y | eta);
+      if (link == 3) {
+        return bernoulli_logit_lpmf(y | eta);
+      }
+      vector[rows(eta)] mu = inv_link(eta, link);
+      if (min(mu) < 0 || max(mu) > 1) {
+        return negative_infinity();
+      }
+      return bernoulli_lpmf(y | mu);
     }
     if (family == 4) {  // negbinomial
-      return neg_binomial_2_log_lpmf(y | eta, phi);
+      if (link == 2) {
+        return neg_binomial_2_log_lpmf(y | eta, phi);
+      }
+      vector[rows(eta)] mu = inv_link(eta, link);
+      if (min(mu) < 0) {
+        return negative_infinity();
+      }
+      return neg_binomial_2_lpmf(y | mu, phi);
     }
     reject("glm_lpmf: unknown family code ", family);
   }
 
-  // d log p / d eta (column 1) and -d^2 log p / d eta^2 (column 2) per observation
-  matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, real phi) {
+  // d log p / d eta (column 1) and the curvature weight (column 2) per observation:
+  // -d^2 log p / d eta^2 at the default link, the Fisher weight at any other (lme4's)
+  matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, int link, real phi) {
     int n = rows(eta);
     matrix[n, 2] d;
     if (family == 1) {  // poisson
-      vector[n] mu = to_vector(trials) .* exp(eta);
-      d[:, 1] = to_vector(y) - mu;
-      d[:, 2] = mu;
+      if (link == 2) {
+        vector[n] mu = to_vector(trials) .* exp(eta);
+        d[:, 1] = to_vector(y) - mu;
+        d[:, 2] = mu;
+      } else {
+        vector[n] mu = inv_link(eta, link);
+        d = glm_working(y, trials, eta, mu, to_vector(trials) .* mu, link);
+      }
     }
     if (family == 2) {  // binomial
-      vector[n] p = inv_logit(eta);
-      d[:, 1] = to_vector(y) - to_vector(trials) .* p;
-      d[:, 2] = to_vector(trials) .* p .* (1 - p);
+      if (link == 3) {
+        vector[n] p = inv_logit(eta);
+        d[:, 1] = to_vector(y) - to_vector(trials) .* p;
+        d[:, 2] = to_vector(trials) .* p .* (1 - p);
+      } else {
+        vector[n] mu = inv_link(eta, link);
+        d = glm_working(y, trials, eta, mu, to_vector(trials) .* mu .* (1 - mu), link);
+      }
     }
     if (family == 3) {  // bernoulli
-      vector[n] p = inv_logit(eta);
-      d[:, 1] = to_vector(y) - p;
-      d[:, 2] = p .* (1 - p);
+      if (link == 3) {
+        vector[n] p = inv_logit(eta);
+        d[:, 1] = to_vector(y) - p;
+        d[:, 2] = p .* (1 - p);
+      } else {
+        vector[n] mu = inv_link(eta, link);
+        d = glm_working(y, trials, eta, mu, mu .* (1 - mu), link);
+      }
     }
     if (family == 4) {  // negbinomial
-      vector[n] mu = exp(eta);
-      vector[n] yv = to_vector(y);
-      d[:, 1] = yv - (yv + phi) .* mu ./ (phi + mu);
-      d[:, 2] = (yv + phi) .* mu * phi ./ square(phi + mu);
+      if (link == 2) {
+        vector[n] mu = exp(eta);
+        vector[n] yv = to_vector(y);
+        d[:, 1] = yv - (yv + phi) .* mu ./ (phi + mu);
+        d[:, 2] = (yv + phi) .* mu * phi ./ square(phi + mu);
+      } else {
+        vector[n] mu = inv_link(eta, link);
+        d = glm_working(y, trials, eta, mu, mu + square(mu) / phi, link);
+      }
     }
     return d;
   }
@@ -84,25 +205,25 @@ functions {
 
   // Mode u_hat of one block's spherical random effects, where ZL = Z_block * Lambda:
   // damped Newton from u = 0 on h(u) = log p(y | eta_fixed + ZL * u) - u'u / 2 (concave
-  // for these families). Returns [u_hat; h(u_hat)].
+  // for these families at their default links; Fisher scoring with step halving at others). Returns [u_hat; h(u_hat)].
   vector block_mode(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
-                    real phi, real tol, int max_iter) {
+                    int link, real phi, real tol, int max_iter) {
     int n = rows(ZL);
     int q = cols(ZL);
     vector[q] u = rep_vector(0, q);
-    real h = glm_lpmf(y | trials, eta_fixed, family, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
+    real h = glm_lpmf(y | trials, eta_fixed, family, link, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
     for (iter in 1:max_iter) {
-      matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi);
+      matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, link, phi);
       vector[q] grad = ZL' * d[:, 1] - u;
       matrix[q, q] L_H = curvature_cholesky(d[:, 2], ZL);
       vector[q] step = mdivide_right_tri_low(mdivide_left_tri_low(L_H, grad)', L_H)';
       real t = 1;
       vector[q] u_new = u + step;
-      real h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, phi) - 0.5 * dot_self(u_new);
+      real h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
       while (!(h_new >= h - 1e-12 * abs(h)) && t > 1e-6) {  // step halving
         t *= 0.5;
         u_new = u + t * step;
-        h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, phi) - 0.5 * dot_self(u_new);
+        h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
       }
       u = u_new;
       h = h_new;
@@ -115,21 +236,21 @@ functions {
 
   // Cholesky factor of the curvature H = I + (Z Lambda)' W (Z Lambda) at u
   matrix block_curvature(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
-                         real phi, vector u) {
-    return curvature_cholesky(col(glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi), 2), ZL);
+                         int link, real phi, vector u) {
+    return curvature_cholesky(col(glm_derivatives(y, trials, eta_fixed + ZL * u, family, link, phi), 2), ZL);
   }
 
   // Log of the integral over one block's random effects:
   //   log integral p(y | eta_fixed + ZL * u) N(u | 0, I) du
   // at the mode (block_mode): Laplace (n_agq == 1) or adaptive Gauss-Hermite.
   real marginal_block_lpmf(array[] int y, array[] int trials, vector eta_fixed, matrix ZL,
-                           int family, real phi, int n_agq, vector gh_x, vector gh_logw,
+                           int family, int link, real phi, int n_agq, vector gh_x, vector gh_logw,
                            real tol, int max_iter) {
     int q = cols(ZL);
-    vector[q + 1] mode = block_mode(y, trials, eta_fixed, ZL, family, phi, tol, max_iter);
+    vector[q + 1] mode = block_mode(y, trials, eta_fixed, ZL, family, link, phi, tol, max_iter);
     vector[q] u = mode[1:q];
     real h = mode[q + 1];
-    matrix[q, q] L_H = block_curvature(y, trials, eta_fixed, ZL, family, phi, u);
+    matrix[q, q] L_H = block_curvature(y, trials, eta_fixed, ZL, family, link, phi, u);
     if (n_agq == 1) {
       // Laplace: h(u_hat) - 1/2 log|H| (the (2 pi)^(q/2) factors cancel)
       return h - sum(log(diagonal(L_H)));
@@ -140,7 +261,7 @@ functions {
     for (k in 1:n_agq) {
       real u_k = u[1] + s * gh_x[k];
       terms[k] = gh_logw[k] + square(gh_x[k])
-                 + glm_lpmf(y | trials, eta_fixed + ZL[:, 1] * u_k, family, phi) - 0.5 * square(u_k);
+                 + glm_lpmf(y | trials, eta_fixed + ZL[:, 1] * u_k, family, link, phi) - 0.5 * square(u_k);
     }
     return log(s) - 0.5 * log(2 * pi()) + log_sum_exp(terms);
   }
@@ -149,6 +270,7 @@ data {
   int<lower=1> N;                       // observations (sorted by block)
   int<lower=1> K;                       // columns of the fixed-effects design X
   int<lower=1, upper=4> family;         // 1 poisson, 2 binomial, 3 bernoulli, 4 negbinomial
+  int<lower=1, upper=7> link;           // 1 identity, 2 log, 3 logit, 4 probit, 5 cloglog, 6 cauchit, 7 sqrt
   array[N] int<lower=0> y;
   array[N] int<lower=0> trials;         // binomial trials (unused otherwise)
   matrix[N, K] X;
@@ -184,7 +306,7 @@ model {
   for (g in 1:G) {
     int s = block_start[g];
     int e = s + block_size[g] - 1;
-    target += marginal_block_lpmf(y[s:e] | trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi,
+    target += marginal_block_lpmf(y[s:e] | trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi,
                                   n_agq, gh_x, gh_logw, newton_tol, newton_max_iter);
   }
 }
@@ -201,11 +323,11 @@ generated quantities {
     for (g in 1:G) {
       int s = block_start[g];
       int e = s + block_size[g] - 1;
-      vector[q + 1] mode = block_mode(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi,
+      vector[q + 1] mode = block_mode(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi,
                                       newton_tol, newton_max_iter);
       vector[q] u = mode[1:q];
       matrix[q, q] W = mdivide_left_tri_low(
-          block_curvature(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi, u), Lambda');
+          block_curvature(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi, u), Lambda');
       b[g] = Lambda * u;
       b_cov[g] = crossprod(W);
     }

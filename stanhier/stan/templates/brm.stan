@@ -157,7 +157,7 @@ model {
 {% for t in terms %}
     mu += rows_dot_product(Z_{{ t.k }}, r_{{ t.k }}[J_{{ t.k }}]);  // group-level term {{ t.k }}
 {% endfor %}
-{% for line in fam.stan_likelihood.splitlines() %}
+{% for line in fam.stan_model.splitlines() %}
     {{ line }}
 {% endfor %}
   }

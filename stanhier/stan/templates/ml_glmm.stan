@@ -13,34 +13,87 @@
 // parameter is unconstrained and the likelihood keeps its constants, so `target`
 // at the optimum IS the (approximate) marginal log-likelihood.
 //
-// The family is data ({% for f in families %}{{ f.glmm_code }} {{ f.name }}/{{ f.link }}{{ ", " if not loop.last }}{% endfor %}),
-// so one compiled program serves every family; each family's branch below is the
-// Stan text its module in stanhier/families/ holds.
+// The family is data ({% for f in families %}{{ f.glmm_code }} {{ f.name }}{{ ", " if not loop.last }}{% endfor %}),
+// and so is the link ({% for l in links %}{{ l.code }} {{ l.name }}{{ ", " if not loop.last }}{% endfor %}), so one
+// compiled program serves every family and link; each family's branch below is the Stan
+// text its module in stanhier/families/ holds, each link's the text of stanhier/families/links.py.
+// At a family's default link its own expressions are used; at another link the generic
+// ones, with lme4's PIRLS weights (d E[y] / d eta)^2 / Var[y] (the Fisher information) as
+// the curvature of the Laplace approximation, as lme4 does.
 // Layout: observations are sorted by block; a block is one level of the grouping
 // factor when all terms share one factor, else one stacked block with every
 // random effect (crossed or nested factors).
 functions {
 {% include "ml_relative_factor.stan" %}
 
-  // log p(y | eta) with all normalizing constants
-  real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, real phi) {
+  // the inverse link mu = g^-1(eta)
+  vector inv_link(vector eta, int link) {
+{% for l in links %}
+    if (link == {{ l.code }}) {  // {{ l.name }}
+      return {{ l.stan_inverse("eta") }};
+    }
+{% endfor %}
+    reject("inv_link: unknown link code ", link);
+  }
+
+  // d mu / d eta
+  vector mu_eta(vector eta, int link) {
+{% for l in links %}
+    if (link == {{ l.code }}) {  // {{ l.name }}
+      return {{ l.stan_mu_eta.format(x="eta") }};
+    }
+{% endfor %}
+    reject("mu_eta: unknown link code ", link);
+  }
+
+  // score d log p / d eta (column 1) and Fisher weight (d E[y] / d eta)^2 / Var[y] (column 2)
+  // for E[y] = trials .* mu and Var[y] = v; 0 where Var[y] = 0 (a saturated mean: no information)
+  matrix glm_working(array[] int y, array[] int trials, vector eta, vector mu, vector v, int link) {
+    int n = rows(eta);
+    vector[n] dmean = to_vector(trials) .* mu_eta(eta, link);
+    matrix[n, 2] d = rep_matrix(0, n, 2);
+    for (i in 1:n) {
+      if (v[i] > 0) {
+        real ratio = dmean[i] / v[i];
+        d[i, 1] = (y[i] - trials[i] * mu[i]) * ratio;
+        d[i, 2] = dmean[i] * ratio;
+      }
+    }
+    return d;
+  }
+
+  // log p(y | eta) with all normalizing constants (-inf where mu leaves the family's range)
+  real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, int link, real phi) {
 {% for f in families %}
     if (family == {{ f.glmm_code }}) {  // {{ f.name }}
-      return {{ f.glmm_lpmf }};
+      if (link == {{ f.link_object.code }}) {
+        return {{ f.glmm_lpmf }};
+      }
+      vector[rows(eta)] mu = inv_link(eta, link);
+      if ({{ f.stan_mean_outside("mu") }}) {
+        return negative_infinity();
+      }
+      return {{ f.glmm_lpmf_mu }};
     }
 {% endfor %}
     reject("glm_lpmf: unknown family code ", family);
   }
 
-  // d log p / d eta (column 1) and -d^2 log p / d eta^2 (column 2) per observation
-  matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, real phi) {
+  // d log p / d eta (column 1) and the curvature weight (column 2) per observation:
+  // -d^2 log p / d eta^2 at the default link, the Fisher weight at any other (lme4's)
+  matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, int link, real phi) {
     int n = rows(eta);
     matrix[n, 2] d;
 {% for f in families %}
     if (family == {{ f.glmm_code }}) {  // {{ f.name }}
+      if (link == {{ f.link_object.code }}) {
 {% for line in f.glmm_derivatives.splitlines() %}
-      {{ line }}
+        {{ line }}
 {% endfor %}
+      } else {
+        vector[n] mu = inv_link(eta, link);
+        d = glm_working(y, trials, eta, mu, {{ f.glmm_variance }}, link);
+      }
     }
 {% endfor %}
     return d;
@@ -53,25 +106,25 @@ functions {
 
   // Mode u_hat of one block's spherical random effects, where ZL = Z_block * Lambda:
   // damped Newton from u = 0 on h(u) = log p(y | eta_fixed + ZL * u) - u'u / 2 (concave
-  // for these families). Returns [u_hat; h(u_hat)].
+  // for these families at their default links; Fisher scoring with step halving at others). Returns [u_hat; h(u_hat)].
   vector block_mode(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
-                    real phi, real tol, int max_iter) {
+                    int link, real phi, real tol, int max_iter) {
     int n = rows(ZL);
     int q = cols(ZL);
     vector[q] u = rep_vector(0, q);
-    real h = glm_lpmf(y | trials, eta_fixed, family, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
+    real h = glm_lpmf(y | trials, eta_fixed, family, link, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
     for (iter in 1:max_iter) {
-      matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi);
+      matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, link, phi);
       vector[q] grad = ZL' * d[:, 1] - u;
       matrix[q, q] L_H = curvature_cholesky(d[:, 2], ZL);
       vector[q] step = mdivide_right_tri_low(mdivide_left_tri_low(L_H, grad)', L_H)';
       real t = 1;
       vector[q] u_new = u + step;
-      real h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, phi) - 0.5 * dot_self(u_new);
+      real h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
       while (!(h_new >= h - 1e-12 * abs(h)) && t > 1e-6) {  // step halving
         t *= 0.5;
         u_new = u + t * step;
-        h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, phi) - 0.5 * dot_self(u_new);
+        h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
       }
       u = u_new;
       h = h_new;
@@ -84,21 +137,21 @@ functions {
 
   // Cholesky factor of the curvature H = I + (Z Lambda)' W (Z Lambda) at u
   matrix block_curvature(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
-                         real phi, vector u) {
-    return curvature_cholesky(col(glm_derivatives(y, trials, eta_fixed + ZL * u, family, phi), 2), ZL);
+                         int link, real phi, vector u) {
+    return curvature_cholesky(col(glm_derivatives(y, trials, eta_fixed + ZL * u, family, link, phi), 2), ZL);
   }
 
   // Log of the integral over one block's random effects:
   //   log integral p(y | eta_fixed + ZL * u) N(u | 0, I) du
   // at the mode (block_mode): Laplace (n_agq == 1) or adaptive Gauss-Hermite.
   real marginal_block_lpmf(array[] int y, array[] int trials, vector eta_fixed, matrix ZL,
-                           int family, real phi, int n_agq, vector gh_x, vector gh_logw,
+                           int family, int link, real phi, int n_agq, vector gh_x, vector gh_logw,
                            real tol, int max_iter) {
     int q = cols(ZL);
-    vector[q + 1] mode = block_mode(y, trials, eta_fixed, ZL, family, phi, tol, max_iter);
+    vector[q + 1] mode = block_mode(y, trials, eta_fixed, ZL, family, link, phi, tol, max_iter);
     vector[q] u = mode[1:q];
     real h = mode[q + 1];
-    matrix[q, q] L_H = block_curvature(y, trials, eta_fixed, ZL, family, phi, u);
+    matrix[q, q] L_H = block_curvature(y, trials, eta_fixed, ZL, family, link, phi, u);
     if (n_agq == 1) {
       // Laplace: h(u_hat) - 1/2 log|H| (the (2 pi)^(q/2) factors cancel)
       return h - sum(log(diagonal(L_H)));
@@ -109,7 +162,7 @@ functions {
     for (k in 1:n_agq) {
       real u_k = u[1] + s * gh_x[k];
       terms[k] = gh_logw[k] + square(gh_x[k])
-                 + glm_lpmf(y | trials, eta_fixed + ZL[:, 1] * u_k, family, phi) - 0.5 * square(u_k);
+                 + glm_lpmf(y | trials, eta_fixed + ZL[:, 1] * u_k, family, link, phi) - 0.5 * square(u_k);
     }
     return log(s) - 0.5 * log(2 * pi()) + log_sum_exp(terms);
   }
@@ -118,6 +171,8 @@ data {
   int<lower=1> N;                       // observations (sorted by block)
   int<lower=1> K;                       // columns of the fixed-effects design X
   int<lower=1, upper={{ families | map(attribute="glmm_code") | max }}> family;         // {% for f in families %}{{ f.glmm_code }} {{ f.name }}{{ ", " if not loop.last }}{% endfor %}
+
+  int<lower=1, upper={{ links | map(attribute="code") | max }}> link;           // {% for l in links %}{{ l.code }} {{ l.name }}{{ ", " if not loop.last }}{% endfor %}
 
   array[N] int<lower=0> y;
   array[N] int<lower=0> trials;         // binomial trials (unused otherwise)
@@ -154,7 +209,7 @@ model {
   for (g in 1:G) {
     int s = block_start[g];
     int e = s + block_size[g] - 1;
-    target += marginal_block_lpmf(y[s:e] | trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi,
+    target += marginal_block_lpmf(y[s:e] | trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi,
                                   n_agq, gh_x, gh_logw, newton_tol, newton_max_iter);
   }
 }
@@ -165,17 +220,17 @@ generated quantities {
   array[G] matrix[q, q] b_cov;          // their conditional covariances: Lambda H^-1 Lambda'
   {
     matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);
-    real phi = family == 4 ? exp(log_shape[1]) : 1;
+    real phi = {{ phi_condition }} ? exp(log_shape[1]) : 1;
     vector[N] eta_fixed = X * beta;
     matrix[N, q] ZL = Zb * Lambda;
     for (g in 1:G) {
       int s = block_start[g];
       int e = s + block_size[g] - 1;
-      vector[q + 1] mode = block_mode(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi,
+      vector[q + 1] mode = block_mode(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi,
                                       newton_tol, newton_max_iter);
       vector[q] u = mode[1:q];
       matrix[q, q] W = mdivide_left_tri_low(
-          block_curvature(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, phi, u), Lambda');
+          block_curvature(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi, u), Lambda');
       b[g] = Lambda * u;
       b_cov[g] = crossprod(W);
     }
