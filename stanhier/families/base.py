@@ -270,8 +270,8 @@ class Family:
         PIRLS working weights (the observed information too at a canonical link).
 
         >>> from stanhier.families import poisson
-        >>> [float(v[0]) for v in poisson().glm_working(np.array([3.0]), np.array([0.0]), {})]
-        [2.0, 1.0]
+        >>> tuple(float(v[0]) for v in poisson().glm_working(np.array([3.0]), np.array([0.0]), {}))
+        (2.0, 1.0)
         """
         n = 1.0 if trials is None else np.asarray(trials, float)
         return _score_weight(y, self.mean(eta, aux, trials), n * self.link_object.mu_eta(eta),
