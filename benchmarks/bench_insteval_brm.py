@@ -55,7 +55,8 @@ def main() -> None:
     out = {"wall": wall, "diagnostics": d, "estimate": table["Estimate"].to_dict(), "sd": table["Est.Error"].to_dict()}
     if REF.exists():
         case = json.loads(REF.read_text())["cases"]["insteval_ML"]
-        lme4 = {"b_Intercept": case["fixef"]["(Intercept)"], "b_service1": case["fixef"]["service1"],
+        # lme4 reads service as a factor (service1); the CSV codes it 0/1, so brm names it b_service
+        lme4 = {"b_Intercept": case["fixef"]["(Intercept)"], "b_service": case["fixef"]["service1"],
                 "sigma": case["sigma"]}
         for row in case["varcorr"]["table"]:
             if row["grp"] != "Residual":
