@@ -52,6 +52,10 @@ STRUCTURES = {
 def test_make_stancode_passes_stanc(family, structure):
     import httpstan.compile
 
+    from stanhier.backends.pystan_backend import use_patient_stanc
+
+    use_patient_stanc()  # as the pystan backend runs stanc: httpstan's 1 s limit is too tight under load
+
     code = sh.make_stancode(f"{FAMILY_RESPONSE[family]} ~ {STRUCTURES[structure]}", sim_data(),
                             family=family)
     cpp, _warnings = httpstan.compile.compile(code, "model_check")  # raises ValueError on stanc errors

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import time
 import types
 from pathlib import Path
@@ -29,9 +30,37 @@ from . import toolchain
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
                    code_line, reshape_flat)
 
-__all__ = ["PystanBackend"]
+__all__ = ["PystanBackend", "STANC_TIMEOUT", "use_patient_stanc"]
 
 logger = logging.getLogger("stanhier")
+
+
+#: seconds stanc may take (httpstan allows 1 s, which larger programs exceed on a loaded machine)
+STANC_TIMEOUT = 120.0
+
+
+class _PatientSubprocess:
+    """``subprocess`` as httpstan.compile sees it, with a longer stanc timeout."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def run(*args, **kwargs):
+        kwargs["timeout"] = max(kwargs.get("timeout") or 0, STANC_TIMEOUT)
+        return subprocess.run(*args, **kwargs)
+
+
+def use_patient_stanc() -> None:
+    """Let httpstan's stanc call run up to :data:`STANC_TIMEOUT` seconds (it allows 1 s: the
+    conditional programs take about 0.7 s on a quiet 2-core machine, more under load).
+
+    >>> use_patient_stanc(); import httpstan.compile; httpstan.compile.subprocess.run is _PatientSubprocess.run
+    True
+    """
+    import httpstan.compile
+
+    httpstan.compile.subprocess = _PatientSubprocess()
 
 
 def _point_httpstan_at(entry_root: Path) -> None:
@@ -45,6 +74,7 @@ def _point_httpstan_at(entry_root: Path) -> None:
     httpstan.cache.cache_directory = cache_directory
     # one key for a program whatever the interpreter's spelling (httpstan hashes sys.executable)
     httpstan.models.calculate_model_name = toolchain.model_name_for
+    use_patient_stanc()
     _guard_progress_parser()
 
 
