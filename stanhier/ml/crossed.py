@@ -586,11 +586,10 @@ def blocks_problem(problem: Any, lay: CrossedLayout) -> CrossedLMM:
     V = np.empty((lay.q, 1 + K))
     V[where.ravel()] = np.concatenate([cp.Zty[:, :, None], cp.ZtX], axis=2).reshape(G * qb, 1 + K)
     q1, M1, L1 = lay.q1, lay.M1, lay.L1
-    first = full[:q1, :q1].toarray() if q1 <= 4096 else None
-    if first is not None:
-        B = np.stack([first[l * M1:(l + 1) * M1, l * M1:(l + 1) * M1] for l in range(L1)])
-    else:
-        B = np.stack([full[l * M1:(l + 1) * M1, l * M1:(l + 1) * M1].toarray() for l in range(L1)])
+    # the first block is block-diagonal: scatter its entries into (L1, M1, M1) blocks
+    first = full[:q1, :q1].tocoo()
+    B = np.zeros((L1, M1, M1))
+    np.add.at(B, (first.row // M1, first.row % M1, first.col % M1), first.data)
     T = full[:q1, q1:].tocsr()
     return CrossedLMM(N=problem.N, K=K, REML=problem.REML, B=B, T=T, Z22=full[q1:, q1:].tocsr(), V=V,
                       XtX=np.asarray(cp.XtX, float), Xty=np.asarray(cp.Xty, float), yty=float(cp.yty),
