@@ -28,7 +28,8 @@ from scipy import sparse
 
 from ..errors import DataError
 from ..families import LINKS, Family, glmm_families
-from ..model.crossprod import crossprod, exact_value, finish_parts, grouped_crossprod, grouped_crossprod_parts, symmetrize
+from ..model.crossprod import (crossprod, exact_value, finish_parts, gaussian_crossprod_parts, grouped_crossprod,
+                               symmetrize)
 from ..model.distributed import design_moments
 from ..model.design import Design
 from ..stan.templating import render
@@ -186,14 +187,8 @@ def partition_crossproducts(design: Design, bounds: tuple | None) -> dict[str, A
         cp = lmm_crossproducts(design, lay)
         return {k: getattr(cp, k) for k in ("XtX", "Xty", "yty", "ZtZ", "ZtX", "Zty")}
     bX, bZ, by, n = bounds
-    X, y, Zb = design.X, design.y, lay.Zb
-    one = np.zeros(design.N, dtype=np.int64)
-    return {"XtX": grouped_crossprod_parts(X, X, one, 1, bX, bX, n),
-            "Xty": grouped_crossprod_parts(X, y, one, 1, bX, by, n),
-            "yty": grouped_crossprod_parts(y[:, None], y, one, 1, by, by, n),
-            "ZtZ": grouped_crossprod_parts(Zb, Zb, lay.block, lay.G, bZ, bZ, n),
-            "ZtX": grouped_crossprod_parts(Zb, X, lay.block, lay.G, bZ, bX, n),
-            "Zty": grouped_crossprod_parts(Zb, y, lay.block, lay.G, bZ, by, n)}
+    p = gaussian_crossprod_parts(design.X, design.y, lay.Zb, lay.block, lay.G, bX, bZ, float(by[0]), n)
+    return {"XtX": p["AtA"], "Xty": p["Aty"], "yty": p["yty"], "ZtZ": p["ZtZ"], "ZtX": p["ZtA"], "Zty": p["Zty"]}
 
 
 def _finish_crossproducts(sums: dict[str, Any], exact: bool) -> CrossProducts:

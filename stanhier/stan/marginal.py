@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ..model.crossprod import (crossprod, exact_value, finish_parts, grouped_crossprod,
-                              grouped_crossprod_parts, symmetrize)
+from ..model.crossprod import (crossprod, exact_value, finish_parts, gaussian_crossprod_parts, grouped_crossprod,
+                              symmetrize)
 from ..model.design import Design
 from ..model.distributed import design_moments
 from . import names
@@ -161,20 +161,13 @@ def exact_setup(design: Design, layout: MarginalLayout) -> ExactSetup:
 
 
 def partition_cross_products(design: Design, layout: MarginalLayout, setup: ExactSetup) -> dict[str, np.ndarray]:
-    """The exact parts (:func:`stanhier.model.crossprod.grouped_crossprod_parts`) of
+    """The exact parts (:func:`stanhier.model.crossprod.gaussian_crossprod_parts`) of
     :func:`cross_products` on some rows, centred with the whole data's exact means: adding the
     parts of any split of the rows gives the same statistics, bit for bit."""
     X, y = design.X, design.y
     A = np.column_stack([np.ones(design.N), X[:, 1:] - setup.means]) if design.has_intercept else X
     block, Zb = block_design(design, layout)
-    one = np.zeros(design.N, dtype=np.int64)
-    n, bA, bZ, by = setup.n, setup.bound_A, setup.bound_Z, np.array([setup.bound_y])
-    return {"AtA": grouped_crossprod_parts(A, A, one, 1, bA, bA, n),
-            "Aty": grouped_crossprod_parts(A, y, one, 1, bA, by, n),
-            "yty": grouped_crossprod_parts(y[:, None], y, one, 1, by, by, n),
-            "ZtZ": grouped_crossprod_parts(Zb, Zb, block, layout.G, bZ, bZ, n),
-            "ZtA": grouped_crossprod_parts(Zb, A, block, layout.G, bZ, bA, n),
-            "Zty": grouped_crossprod_parts(Zb, y, block, layout.G, bZ, by, n)}
+    return gaussian_crossprod_parts(A, y, Zb, block, layout.G, setup.bound_A, setup.bound_Z, setup.bound_y, setup.n)
 
 
 def design_cross_products(design: Design, layout: MarginalLayout) -> tuple[dict[str, Any], np.ndarray]:
