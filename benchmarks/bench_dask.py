@@ -144,7 +144,8 @@ def main() -> None:
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                 "python": sys.version.split()[0]}}
+                                 "python": sys.version.split()[0],
+                                 "load_average_start": [round(x, 2) for x in os.getloadavg()]}}
     if "dask" not in skip:
         results["dask_lmer"] = _run([sys.executable, "-c", textwrap.dedent(DASK_CHILD), str(a.rows),
                                      str(a.partitions), str(a.groups), str(a.workers)], a.timeout)
@@ -172,6 +173,7 @@ def main() -> None:
         results["poisson_aggregation"] = _run([sys.executable, "-c", textwrap.dedent(COUNT_CHILD),
                                                str(a.count_rows)], a.timeout)
         print(json.dumps({"poisson_aggregation": results["poisson_aggregation"]}), flush=True)
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=2)

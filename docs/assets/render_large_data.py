@@ -27,7 +27,9 @@ def bench_table() -> str:
             + (f", peak RSS {l4['peak_rss_mb']:,} MB" if "peak_rss_mb" in l4 else "")
             if "error" not in l4 else f"failed: {l4['error']}")
     rows = [
-        ("machine", f"{r['machine']['cpus']} cores, shared with other jobs (load average 7-10 during the run)"),
+        ("machine", f"{r['machine']['cpus']} cores, shared with other jobs (1-minute load average "
+                    f"{r['machine']['load_average_start'][0]:.1f} at the start, {r['machine']['load_average_end'][0]:.1f} "
+                    "at the end)"),
         ("stanhier `lmer` on Dask", f"{d['rows']:,} rows, {d['partitions']} partitions, {d['groups']:,} groups, "
                                    f"LocalCluster of {d['workers']} worker processes"),
         ("wall time of the fit", f"{d['fit_seconds']:.1f} s"),

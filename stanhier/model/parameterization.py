@@ -17,13 +17,13 @@ centred is efficient, non-centred has the funnel instead).
 A third treatment, *conditional*, removes the choice: the program samples standardized
 variables ``z`` and ``eps`` and sets, exactly, for every level j
 
-    r_j = V_j (s_j - I_j b) + chol(V_j) z_j,      V_j = (Sigma^-1 + I_j)^-1,
+    r_j = V_j (s_j - I_j b) + L_j^-T z_j,      V_j = (Sigma^-1 + I_j)^-1 = L_j^-T L_j^-1,
 
 where ``(s_j, I_j)`` is a Gaussian approximation of level j's likelihood (a pilot
 penalized IRLS fit, computed once as data) and ``Sigma`` the term's covariance; the
 population-level effects ``b`` that the term's coefficients share are set likewise from
 their approximate conditional posterior given ``Sigma``:
-``b = P^-1 sum_j W_j (s_j - ...) + chol(P^-1) eps`` with ``W_j = I_j - I_j V_j I_j``. This
+``b = P^-1 sum_j W_j (s_j - ...) + L_P^-T eps`` with ``W_j = I_j - I_j V_j I_j`` and ``P = L_P L_P'``. This
 is a change of variables (its log Jacobian is added to the target), so the posterior is
 brms's; only the coordinates NUTS moves in differ. Where the data say little, ``V_j ~
 Sigma`` and ``r_j ~ chol(Sigma) z_j`` (non-centred); where they say much, ``r_j`` follows

@@ -57,17 +57,20 @@ transformed parameters {
   real log_jacobian = 0;  // log |d(b, r) / d(b_f, eps, z)| of the conditional terms
   b_all[Jf] = b_f;
   // group-level term 1, conditional treatment: an exact change of variables that follows each
-  // level's approximate conditional posterior, with Sigma = cov of the term's effects,
-  //   V_j = (Sigma^-1 + I_j)^-1,   r_j = V_j (s_j - I_j b) + chol(V_j) z_j,
-  // and the population-level effects b_a it anchors, given Sigma (W_j = I_j - I_j V_j I_j):
-  //   b_a = P^-1 (sum_j W_j-weighted data) + chol(P^-1) eps,   P = sum_j W_j;
+  // level's approximate conditional posterior, with Sigma = cov of the term's effects and
+  // L_j = chol(Sigma^-1 + I_j), so that V_j = (Sigma^-1 + I_j)^-1 = L_j^-T L_j^-1:
+  //   r_j = V_j (s_j - I_j b) + L_j^-T z_j,
+  // and the population-level effects b_a it anchors, given Sigma (W_j = I_j - I_j V_j I_j,
+  // P = sum_j W_j = L_P L_P'):
+  //   b_a = P^-1 (sum_j W_j-weighted data) + L_P^-T eps;
   // weakly informed levels behave as non-centred, strongly informed ones as centred, and b
-  // moves with Sigma instead of forming a funnel with it
+  // moves with Sigma instead of forming a funnel with it (one factorization per level: only
+  // Cholesky factors and triangular solves)
   matrix[N_1, M_1] r_1;
   {
     matrix[M_1, M_1] Lsd = diag_pre_multiply(sd_1, L_1);
     matrix[M_1, M_1] Sinv = chol2inv(Lsd);
-    array[N_1] matrix[M_1, M_1] V;
+    array[N_1] matrix[M_1, M_1] Lc;  // L_j: Cholesky factor of level j's conditional precision
     vector[M_1] bm = rep_vector(0, M_1);  // population-level mean of each coefficient
     for (m in 1:M_1) {
       if (Jb_1[m] > 0) {
@@ -75,29 +78,28 @@ transformed parameters {
       }
     }
     for (j in 1:N_1) {
-      V[j] = inverse_spd(Sinv + I_1[j]);
+      Lc[j] = cholesky_decompose(Sinv + I_1[j]);
     }
     if (Na_1 > 0) {
       matrix[Na_1, Na_1] P = rep_matrix(0, Na_1, Na_1);
       vector[Na_1] Pb = rep_vector(0, Na_1);
       bm[Ma_1] = rep_vector(0, Na_1);
       for (j in 1:N_1) {
-        matrix[M_1, M_1] IV = I_1[j] * V[j];
-        matrix[M_1, M_1] W = I_1[j] - IV * I_1[j];
-        vector[M_1] g = s_1[j] - IV * s_1[j] - W * bm;
+        matrix[M_1, M_1] B = mdivide_left_tri_low(Lc[j], I_1[j]);  // I_j V_j I_j = B' B
+        matrix[M_1, M_1] W = I_1[j] - crossprod(B);
+        vector[M_1] g = s_1[j] - B' * mdivide_left_tri_low(Lc[j], s_1[j]) - W * bm;
         P += W[Ma_1, Ma_1];
         Pb += g[Ma_1];
       }
-      P = 0.5 * (P + P');
-      matrix[Na_1, Na_1] Lp = cholesky_decompose(inverse_spd(P));
-      bm[Ma_1] = mdivide_left_spd(P, Pb) + Lp * eps_1;
+      matrix[Na_1, Na_1] Lp = cholesky_decompose(0.5 * (P + P'));
+      bm[Ma_1] = mdivide_right_tri_low((mdivide_left_tri_low(Lp, Pb) + eps_1)', Lp)';
       b_all[Jb_1[Ma_1]] = bm[Ma_1];
-      log_jacobian += sum(log(diagonal(Lp)));
+      log_jacobian -= sum(log(diagonal(Lp)));
     }
     for (j in 1:N_1) {
-      matrix[M_1, M_1] Lv = cholesky_decompose(V[j]);
-      r_1[j] = (V[j] * (s_1[j] - I_1[j] * bm) + Lv * z_1[, j])';
-      log_jacobian += sum(log(diagonal(Lv)));
+      r_1[j] = mdivide_right_tri_low((mdivide_left_tri_low(Lc[j], s_1[j] - I_1[j] * bm)
+                                              + z_1[, j])', Lc[j]);
+      log_jacobian -= sum(log(diagonal(Lc[j])));
     }
   }
   // brms's population-level parameters: slopes b and the intercept on the centred predictors

@@ -92,17 +92,20 @@ transformed parameters {
 {% for t in terms %}
 {% if t.treatment == "conditional" %}
   // group-level term {{ t.k }}, conditional treatment: an exact change of variables that follows each
-  // level's approximate conditional posterior, with Sigma = cov of the term's effects,
-  //   V_j = (Sigma^-1 + I_j)^-1,   r_j = V_j (s_j - I_j b) + chol(V_j) z_j,
-  // and the population-level effects b_a it anchors, given Sigma (W_j = I_j - I_j V_j I_j):
-  //   b_a = P^-1 (sum_j W_j-weighted data) + chol(P^-1) eps,   P = sum_j W_j;
+  // level's approximate conditional posterior, with Sigma = cov of the term's effects and
+  // L_j = chol(Sigma^-1 + I_j), so that V_j = (Sigma^-1 + I_j)^-1 = L_j^-T L_j^-1:
+  //   r_j = V_j (s_j - I_j b) + L_j^-T z_j,
+  // and the population-level effects b_a it anchors, given Sigma (W_j = I_j - I_j V_j I_j,
+  // P = sum_j W_j = L_P L_P'):
+  //   b_a = P^-1 (sum_j W_j-weighted data) + L_P^-T eps;
   // weakly informed levels behave as non-centred, strongly informed ones as centred, and b
-  // moves with Sigma instead of forming a funnel with it
+  // moves with Sigma instead of forming a funnel with it (one factorization per level: only
+  // Cholesky factors and triangular solves)
   matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }};
   {
     matrix[M_{{ t.k }}, M_{{ t.k }}] Lsd = {% if t.correlated %}diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }}){% else %}diag_matrix(sd_{{ t.k }}){% endif %};
     matrix[M_{{ t.k }}, M_{{ t.k }}] Sinv = chol2inv(Lsd);
-    array[N_{{ t.k }}] matrix[M_{{ t.k }}, M_{{ t.k }}] V;
+    array[N_{{ t.k }}] matrix[M_{{ t.k }}, M_{{ t.k }}] Lc;  // L_j: Cholesky factor of level j's conditional precision
     vector[M_{{ t.k }}] bm = rep_vector(0, M_{{ t.k }});  // population-level mean of each coefficient
     for (m in 1:M_{{ t.k }}) {
       if (Jb_{{ t.k }}[m] > 0) {
@@ -110,29 +113,28 @@ transformed parameters {
       }
     }
     for (j in 1:N_{{ t.k }}) {
-      V[j] = inverse_spd(Sinv + I_{{ t.k }}[j]);
+      Lc[j] = cholesky_decompose(Sinv + I_{{ t.k }}[j]);
     }
     if (Na_{{ t.k }} > 0) {
       matrix[Na_{{ t.k }}, Na_{{ t.k }}] P = rep_matrix(0, Na_{{ t.k }}, Na_{{ t.k }});
       vector[Na_{{ t.k }}] Pb = rep_vector(0, Na_{{ t.k }});
       bm[Ma_{{ t.k }}] = rep_vector(0, Na_{{ t.k }});
       for (j in 1:N_{{ t.k }}) {
-        matrix[M_{{ t.k }}, M_{{ t.k }}] IV = I_{{ t.k }}[j] * V[j];
-        matrix[M_{{ t.k }}, M_{{ t.k }}] W = I_{{ t.k }}[j] - IV * I_{{ t.k }}[j];
-        vector[M_{{ t.k }}] g = s_{{ t.k }}[j] - IV * s_{{ t.k }}[j] - W * bm;
+        matrix[M_{{ t.k }}, M_{{ t.k }}] B = mdivide_left_tri_low(Lc[j], I_{{ t.k }}[j]);  // I_j V_j I_j = B' B
+        matrix[M_{{ t.k }}, M_{{ t.k }}] W = I_{{ t.k }}[j] - crossprod(B);
+        vector[M_{{ t.k }}] g = s_{{ t.k }}[j] - B' * mdivide_left_tri_low(Lc[j], s_{{ t.k }}[j]) - W * bm;
         P += W[Ma_{{ t.k }}, Ma_{{ t.k }}];
         Pb += g[Ma_{{ t.k }}];
       }
-      P = 0.5 * (P + P');
-      matrix[Na_{{ t.k }}, Na_{{ t.k }}] Lp = cholesky_decompose(inverse_spd(P));
-      bm[Ma_{{ t.k }}] = mdivide_left_spd(P, Pb) + Lp * eps_{{ t.k }};
+      matrix[Na_{{ t.k }}, Na_{{ t.k }}] Lp = cholesky_decompose(0.5 * (P + P'));
+      bm[Ma_{{ t.k }}] = mdivide_right_tri_low((mdivide_left_tri_low(Lp, Pb) + eps_{{ t.k }})', Lp)';
       b_all[Jb_{{ t.k }}[Ma_{{ t.k }}]] = bm[Ma_{{ t.k }}];
-      log_jacobian += sum(log(diagonal(Lp)));
+      log_jacobian -= sum(log(diagonal(Lp)));
     }
     for (j in 1:N_{{ t.k }}) {
-      matrix[M_{{ t.k }}, M_{{ t.k }}] Lv = cholesky_decompose(V[j]);
-      r_{{ t.k }}[j] = (V[j] * (s_{{ t.k }}[j] - I_{{ t.k }}[j] * bm) + Lv * z_{{ t.k }}[, j])';
-      log_jacobian += sum(log(diagonal(Lv)));
+      r_{{ t.k }}[j] = mdivide_right_tri_low((mdivide_left_tri_low(Lc[j], s_{{ t.k }}[j] - I_{{ t.k }}[j] * bm)
+                                              + z_{{ t.k }}[, j])', Lc[j]);
+      log_jacobian -= sum(log(diagonal(Lc[j])));
     }
   }
 {% elif t.treatment == "noncentered" %}
