@@ -121,8 +121,10 @@ class Family:
     #: without ``Xc * b``); ``None``: the inverse link, then ``stan_likelihood``
     stan_default_likelihood: ClassVar[str | None] = None
     #: GLMM (``glmer``) log-likelihood at the default link: a Stan expression in ``y`` (int
-    #: array), ``trials``, ``eta`` (vector) and ``phi`` (the auxiliary parameter, 1 if none);
-    #: ``None``: no glmer
+    #: array), ``y_real`` (the response as a vector: continuous families), ``trials``, ``eta``
+    #: (vector) and ``phi`` (the auxiliary parameter, 1 if none); ``None``: no glmer.
+    #: Families with a scale parameter (:attr:`glmm_aic`) give it at scale 1 (-deviance / 2 up
+    #: to a constant: the function lme4's PIRLS maximizes for the random-effect modes)
     glmm_lpmf: ClassVar[str | None] = None
     #: GLMM first two derivatives at the default link: Stan statements setting ``d[:, 1]`` =
     #: d log p / d eta and ``d[:, 2]`` = its weight (the negative second derivative, which for
@@ -138,6 +140,13 @@ class Family:
     glmm_aux: ClassVar[str | None] = None
     #: the family's code in the glmer program's data (``family``): unique, fixed once given
     glmm_code: ClassVar[int | None] = None
+    #: families with a scale parameter (gaussian, Gamma), which lme4's glmer profiles out: the
+    #: total deviance (R's ``sum(dev.resids)``), a Stan expression in ``y_real`` and ``mu``
+    glmm_deviance: ClassVar[str | None] = None
+    #: ... and R's ``family()$aic`` (unit prior weights): a Stan expression in ``y_real``, ``mu``,
+    #: ``dev`` (:attr:`glmm_deviance`) and ``n`` (observations). lme4's Laplace objective is
+    #: ``log|H| + |u|^2 + aic`` with the dispersion profiled out inside ``aic``; ``None``: no scale
+    glmm_aic: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         if not self.link:
@@ -184,6 +193,18 @@ class Family:
     def glmm_capable(self) -> bool:
         """True when ``glmer`` can fit the family (it has the GLMM Stan snippets)."""
         return self.glmm_lpmf is not None
+
+    @property
+    def glmm_scale(self) -> bool:
+        """True when glmer profiles out a scale parameter (lme4's ``useSc``): a residual SD
+        (:meth:`~stanhier.ml.fit.MerFit.sigma`) from the Pearson residuals, and R's ``aic`` in the
+        Laplace objective.
+
+        >>> from stanhier.families import get_family
+        >>> get_family("Gamma").glmm_scale, get_family("poisson").glmm_scale
+        (True, False)
+        """
+        return self.glmm_aic is not None
 
     @property
     def scale_link(self) -> str:
@@ -353,6 +374,8 @@ def register(cls: F) -> F:
         raise ValueError(f"Family class {cls.__name__}: glmm_lpmf, glmm_derivatives and glmm_code go together.")
     if (cls.glmm_lpmf is None) != (cls.glmm_lpmf_mu is None) or (cls.glmm_lpmf is None) != (cls.glmm_variance is None):
         raise ValueError(f"Family class {cls.__name__}: glmer at any link needs glmm_lpmf_mu and glmm_variance.")
+    if (cls.glmm_deviance is None) != (cls.glmm_aic is None) or (cls.glmm_aic is not None and cls.glmm_lpmf is None):
+        raise ValueError(f"Family class {cls.__name__}: glmm_deviance and glmm_aic go together, with glmm_lpmf.")
     if unknown := [link for link in cls.links if link not in LINKS]:
         raise ValueError(f"Family class {cls.__name__}: unknown link(s) {unknown}; define them in links.py.")
     if cls.glmm_code is not None and any(c.glmm_code == cls.glmm_code for c in REGISTRY.values()):

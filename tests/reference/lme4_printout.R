@@ -14,3 +14,4 @@ out("sleepstudy_ML", lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML =
 out("sleepstudy_uncorrelated", lmer(Reaction ~ Days + (Days || Subject), sleepstudy))
 fish <- read.csv("tests/data/fish.csv")
 out("fish", glmer(fish_num ~ 1 + temperature + (1 | weather), fish, family = poisson))
+out("fish_gaussian_log", glmer(fish_num + 1 ~ temperature + (1 | weather), fish, family = gaussian(link = "log")))
