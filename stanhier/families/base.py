@@ -113,6 +113,8 @@ class Family:
     aliases: ClassVar[tuple[str, ...]] = ()
     #: closed range of the distribution's ``mu`` (the inverse link's value)
     mean_range: ClassVar[tuple[float, float]] = (-np.inf, np.inf)
+    #: True when ``mu`` must lie strictly inside :attr:`mean_range` (Gamma: mu > 0)
+    mean_open: ClassVar[bool] = False
     #: lines of the Stan ``data`` block declaring the response (and trials)
     stan_data: ClassVar[tuple[str, ...]] = ("vector[N] Y;  // response",)
     #: ``brm``'s likelihood statements given ``mu`` (the mean, after the inverse link)
@@ -234,16 +236,20 @@ class Family:
         return self.link_object.link(mu)
 
     def stan_mean_outside(self, mu: str) -> str:
-        """Stan condition: some element of the vector ``mu`` is outside :attr:`mean_range`.
+        """Stan condition: some element of the vector ``mu`` is outside :attr:`mean_range` (its
+        interior when :attr:`mean_open`) or not finite (an inverse link at its pole).
 
-        >>> from stanhier.families import binomial
+        >>> from stanhier.families import binomial, get_family
         >>> binomial().stan_mean_outside("mu")
-        'min(mu) < 0 || max(mu) > 1'
+        'min(mu) < 0 || max(mu) > 1 || is_inf(sum(mu)) || is_nan(sum(mu))'
+        >>> get_family("Gamma").stan_mean_outside("mu")
+        'min(mu) <= 0 || is_inf(sum(mu)) || is_nan(sum(mu))'
         """
         lo, hi = self.mean_range
-        parts = ([f"min({mu}) < {_num(lo)}"] if np.isfinite(lo) else []) + \
-                ([f"max({mu}) > {_num(hi)}"] if np.isfinite(hi) else [])
-        return " || ".join(parts) or "0"
+        strict = "=" if self.mean_open else ""
+        parts = ([f"min({mu}) <{strict} {_num(lo)}"] if np.isfinite(lo) else []) + \
+                ([f"max({mu}) >{strict} {_num(hi)}"] if np.isfinite(hi) else [])
+        return " || ".join(parts + [f"is_inf(sum({mu}))", f"is_nan(sum({mu}))"])
 
     @property
     def stan_model(self) -> str:

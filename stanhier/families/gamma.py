@@ -26,6 +26,7 @@ class GammaFamily(Family):
     aux_params = (AuxParam("shape", lower=0, prior=("gamma", (0.01, 0.01)), comment="shape parameter"),)
     support = "positive"
     mean_range = (0.0, np.inf)
+    mean_open = True
     stan_likelihood = "target += gamma_lpdf(Y | shape, shape ./ mu);"
     # glmer (lme4's Gamma): the modes maximize the log-likelihood at shape 1 (-deviance / 2 + const),
     # with lme4's PIRLS (Fisher) weights at every link (at log, the default: weight 1)

@@ -52,12 +52,13 @@ functions {
 
   // score d log p / d eta (column 1) and Fisher weight (d E[y] / d eta)^2 / Var[y] (column 2)
   // for E[y] = trials .* mu and Var[y] = v; 0 where Var[y] = 0 (a saturated mean: no information)
+  // or where mu is not finite (an inverse link at its pole: the log-likelihood is -inf there)
   matrix glm_working(vector y_real, array[] int trials, vector eta, vector mu, vector v, int link) {
     int n = rows(eta);
     vector[n] dmean = to_vector(trials) .* mu_eta(eta, link);
     matrix[n, 2] d = rep_matrix(0, n, 2);
     for (i in 1:n) {
-      if (v[i] > 0) {
+      if (v[i] > 0 && !is_inf(v[i]) && !is_inf(mu[i]) && !is_nan(mu[i])) {
         real ratio = dmean[i] / v[i];
         d[i, 1] = (y_real[i] - trials[i] * mu[i]) * ratio;
         d[i, 2] = dmean[i] * ratio;
