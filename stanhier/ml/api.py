@@ -270,6 +270,9 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
     -------
     >>> g = glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson")  # doctest: +SKIP
     >>> g20 = glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, "poisson", nAGQ=20)  # doctest: +SKIP
+    >>> gm = glmer("Reaction ~ Days + (1 | Subject)", sleep, family="Gamma(link='log')")  # doctest: +SKIP
+    >>> round(gm.logLik(), 2), round(gm.sigma(), 4)                                    # doctest: +SKIP
+    (-870.4, 0.1054)
     """
     fam = get_family(family)
     if fam.name == "gaussian" and fam.link == "identity":
