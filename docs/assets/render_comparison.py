@@ -166,8 +166,7 @@ def _load(case: dict) -> str:
 def integrated_intro() -> str:
     """How the sleepstudy run with stanhier's default (integrated out) was measured."""
     o = OURS["sleepstudy_integrated"]
-    return ("Same call as brms's reference (4 chains, iter 4000, warmup 2000, seed 1, cores 2),
-"
+    return ("Same call as brms's reference (4 chains, iter 4000, warmup 2000, seed 1, cores 2),\n"
             f"pystan backend, measured on the 2-core build machine ({_load(o)}; brms's numbers "
             "above are from its own run):")
 
@@ -207,8 +206,7 @@ def fish_divergence_text() -> str:
     d = o["diagnostics"]
     return (f"brms reports {b['divergent_transitions']}\ndivergent transitions and Rhat up to {b['max_rhat']:.2f}; "
             f"stanhier's run reports {d['divergent_transitions']} divergent\ntransitions and Rhat up to "
-            f"{d['max_rhat']:.2f}. Both runs are unreliable in the same way, and
-their summaries differ by more "
+            f"{d['max_rhat']:.2f}. Both runs are unreliable in the same way, and\ntheir summaries differ by more "
             "than their (meaningless) Monte Carlo errors\nsuggest. The fixed temperature effect "
             f"({f(REF_B['fish_slope_corr']['summary_table'][1]['Estimate'], 3)} vs "
             f"{f(o['table']['b_temperature']['Estimate'], 3)}) is the one stable number.")
@@ -232,10 +230,7 @@ def treatments_table() -> str:
     rows.append(row("stanhier, non-centred, `adapt_delta = 0.99`", OURS["fish_noncentered_adapt99"]["diagnostics"]))
     rows.append(row('stanhier, `parameterization="centered"`', OURS["fish_centered"]["diagnostics"], bold=True))
     rows.append(row("stanhier, `(temperature || weather)`, centred", OURS["fish_uncorrelated_centered"]["diagnostics"]))
-    loads = ", ".join(f"{name} {OURS[case]['load_average'][0]}" for name, case in
-                      [("adapt_delta 0.99", "fish_noncentered_adapt99"), ("centred", "fish_centered"),
-                       ("uncorrelated", "fish_uncorrelated_centered")])
-    return "\n".join(rows) + f"\n\n(Load average at the start of stanhier's runs: {loads}.)"
+    return "\n".join(rows)
 
 
 def centred_text() -> str:
