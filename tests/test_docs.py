@@ -112,8 +112,10 @@ def test_comparison_page_has_measured_numbers():
         assert f"### {title}" in page, title
         assert table.strip() in page, title
     # the benchmark tables, from the files benchmarks/bench_bayes.py --json wrote
-    for part in (render.bench_table(), render.seeds_table(), render.seeds_verdict()):
-        assert part in page
+    for part in (render.bench_table(), render.seeds_table(), render.seeds_verdict(), render.integrated_intro(),
+                 render.integrated_table(), render.integrated_text(), render.run_times_text(),
+                 render.fish_divergence_text(), render.treatments_table(), render.centred_text()):
+        assert part in page, part
     # spot checks against the JSON files directly (not through the renderer)
     ours = json.loads((DOCS / "assets" / "comparison_numbers.json").read_text())["cases"]
     ref = json.loads((ROOT / "tests" / "reference" / "ml_reference.json").read_text())["cases"]
@@ -131,6 +133,9 @@ def test_comparison_page_has_measured_numbers():
     assert f"stanhier's Laplace optimum is higher than lme4's ({cb['logLik']:.5f} against {agg['logLik']:.5f})" in page
     div = ours["fish_slope_corr"]["diagnostics"]["divergent_transitions"]
     assert f"stanhier's run reports {div} divergent" in page
+    centred = ours["fish_centered"]["diagnostics"]["divergent_transitions"]
+    assert f'| **stanhier, `parameterization="centered"`** | **{centred}** |' in page
+    assert f"for sleepstudy and {ours['fish_slope_corr']['seconds']:.0f} s for fish" in page
 
 
 def test_large_data_page_has_measured_numbers():

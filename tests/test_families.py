@@ -134,14 +134,16 @@ def test_unit_deviance_is_twice_the_loglik_gap_to_the_saturated_model(name):
 @pytest.mark.parametrize("name", [n for n in NAMES if fams.FAMILIES[n].glmm_lpmf is not None])
 def test_irls_working_quantities_are_the_glm_ones(name):
     """IRLS weight (dmu/deta)^2 / V(mu) and working response eta + (y - E y) / (dmu/deta),
-    with V from the Poisson (log link) or binomial (logit link) variance, by finite differences."""
+    with V from the Poisson (log link), binomial (logit link) or constant (gaussian, identity link)
+    variance, by finite differences."""
     fam, eta, aux, trials, y = random_point(name)
     n = trials if trials is not None else np.ones_like(y)
     w, z = fam.irls_working(y, eta, n)
     h = 1e-6
-    mean = (lambda e: np.exp(e)) if fam.link == "log" else (lambda e: n * special.expit(e))
+    mean = {"log": np.exp, "identity": lambda e: e}.get(fam.link, lambda e: n * special.expit(e))
     dmu = (mean(eta + h) - mean(eta - h)) / (2 * h)
-    np.testing.assert_allclose(w, dmu ** 2 / (mean(eta) if fam.link == "log" else dmu), rtol=1e-6)
+    var = {"log": mean(eta), "identity": np.ones_like(eta)}.get(fam.link, dmu)
+    np.testing.assert_allclose(w, dmu ** 2 / var, rtol=1e-6)
     np.testing.assert_allclose(z, eta + (y - mean(eta)) / dmu, rtol=1e-6)
 
 

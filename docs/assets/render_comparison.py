@@ -150,6 +150,108 @@ def bayes_table(case: str) -> str:
     return "\n".join(rows)
 
 
+def _brms_diagnostics(case: str) -> dict:
+    """brms's divergent transitions, max Rhat, min bulk and tail ESS of a reference run."""
+    ref = REF_B[case]
+    tab = ref["summary_table"]
+    return {"divergent_transitions": ref["n_divergent"], "max_rhat": max(r["Rhat"] for r in tab),
+            "min_bulk_ess": min(r["Bulk_ESS"] for r in tab), "min_tail_ess": min(r["Tail_ESS"] for r in tab)}
+
+
+def _load(case: dict) -> str:
+    lo, hi = case["load_average"]
+    return f"load average {lo} at the start, {hi} at the end"
+
+
+def integrated_intro() -> str:
+    """How the sleepstudy run with stanhier's default (integrated out) was measured."""
+    o = OURS["sleepstudy_integrated"]
+    return ("Same call as brms's reference (4 chains, iter 4000, warmup 2000, seed 1, cores 2),\n"
+            f"pystan backend, measured on the 2-core build machine ({_load(o)}; brms's numbers "
+            "above are from its own run):")
+
+
+def integrated_table() -> str:
+    """stanhier's default for sleepstudy (``measure_comparison.py treatments``)."""
+    o = OURS["sleepstudy_integrated"]
+    rows = ["| parameter | stanhier Estimate (Est.Error) | 95% CI | Rhat / Bulk_ESS |", "| --- | ---: | ---: | ---: |"]
+    for key in ("b_Intercept", "b_Days", "sd_Subject__Intercept", "sd_Subject__Days", "cor_Subject__Intercept__Days",
+                "sigma"):
+        r = o["table"][key]
+        rows.append(f"| `{key}` | {f(r['Estimate'], 3)} ({f(r['Est.Error'], 3)}) | [{f(r['l-95% CI'], 2)}, "
+                    f"{f(r['u-95% CI'], 2)}] | {f(r['Rhat'], 2)} / {r['Bulk_ESS']:.0f} |")
+    return "\n".join(rows)
+
+
+def integrated_text() -> str:
+    o, ref = OURS["sleepstudy_integrated"], REF_B["sleepstudy"]
+    d = o["diagnostics"]
+    b_ess = min(r["Bulk_ESS"] for r in ref["summary_table"])
+    return (f"{d['divergent_transitions']} divergent transitions; sampling {o['sample_seconds']:.1f} s "
+            f"(brms: {ref['timing_s']['sampling_wall']:.1f} s), min bulk ESS {d['min_bulk_ess']:.0f} vs brms's "
+            f"{b_ess:.0f}.")
+
+
+def run_times_text() -> str:
+    """The wall times of the two brms-program runs above (``measure_comparison.py bayes``)."""
+    s, fi = OURS["sleepstudy"], OURS["fish_slope_corr"]
+    cached = "compiled model from the cache" if s["cache_hit"] and fi["cache_hit"] else "compile included"
+    return (f"Run times on the build machine (2 cores, {cached}): {s['seconds']:.0f} s\n"
+            f"for sleepstudy and {fi['seconds']:.0f} s for fish (4 chains of 4,000 iterations, sampled one\n"
+            "chain after another by httpstan).")
+
+
+def fish_divergence_text() -> str:
+    b, o = _brms_diagnostics("fish_slope_corr"), OURS["fish_slope_corr"]
+    d = o["diagnostics"]
+    return (f"brms reports {b['divergent_transitions']}\ndivergent transitions and Rhat up to {b['max_rhat']:.2f}; "
+            f"stanhier's run reports {d['divergent_transitions']} divergent\ntransitions and Rhat up to "
+            f"{d['max_rhat']:.2f}. Both runs are unreliable in the same way, and\ntheir summaries differ by more "
+            "than their (meaningless) Monte Carlo errors\nsuggest. The fixed temperature effect "
+            f"({f(REF_B['fish_slope_corr']['summary_table'][1]['Estimate'], 3)} vs "
+            f"{f(o['table']['b_temperature']['Estimate'], 3)}) is the one stable number.")
+
+
+def treatments_table() -> str:
+    """brms's run and stanhier's treatments of the fish model (``measure_comparison.py bayes``
+    and ``treatments``), 4 x 4000 iterations, seed 1."""
+    rows = ["| run | divergent transitions | max Rhat | min Bulk_ESS | min Tail_ESS |", "| --- | ---: | ---: | ---: | ---: |"]
+
+    def row(label: str, d: dict, bold: bool = False) -> str:
+        cells = [str(d["divergent_transitions"]), f"{d['max_rhat']:.3f}" if d["max_rhat"] < 1.1 else f"{d['max_rhat']:.2f}",
+                 f"{d['min_bulk_ess']:.0f}", f"{d['min_tail_ess']:.0f}"]
+        if bold:
+            label, cells = f"**{label}**", [f"**{c}**" for c in cells]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    rows.append(row("brms (non-centred)",
+                    _brms_diagnostics("fish_slope_corr")))
+    rows.append(row("stanhier, non-centred (as brms)", OURS["fish_slope_corr"]["diagnostics"]))
+    rows.append(row("stanhier, non-centred, `adapt_delta = 0.99`", OURS["fish_noncentered_adapt99"]["diagnostics"]))
+    rows.append(row('stanhier, `parameterization="centered"`', OURS["fish_centered"]["diagnostics"], bold=True))
+    rows.append(row("stanhier, `(temperature || weather)`, centred", OURS["fish_uncorrelated_centered"]["diagnostics"]))
+    return "\n".join(rows)
+
+
+def centred_text() -> str:
+    t = OURS["fish_centered"]["table"]
+    slope = [r for r in REF_B["fish_slope_corr"]["summary_table"] if r["name"] == "sd(temperature)"]
+
+    def est(key: str, d: int) -> str:
+        return f"{t[key]['Estimate']:.{d}f} ({t[key]['Est.Error']:.{d}f})"
+
+    text = ("Centred estimates (Estimate, Est.Error): `b_Intercept` " + est("b_Intercept", 2) +
+            ",\n`b_temperature` " + est("b_temperature", 3) + ", `sd_weather__Intercept` " +
+            est("sd_weather__Intercept", 2) + ",\n`sd_weather__temperature` " + est("sd_weather__temperature", 2) +
+            ", `cor_weather__Intercept__temperature`\n" + est("cor_weather__Intercept__temperature", 2) + ".")
+    if slope:
+        s = slope[0]
+        larger = "larger" if t["sd_weather__temperature"]["Estimate"] > s["Estimate"] else "smaller"
+        text += (f" The converged chains reach much {larger} slope SDs than brms's run\n"
+                 f"({s['Estimate']:.2f} ± {s['Est.Error']:.2f})")
+    return text
+
+
 def _bench(name: str) -> dict | None:
     path = ROOT / "docs" / "assets" / name
     return json.loads(path.read_text()) if path.exists() else None

@@ -133,7 +133,7 @@ def glmm_families() -> tuple[Family, ...]:
     """The families ``glmer`` fits (those with GLMM Stan snippets), by their code.
 
     >>> [(f.glmm_code, f.name) for f in glmm_families()]
-    [(1, 'poisson'), (2, 'binomial'), (3, 'bernoulli'), (4, 'negbinomial')]
+    [(1, 'poisson'), (2, 'binomial'), (3, 'bernoulli'), (4, 'negbinomial'), (5, 'Gamma'), (6, 'gaussian')]
     """
     return tuple(sorted((cls() for cls in FAMILIES.values() if cls.glmm_lpmf is not None),
                         key=lambda f: f.glmm_code))

@@ -113,6 +113,8 @@ class Family:
     aliases: ClassVar[tuple[str, ...]] = ()
     #: closed range of the distribution's ``mu`` (the inverse link's value)
     mean_range: ClassVar[tuple[float, float]] = (-np.inf, np.inf)
+    #: True when ``mu`` must lie strictly inside :attr:`mean_range` (Gamma: mu > 0)
+    mean_open: ClassVar[bool] = False
     #: lines of the Stan ``data`` block declaring the response (and trials)
     stan_data: ClassVar[tuple[str, ...]] = ("vector[N] Y;  // response",)
     #: ``brm``'s likelihood statements given ``mu`` (the mean, after the inverse link)
@@ -121,8 +123,10 @@ class Family:
     #: without ``Xc * b``); ``None``: the inverse link, then ``stan_likelihood``
     stan_default_likelihood: ClassVar[str | None] = None
     #: GLMM (``glmer``) log-likelihood at the default link: a Stan expression in ``y`` (int
-    #: array), ``trials``, ``eta`` (vector) and ``phi`` (the auxiliary parameter, 1 if none);
-    #: ``None``: no glmer
+    #: array), ``y_real`` (the response as a vector: continuous families), ``trials``, ``eta``
+    #: (vector) and ``phi`` (the auxiliary parameter, 1 if none); ``None``: no glmer.
+    #: Families with a scale parameter (:attr:`glmm_aic`) give it at scale 1 (-deviance / 2 up
+    #: to a constant: the function lme4's PIRLS maximizes for the random-effect modes)
     glmm_lpmf: ClassVar[str | None] = None
     #: GLMM first two derivatives at the default link: Stan statements setting ``d[:, 1]`` =
     #: d log p / d eta and ``d[:, 2]`` = its weight (the negative second derivative, which for
@@ -138,6 +142,13 @@ class Family:
     glmm_aux: ClassVar[str | None] = None
     #: the family's code in the glmer program's data (``family``): unique, fixed once given
     glmm_code: ClassVar[int | None] = None
+    #: families with a scale parameter (gaussian, Gamma), which lme4's glmer profiles out: the
+    #: total deviance (R's ``sum(dev.resids)``), a Stan expression in ``y_real`` and ``mu``
+    glmm_deviance: ClassVar[str | None] = None
+    #: ... and R's ``family()$aic`` (unit prior weights): a Stan expression in ``y_real``, ``mu``,
+    #: ``dev`` (:attr:`glmm_deviance`) and ``n`` (observations). lme4's Laplace objective is
+    #: ``log|H| + |u|^2 + aic`` with the dispersion profiled out inside ``aic``; ``None``: no scale
+    glmm_aic: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         if not self.link:
@@ -186,6 +197,18 @@ class Family:
         return self.glmm_lpmf is not None
 
     @property
+    def glmm_scale(self) -> bool:
+        """True when glmer profiles out a scale parameter (lme4's ``useSc``): a residual SD
+        (:meth:`~stanhier.ml.fit.MerFit.sigma`) from the Pearson residuals, and R's ``aic`` in the
+        Laplace objective.
+
+        >>> from stanhier.families import get_family
+        >>> get_family("Gamma").glmm_scale, get_family("poisson").glmm_scale
+        (True, False)
+        """
+        return self.glmm_aic is not None
+
+    @property
     def scale_link(self) -> str:
         """The link brms's ``def_scale_prior`` uses to set the default prior scales."""
         return self.link
@@ -213,16 +236,20 @@ class Family:
         return self.link_object.link(mu)
 
     def stan_mean_outside(self, mu: str) -> str:
-        """Stan condition: some element of the vector ``mu`` is outside :attr:`mean_range`.
+        """Stan condition: some element of the vector ``mu`` is outside :attr:`mean_range` (its
+        interior when :attr:`mean_open`) or not finite (an inverse link at its pole).
 
-        >>> from stanhier.families import binomial
+        >>> from stanhier.families import binomial, get_family
         >>> binomial().stan_mean_outside("mu")
-        'min(mu) < 0 || max(mu) > 1'
+        'min(mu) < 0 || max(mu) > 1 || is_inf(sum(mu)) || is_nan(sum(mu))'
+        >>> get_family("Gamma").stan_mean_outside("mu")
+        'min(mu) <= 0 || is_inf(sum(mu)) || is_nan(sum(mu))'
         """
         lo, hi = self.mean_range
-        parts = ([f"min({mu}) < {_num(lo)}"] if np.isfinite(lo) else []) + \
-                ([f"max({mu}) > {_num(hi)}"] if np.isfinite(hi) else [])
-        return " || ".join(parts) or "0"
+        strict = "=" if self.mean_open else ""
+        parts = ([f"min({mu}) <{strict} {_num(lo)}"] if np.isfinite(lo) else []) + \
+                ([f"max({mu}) >{strict} {_num(hi)}"] if np.isfinite(hi) else [])
+        return " || ".join(parts + [f"is_inf(sum({mu}))", f"is_nan(sum({mu}))"])
 
     @property
     def stan_model(self) -> str:
@@ -353,6 +380,8 @@ def register(cls: F) -> F:
         raise ValueError(f"Family class {cls.__name__}: glmm_lpmf, glmm_derivatives and glmm_code go together.")
     if (cls.glmm_lpmf is None) != (cls.glmm_lpmf_mu is None) or (cls.glmm_lpmf is None) != (cls.glmm_variance is None):
         raise ValueError(f"Family class {cls.__name__}: glmer at any link needs glmm_lpmf_mu and glmm_variance.")
+    if (cls.glmm_deviance is None) != (cls.glmm_aic is None) or (cls.glmm_aic is not None and cls.glmm_lpmf is None):
+        raise ValueError(f"Family class {cls.__name__}: glmm_deviance and glmm_aic go together, with glmm_lpmf.")
     if unknown := [link for link in cls.links if link not in LINKS]:
         raise ValueError(f"Family class {cls.__name__}: unknown link(s) {unknown}; define them in links.py.")
     if cls.glmm_code is not None and any(c.glmm_code == cls.glmm_code for c in REGISTRY.values()):

@@ -26,7 +26,18 @@ class GammaFamily(Family):
     aux_params = (AuxParam("shape", lower=0, prior=("gamma", (0.01, 0.01)), comment="shape parameter"),)
     support = "positive"
     mean_range = (0.0, np.inf)
+    mean_open = True
     stan_likelihood = "target += gamma_lpdf(Y | shape, shape ./ mu);"
+    # glmer (lme4's Gamma): the modes maximize the log-likelihood at shape 1 (-deviance / 2 + const),
+    # with lme4's PIRLS (Fisher) weights at every link (at log, the default: weight 1)
+    glmm_code = 5
+    glmm_lpmf = "gamma_lpdf(y_real | 1, exp(-eta))"
+    glmm_derivatives = "d[:, 1] = y_real .* exp(-eta) - 1;\nd[:, 2] = rep_vector(1, n);"
+    glmm_lpmf_mu = "gamma_lpdf(y_real | 1, inv(mu))"
+    glmm_variance = "square(mu)"
+    glmm_deviance = "-2 * sum(log(y_real ./ mu) - (y_real - mu) ./ mu)"
+    # R's Gamma()$aic: disp = dev / n; -2 sum(dgamma(y, 1 / disp, scale = mu * disp, log = TRUE)) + 2
+    glmm_aic = "-2 * gamma_lpdf(y_real | n / dev, n ./ (mu * dev)) + 2"
 
     def variance(self, eta, aux, trials=None):
         return self.inverse_link(eta) ** 2 / aux["shape"]

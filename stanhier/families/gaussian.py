@@ -26,6 +26,16 @@ class Gaussian(Family):
     support = "real"
     stan_default_likelihood = "target += normal_id_glm_lpdf(Y | Xc, mu, b, sigma);"
     stan_likelihood = "target += normal_lpdf(Y | mu, sigma);"
+    # glmer at the log and inverse links (lme4's gaussian(link = "log")); the identity link runs
+    # as lmer. The modes maximize the log-likelihood at sigma 1 (-deviance / 2 + const)
+    glmm_code = 6
+    glmm_lpmf = "normal_lpdf(y_real | eta, 1)"
+    glmm_derivatives = "d[:, 1] = y_real - eta;\nd[:, 2] = rep_vector(1, n);"
+    glmm_lpmf_mu = "normal_lpdf(y_real | mu, 1)"
+    glmm_variance = "rep_vector(1, rows(mu))"
+    glmm_deviance = "dot_self(y_real - mu)"
+    # R's gaussian()$aic: n (log(2 pi dev / n) + 1) + 2
+    glmm_aic = "n * (log(2 * pi() * dev / n) + 1) + 2"
 
     def loglik(self, y, eta, aux, trials=None):
         z = (np.asarray(y) - self.inverse_link(eta)) / aux["sigma"]

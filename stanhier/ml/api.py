@@ -248,9 +248,14 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
     with that many nodes (one scalar random-effects term only, as lme4).
     ``family`` defaults to ``gaussian``, as lme4's: a Gaussian model (identity link) is fitted
     as :func:`lmer` fits it (REML), with a warning. Other families: ``poisson``, ``binomial`` (``cbind(s, f)`` or ``y | trials(n)``),
-    ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``), each at any of its
-    links (``"binomial(link='probit')"``, ``sh.family("poisson", link="sqrt")``): at a non-default
-    link the Laplace approximation uses lme4's PIRLS (Fisher) weights, as lme4 does.
+    ``bernoulli`` (0/1), ``negbinomial`` (shape estimated, as ``glmer.nb``), ``Gamma`` and
+    ``gaussian`` at a log or inverse link, each at any of its links (``"binomial(link='probit')"``,
+    ``sh.family("poisson", link="sqrt")``): at a non-default link the Laplace approximation uses
+    lme4's PIRLS (Fisher) weights, as lme4 does. ``Gamma`` and ``gaussian`` have a scale, which lme4
+    profiles out of its Laplace objective (``log|H| + |u|^2 + aic``, R's ``family()$aic`` with the
+    dispersion ``deviance / N``); stanhier optimizes the same objective (its ``logLik()`` is lme4's),
+    reports lme4's ``sigma()`` and a ``Residual`` row, and takes ``nAGQ=1`` only. Note that
+    ``"Gamma"`` is brms's default link, log; lme4's ``Gamma`` is ``"Gamma(link='inverse')"``.
     ``progress`` as in :func:`lmer`.
 
     ``data`` may be a Dask DataFrame or a Parquet path (Poisson, binomial, Bernoulli).
@@ -265,6 +270,9 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
     -------
     >>> g = glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, family="poisson")  # doctest: +SKIP
     >>> g20 = glmer("fish_num ~ 1 + temperature + (1 | weather)", fish, "poisson", nAGQ=20)  # doctest: +SKIP
+    >>> gm = glmer("Reaction ~ Days + (1 | Subject)", sleep, family="Gamma(link='log')")  # doctest: +SKIP
+    >>> round(gm.logLik(), 2), round(gm.sigma(), 4)                                    # doctest: +SKIP
+    (-870.4, 0.1054)
     """
     fam = get_family(family)
     if fam.name == "gaussian" and fam.link == "identity":
@@ -274,15 +282,14 @@ def glmer(formula: str, data: Any, family: str | Family = "gaussian", nAGQ: int 
                       StanhierWarning, stacklevel=user_stacklevel())
         return lmer(formula, data, backend=backend, progress=progress, start=start, control=control,
                     na_action=na_action, collinear=collinear)
-    if fam.name == "gaussian":
-        raise FamilyError(f"glmer with family gaussian and the {fam.link!r} link is not supported (lme4's "
-                          "objective for families with a scale parameter is not implemented); fit it with "
-                          f"brm(family=\"{fam.spec}\"), or use lmer() (identity link).")
     if not fam.glmm_capable:
         raise FamilyError(f"glmer supports the families {', '.join(f.name for f in glmm_families())}; "
                           f"not {fam.name!r}.")
     if isinstance(nAGQ, bool) or not isinstance(nAGQ, (int, np.integer)) or not (1 <= nAGQ <= 100):
         raise ArgumentError(f"nAGQ must be an integer between 1 and 100 (1 = Laplace), got {nAGQ!r}.")
+    if fam.glmm_scale and nAGQ != 1:
+        raise ArgumentError(f"nAGQ = {nAGQ} with family {fam.name!r} (a scale parameter, profiled out as lme4 "
+                            "does) is not supported; use nAGQ=1 (Laplace approximation).")
     if aggregate not in (None, True, False):
         raise ArgumentError(f"aggregate must be None (automatic), True or False, not {aggregate!r}.")
     call = MLCall(kind="glmm", formula=formula, family=fam.name, link=fam.link, REML=False,

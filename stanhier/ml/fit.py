@@ -202,23 +202,39 @@ class MerFit:
         """Negative binomial shape (lme4's ``getME(fit, "glmer.nb.theta")``)."""
         return float(np.exp(self._aux[0])) if self.family.glmm_aux == "shape" else None
 
+    @property
+    def has_scale(self) -> bool:
+        """True when the model has a residual scale (lme4's ``useSc``): lmer, and glmer with
+        the gaussian or Gamma family (the scale profiled out of the Laplace objective)."""
+        return self.kind == "lmm" or self.family.glmm_scale
+
     def family_aux(self) -> dict[str, float]:
-        """The family's auxiliary parameters at the optimum. lmer: sigma = 1, as lme4's
-        Pearson residuals use the variance function (the dispersion is left out)."""
-        if self.kind == "lmm":
-            return {"sigma": 1.0}
+        """The family's auxiliary parameters at the optimum. lmer and glmer's families with a
+        scale: the scale at 1 (sigma = 1, Gamma's shape = 1), as lme4's Pearson residuals use the
+        variance function (the dispersion is left out)."""
+        if self.has_scale:
+            return {p.name: 1.0 for p in self.family.aux_params}
         if self.family.glmm_aux:
             return {self.family.glmm_aux: float(np.exp(self._aux[0]))}
         return {}
 
     def sigma(self) -> float:
-        """Residual standard deviation (1 for GLMMs, as lme4)."""
+        """Residual standard deviation: lmer's sigma; glmer with a scale (gaussian, Gamma): lme4's
+        ``sigma()``, sqrt((sum of squared Pearson residuals + |u|^2) / N) at the modes (its
+        devcomp ``sqrt(pwrss / n)``); 1 for the other GLMMs, as lme4."""
         if self.kind == "lmm":
             return float(np.exp(self._aux[0]))
+        if self.family.glmm_scale:
+            return self._glmm_sigma
         return 1.0
 
+    @cached_property
+    def _glmm_sigma(self) -> float:
+        pearson = self.residuals(type="pearson")
+        return float(np.sqrt((np.sum(pearson ** 2) + float(self._at_optimum["ussq"])) / self.nobs()))
+
     def residual_variance(self) -> float:
-        return self.sigma() ** 2 if self.kind == "lmm" else 1.0
+        return self.sigma() ** 2 if self.has_scale else 1.0
 
     def _ordered_slots(self):
         """Terms in lme4's order (decreasing number of levels; stable)."""
@@ -240,8 +256,10 @@ class MerFit:
         return pd.Series(out, name="ngrps", dtype=int)
 
     def df(self) -> int:
-        """Number of estimated parameters (fixed effects, theta, sigma or shape)."""
-        return int(self.problem.K + self.problem.n_theta + self.problem.n_aux)
+        """Number of estimated parameters (fixed effects, theta, sigma or shape; glmer's profiled
+        scale counts one, as lme4's)."""
+        profiled = int(self.kind == "glmm" and self.family.glmm_scale)
+        return int(self.problem.K + self.problem.n_theta + self.problem.n_aux + profiled)
 
     def logLik(self) -> float:
         """Log-likelihood at the optimum with all constants (the REML log-likelihood for REML fits).
@@ -327,8 +345,8 @@ class MerFit:
         tab = pd.DataFrame({"Estimate": est, "Std. Error": se}, index=list(self.design.fixed_names_r))
         if self.kind == "lmm":
             tab["t value"] = est / se
-        else:
-            tab["z value"] = est / se
+        else:  # lme4 labels the ratio "t value" when the family has a scale (its p-value is still z's)
+            tab["t value" if self.has_scale else "z value"] = est / se
             tab["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(est / se))
         return tab
 
@@ -349,6 +367,9 @@ class MerFit:
 
         >>> m.confint(method="boot", nsim=200, seed=1, cores=2)                 # doctest: +SKIP
         """
+        if method in ("profile", "boot") and self.kind == "glmm" and self.family.glmm_scale:
+            raise ArgumentError(f"confint(method={method!r}) is not implemented for glmer with family "
+                                f"{self.family.name!r} (a profiled scale parameter); use method='Wald'.")
         if method == "profile":
             from .profile import profile_confint
 
@@ -457,7 +478,7 @@ class MerFit:
                     elif corr:
                         r = cov[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else float("nan")
                         rows.append((label, names[j], names[i], cov[i, j], r))
-        if self.kind == "lmm":
+        if self.has_scale:
             rows.append(("Residual", None, None, self.sigma() ** 2, self.sigma()))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
@@ -675,7 +696,7 @@ class MerFit:
             groups += [label] + [""] * (len(tnames) - 1)
             names += list(tnames)
             blocks.append((cov, sd, corr))
-        if self.kind == "lmm":
+        if self.has_scale:
             s = self.sigma()
             sds.append(s)
             groups.append("Residual")

@@ -66,7 +66,8 @@ class CrossProducts:
 class GLMMBlocks:
     """``glmer``'s data: the observations sorted by block (``order``), each block contiguous."""
 
-    y: np.ndarray  #: (N,) int response, sorted
+    y: np.ndarray  #: (N,) int response of the discrete families (0 for continuous ones), sorted
+    y_real: np.ndarray  #: (N,) the response as floats (every family), sorted
     trials: np.ndarray  #: (N,) int binomial trials (ones otherwise), sorted
     X: np.ndarray  #: (N, K) sorted
     Zb: np.ndarray  #: (N, q) dense, sorted: each observation's row of Z within its block
@@ -120,7 +121,7 @@ class MLProblem:
         else:
             bl = self.blocks
             x, logw = gauss_hermite(bl.nAGQ)
-            data.update(family=bl.family_code, link=bl.link_code, y=bl.y, trials=bl.trials, X=bl.X, G=lay.G, q=lay.q,
+            data.update(family=bl.family_code, link=bl.link_code, y=bl.y, y_real=bl.y_real, trials=bl.trials, X=bl.X, G=lay.G, q=lay.q,
                         Zb=bl.Zb, block_start=bl.block_start, block_size=bl.block_size)
         data.update(n_theta=lay.n_theta, n_lam=len(lay.lam_row), lam_row=lay.lam_row.astype(int),
                     lam_col=lay.lam_col.astype(int), lam_par=lay.lam_par.astype(int))
@@ -146,8 +147,10 @@ def glmm_template_context() -> dict:
     every link glmer families take (family and link codes are data: one program serves all)."""
     fams = glmm_families()
     with_aux = [f for f in fams if f.glmm_aux]
+    scale = [f for f in fams if f.glmm_scale]
     links = sorted({LINKS[name] for f in fams for name in f.links}, key=lambda link: link.code)
-    return dict(families=fams, links=links,
+    return dict(families=fams, links=links, scale_families=scale,
+                scale_condition=" || ".join(f"family == {f.glmm_code}" for f in scale) or "0",
                 phi_condition=" || ".join(f"family == {f.glmm_code}" for f in with_aux) or "0",
                 phi_names=", ".join(f"{f.name}'s {f.glmm_aux}" for f in with_aux) or "nothing")
 
@@ -238,7 +241,9 @@ def glmm_problem(design: Design, lay: RandomLayout, family: Family, nAGQ: int) -
     sizes = np.diff(np.append(starts, N))
     Zb = lay.Zb.toarray() if sparse.issparse(lay.Zb) else lay.Zb
     trials = design.trials if design.trials is not None else np.ones(N)
-    bl = GLMMBlocks(y=np.round(design.y[order]).astype(int), trials=np.round(trials[order]).astype(int),
+    y = np.asarray(design.y[order], float)
+    bl = GLMMBlocks(y=np.round(y).astype(int) if family.is_discrete else np.zeros(N, int), y_real=y,
+                    trials=np.round(trials[order]).astype(int),
                     X=design.X[order], Zb=Zb[order], block_start=(starts + 1).astype(int),
                     block_size=sizes.astype(int), order=order, family_code=family.glmm_code,
                     link_code=family.link_object.code, nAGQ=int(nAGQ))

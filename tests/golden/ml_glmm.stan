@@ -12,9 +12,13 @@
 // change Lambda * Lambda'), and log(shape) for the negative binomial. Every
 // parameter is unconstrained and the likelihood keeps its constants, so `target`
 // at the optimum IS the (approximate) marginal log-likelihood.
+// Families with a scale parameter (Gamma, gaussian) take lme4's objective, where the
+// scale is profiled out: the modes maximize the log-likelihood at scale 1 (-deviance / 2),
+// and -2 target = log|H| + |u|^2 + aic(y, mu, deviance), R's family()$aic at the modes'
+// means with the dispersion deviance / N (lme4's glmResp::Laplace; its logLik).
 //
-// The family is data (1 poisson, 2 binomial, 3 bernoulli, 4 negbinomial),
-// and so is the link (1 identity, 2 log, 3 logit, 4 probit, 5 cloglog, 6 cauchit, 7 sqrt), so one
+// The family is data (1 poisson, 2 binomial, 3 bernoulli, 4 negbinomial, 5 Gamma, 6 gaussian),
+// and so is the link (1 identity, 2 log, 3 logit, 4 probit, 5 cloglog, 6 cauchit, 7 sqrt, 8 inverse), so one
 // compiled program serves every family and link; each family's branch below is the Stan
 // text its module in stanhier/families/ holds, each link's the text of stanhier/families/links.py.
 // At a family's default link its own expressions are used; at another link the generic
@@ -59,6 +63,9 @@ functions {
     if (link == 7) {  // sqrt
       return square(eta);
     }
+    if (link == 8) {  // inverse
+      return inv(eta);
+    }
     reject("inv_link: unknown link code ", link);
   }
 
@@ -85,19 +92,23 @@ functions {
     if (link == 7) {  // sqrt
       return 2 * eta;
     }
+    if (link == 8) {  // inverse
+      return -inv(square(eta));
+    }
     reject("mu_eta: unknown link code ", link);
   }
 
   // score d log p / d eta (column 1) and Fisher weight (d E[y] / d eta)^2 / Var[y] (column 2)
   // for E[y] = trials .* mu and Var[y] = v; 0 where Var[y] = 0 (a saturated mean: no information)
-  matrix glm_working(array[] int y, array[] int trials, vector eta, vector mu, vector v, int link) {
+  // or where mu is not finite (an inverse link at its pole: the log-likelihood is -inf there)
+  matrix glm_working(vector y_real, array[] int trials, vector eta, vector mu, vector v, int link) {
     int n = rows(eta);
     vector[n] dmean = to_vector(trials) .* mu_eta(eta, link);
     matrix[n, 2] d = rep_matrix(0, n, 2);
     for (i in 1:n) {
-      if (v[i] > 0) {
+      if (v[i] > 0 && !is_inf(v[i]) && !is_inf(mu[i]) && !is_nan(mu[i])) {
         real ratio = dmean[i] / v[i];
-        d[i, 1] = (y[i] - trials[i] * mu[i]) * ratio;
+        d[i, 1] = (y_real[i] - trials[i] * mu[i]) * ratio;
         d[i, 2] = dmean[i] * ratio;
       }
     }
@@ -105,13 +116,13 @@ functions {
   }
 
   // log p(y | eta) with all normalizing constants (-inf where mu leaves the family's range)
-  real glm_lpmf(array[] int y, array[] int trials, vector eta, int family, int link, real phi) {
+  real glm_lpmf(array[] int y, vector y_real, array[] int trials, vector eta, int family, int link, real phi) {
     if (family == 1) {  // poisson
       if (link == 2) {
         return poisson_log_lpmf(y | eta + log(to_vector(trials)));
       }
       vector[rows(eta)] mu = inv_link(eta, link);
-      if (min(mu) < 0) {
+      if (min(mu) < 0 || is_inf(sum(mu)) || is_nan(sum(mu))) {
         return negative_infinity();
       }
       return poisson_lpmf(y | to_vector(trials) .* mu);
@@ -121,7 +132,7 @@ functions {
         return binomial_logit_lpmf(y | trials, eta);
       }
       vector[rows(eta)] mu = inv_link(eta, link);
-      if (min(mu) < 0 || max(mu) > 1) {
+      if (min(mu) < 0 || max(mu) > 1 || is_inf(sum(mu)) || is_nan(sum(mu))) {
         return negative_infinity();
       }
       return binomial_lpmf(y | trials, mu);
@@ -131,7 +142,7 @@ functions {
         return bernoulli_logit_lpmf(y | eta);
       }
       vector[rows(eta)] mu = inv_link(eta, link);
-      if (min(mu) < 0 || max(mu) > 1) {
+      if (min(mu) < 0 || max(mu) > 1 || is_inf(sum(mu)) || is_nan(sum(mu))) {
         return negative_infinity();
       }
       return bernoulli_lpmf(y | mu);
@@ -141,17 +152,59 @@ functions {
         return neg_binomial_2_log_lpmf(y | eta, phi);
       }
       vector[rows(eta)] mu = inv_link(eta, link);
-      if (min(mu) < 0) {
+      if (min(mu) < 0 || is_inf(sum(mu)) || is_nan(sum(mu))) {
         return negative_infinity();
       }
       return neg_binomial_2_lpmf(y | mu, phi);
     }
+    if (family == 5) {  // Gamma
+      if (link == 2) {
+        return gamma_lpdf(y_real | 1, exp(-eta));
+      }
+      vector[rows(eta)] mu = inv_link(eta, link);
+      if (min(mu) <= 0 || is_inf(sum(mu)) || is_nan(sum(mu))) {
+        return negative_infinity();
+      }
+      return gamma_lpdf(y_real | 1, inv(mu));
+    }
+    if (family == 6) {  // gaussian
+      if (link == 1) {
+        return normal_lpdf(y_real | eta, 1);
+      }
+      vector[rows(eta)] mu = inv_link(eta, link);
+      if (is_inf(sum(mu)) || is_nan(sum(mu))) {
+        return negative_infinity();
+      }
+      return normal_lpdf(y_real | mu, 1);
+    }
     reject("glm_lpmf: unknown family code ", family);
+  }
+
+  // R's family()$aic for the families with a scale parameter, at the means mu (unit weights):
+  // the dispersion is profiled out inside it (lme4's Laplace objective adds it to log|H| + |u|^2)
+  real scale_family_aic(vector y_real, vector mu, int family) {
+    int n = rows(mu);
+    if (family == 5) {  // Gamma
+      if (min(mu) <= 0 || is_inf(sum(mu)) || is_nan(sum(mu))) {
+        return positive_infinity();
+      }
+      real dev = -2 * sum(log(y_real ./ mu) - (y_real - mu) ./ mu);
+      return -2 * gamma_lpdf(y_real | n / dev, n ./ (mu * dev)) + 2;
+    }
+    if (family == 6) {  // gaussian
+      if (is_inf(sum(mu)) || is_nan(sum(mu))) {
+        return positive_infinity();
+      }
+      real dev = dot_self(y_real - mu);
+      return n * (log(2 * pi() * dev / n) + 1) + 2;
+    }
+    reject("scale_family_aic: family code without a scale parameter ", family);
   }
 
   // d log p / d eta (column 1) and the curvature weight (column 2) per observation:
   // -d^2 log p / d eta^2 at the default link, the Fisher weight at any other (lme4's)
-  matrix glm_derivatives(array[] int y, array[] int trials, vector eta, int family, int link, real phi) {
+  matrix glm_derivatives(array[] int y, vector y_real, array[] int trials, vector eta, int family, int link,
+                         real phi) {
     int n = rows(eta);
     matrix[n, 2] d;
     if (family == 1) {  // poisson
@@ -161,7 +214,7 @@ functions {
         d[:, 2] = mu;
       } else {
         vector[n] mu = inv_link(eta, link);
-        d = glm_working(y, trials, eta, mu, to_vector(trials) .* mu, link);
+        d = glm_working(y_real, trials, eta, mu, to_vector(trials) .* mu, link);
       }
     }
     if (family == 2) {  // binomial
@@ -171,7 +224,7 @@ functions {
         d[:, 2] = to_vector(trials) .* p .* (1 - p);
       } else {
         vector[n] mu = inv_link(eta, link);
-        d = glm_working(y, trials, eta, mu, to_vector(trials) .* mu .* (1 - mu), link);
+        d = glm_working(y_real, trials, eta, mu, to_vector(trials) .* mu .* (1 - mu), link);
       }
     }
     if (family == 3) {  // bernoulli
@@ -181,7 +234,7 @@ functions {
         d[:, 2] = p .* (1 - p);
       } else {
         vector[n] mu = inv_link(eta, link);
-        d = glm_working(y, trials, eta, mu, mu .* (1 - mu), link);
+        d = glm_working(y_real, trials, eta, mu, mu .* (1 - mu), link);
       }
     }
     if (family == 4) {  // negbinomial
@@ -192,7 +245,25 @@ functions {
         d[:, 2] = (yv + phi) .* mu * phi ./ square(phi + mu);
       } else {
         vector[n] mu = inv_link(eta, link);
-        d = glm_working(y, trials, eta, mu, mu + square(mu) / phi, link);
+        d = glm_working(y_real, trials, eta, mu, mu + square(mu) / phi, link);
+      }
+    }
+    if (family == 5) {  // Gamma
+      if (link == 2) {
+        d[:, 1] = y_real .* exp(-eta) - 1;
+        d[:, 2] = rep_vector(1, n);
+      } else {
+        vector[n] mu = inv_link(eta, link);
+        d = glm_working(y_real, trials, eta, mu, square(mu), link);
+      }
+    }
+    if (family == 6) {  // gaussian
+      if (link == 1) {
+        d[:, 1] = y_real - eta;
+        d[:, 2] = rep_vector(1, n);
+      } else {
+        vector[n] mu = inv_link(eta, link);
+        d = glm_working(y_real, trials, eta, mu, rep_vector(1, rows(mu)), link);
       }
     }
     return d;
@@ -206,24 +277,24 @@ functions {
   // Mode u_hat of one block's spherical random effects, where ZL = Z_block * Lambda:
   // damped Newton from u = 0 on h(u) = log p(y | eta_fixed + ZL * u) - u'u / 2 (concave
   // for these families at their default links; Fisher scoring with step halving at others). Returns [u_hat; h(u_hat)].
-  vector block_mode(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
+  vector block_mode(array[] int y, vector y_real, array[] int trials, vector eta_fixed, matrix ZL, int family,
                     int link, real phi, real tol, int max_iter) {
     int n = rows(ZL);
     int q = cols(ZL);
     vector[q] u = rep_vector(0, q);
-    real h = glm_lpmf(y | trials, eta_fixed, family, link, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
+    real h = glm_lpmf(y | y_real, trials, eta_fixed, family, link, phi);  // log p(y|u) + log N(u|0,I) up to -q/2 log(2 pi)
     for (iter in 1:max_iter) {
-      matrix[n, 2] d = glm_derivatives(y, trials, eta_fixed + ZL * u, family, link, phi);
+      matrix[n, 2] d = glm_derivatives(y, y_real, trials, eta_fixed + ZL * u, family, link, phi);
       vector[q] grad = ZL' * d[:, 1] - u;
       matrix[q, q] L_H = curvature_cholesky(d[:, 2], ZL);
       vector[q] step = mdivide_right_tri_low(mdivide_left_tri_low(L_H, grad)', L_H)';
       real t = 1;
       vector[q] u_new = u + step;
-      real h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
+      real h_new = glm_lpmf(y | y_real, trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
       while (!(h_new >= h - 1e-12 * abs(h)) && t > 1e-6) {  // step halving
         t *= 0.5;
         u_new = u + t * step;
-        h_new = glm_lpmf(y | trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
+        h_new = glm_lpmf(y | y_real, trials, eta_fixed + ZL * u_new, family, link, phi) - 0.5 * dot_self(u_new);
       }
       u = u_new;
       h = h_new;
@@ -235,22 +306,22 @@ functions {
   }
 
   // Cholesky factor of the curvature H = I + (Z Lambda)' W (Z Lambda) at u
-  matrix block_curvature(array[] int y, array[] int trials, vector eta_fixed, matrix ZL, int family,
-                         int link, real phi, vector u) {
-    return curvature_cholesky(col(glm_derivatives(y, trials, eta_fixed + ZL * u, family, link, phi), 2), ZL);
+  matrix block_curvature(array[] int y, vector y_real, array[] int trials, vector eta_fixed, matrix ZL,
+                         int family, int link, real phi, vector u) {
+    return curvature_cholesky(col(glm_derivatives(y, y_real, trials, eta_fixed + ZL * u, family, link, phi), 2), ZL);
   }
 
   // Log of the integral over one block's random effects:
   //   log integral p(y | eta_fixed + ZL * u) N(u | 0, I) du
   // at the mode (block_mode): Laplace (n_agq == 1) or adaptive Gauss-Hermite.
-  real marginal_block_lpmf(array[] int y, array[] int trials, vector eta_fixed, matrix ZL,
+  real marginal_block_lpmf(array[] int y, vector y_real, array[] int trials, vector eta_fixed, matrix ZL,
                            int family, int link, real phi, int n_agq, vector gh_x, vector gh_logw,
                            real tol, int max_iter) {
     int q = cols(ZL);
-    vector[q + 1] mode = block_mode(y, trials, eta_fixed, ZL, family, link, phi, tol, max_iter);
+    vector[q + 1] mode = block_mode(y, y_real, trials, eta_fixed, ZL, family, link, phi, tol, max_iter);
     vector[q] u = mode[1:q];
     real h = mode[q + 1];
-    matrix[q, q] L_H = block_curvature(y, trials, eta_fixed, ZL, family, link, phi, u);
+    matrix[q, q] L_H = block_curvature(y, y_real, trials, eta_fixed, ZL, family, link, phi, u);
     if (n_agq == 1) {
       // Laplace: h(u_hat) - 1/2 log|H| (the (2 pi)^(q/2) factors cancel)
       return h - sum(log(diagonal(L_H)));
@@ -261,7 +332,7 @@ functions {
     for (k in 1:n_agq) {
       real u_k = u[1] + s * gh_x[k];
       terms[k] = gh_logw[k] + square(gh_x[k])
-                 + glm_lpmf(y | trials, eta_fixed + ZL[:, 1] * u_k, family, link, phi) - 0.5 * square(u_k);
+                 + glm_lpmf(y | y_real, trials, eta_fixed + ZL[:, 1] * u_k, family, link, phi) - 0.5 * square(u_k);
     }
     return log(s) - 0.5 * log(2 * pi()) + log_sum_exp(terms);
   }
@@ -269,9 +340,10 @@ functions {
 data {
   int<lower=1> N;                       // observations (sorted by block)
   int<lower=1> K;                       // columns of the fixed-effects design X
-  int<lower=1, upper=4> family;         // 1 poisson, 2 binomial, 3 bernoulli, 4 negbinomial
-  int<lower=1, upper=7> link;           // 1 identity, 2 log, 3 logit, 4 probit, 5 cloglog, 6 cauchit, 7 sqrt
-  array[N] int<lower=0> y;
+  int<lower=1, upper=6> family;         // 1 poisson, 2 binomial, 3 bernoulli, 4 negbinomial, 5 Gamma, 6 gaussian
+  int<lower=1, upper=8> link;           // 1 identity, 2 log, 3 logit, 4 probit, 5 cloglog, 6 cauchit, 7 sqrt, 8 inverse
+  array[N] int<lower=0> y;              // the response of the discrete families (0 otherwise)
+  vector[N] y_real;                     // the response as reals (every family)
   array[N] int<lower=0> trials;         // binomial trials (unused otherwise)
   matrix[N, K] X;
   // random part: G independent blocks of q random effects each
@@ -303,11 +375,29 @@ model {
   real phi = family == 4 ? exp(log_shape[1]) : 1;
   vector[N] eta_fixed = X * beta;
   matrix[N, q] ZL = Zb * Lambda;
-  for (g in 1:G) {
-    int s = block_start[g];
-    int e = s + block_size[g] - 1;
-    target += marginal_block_lpmf(y[s:e] | trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi,
-                                  n_agq, gh_x, gh_logw, newton_tol, newton_max_iter);
+  if (family == 5 || family == 6) {
+    // lme4's objective with the scale profiled out: -(log|H| + |u|^2 + aic(y, mu)) / 2 (n_agq == 1)
+    vector[N] mu_hat;
+    real penalty = 0;
+    for (g in 1:G) {
+      int s = block_start[g];
+      int e = s + block_size[g] - 1;
+      vector[q + 1] mode = block_mode(y[s:e], y_real[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family,
+                                      link, 1, newton_tol, newton_max_iter);
+      vector[q] u = mode[1:q];
+      matrix[q, q] L_H = block_curvature(y[s:e], y_real[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :],
+                                         family, link, 1, u);
+      penalty += dot_self(u) + 2 * sum(log(diagonal(L_H)));
+      mu_hat[s:e] = inv_link(eta_fixed[s:e] + ZL[s:e, :] * u, link);
+    }
+    target += -0.5 * (penalty + scale_family_aic(y_real, mu_hat, family));
+  } else {
+    for (g in 1:G) {
+      int s = block_start[g];
+      int e = s + block_size[g] - 1;
+      target += marginal_block_lpmf(y[s:e] | y_real[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family,
+                                    link, phi, n_agq, gh_x, gh_logw, newton_tol, newton_max_iter);
+    }
   }
 }
 generated quantities {
@@ -315,6 +405,7 @@ generated quantities {
   // (generated quantities are not evaluated by log_prob: free for the optimizer).
   array[G] vector[q] b;                 // conditional modes of the random effects: Lambda * u_hat
   array[G] matrix[q, q] b_cov;          // their conditional covariances: Lambda H^-1 Lambda'
+  real ussq = 0;                        // |u_hat|^2 (lme4's devcomp ussq: the residual SD of scale families)
   {
     matrix[q, q] Lambda = relative_factor(q, theta, lam_row, lam_col, lam_par);
     real phi = family == 4 ? exp(log_shape[1]) : 1;
@@ -323,12 +414,14 @@ generated quantities {
     for (g in 1:G) {
       int s = block_start[g];
       int e = s + block_size[g] - 1;
-      vector[q + 1] mode = block_mode(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi,
-                                      newton_tol, newton_max_iter);
+      vector[q + 1] mode = block_mode(y[s:e], y_real[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family,
+                                      link, phi, newton_tol, newton_max_iter);
       vector[q] u = mode[1:q];
       matrix[q, q] W = mdivide_left_tri_low(
-          block_curvature(y[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi, u), Lambda');
+          block_curvature(y[s:e], y_real[s:e], trials[s:e], eta_fixed[s:e], ZL[s:e, :], family, link, phi, u),
+          Lambda');
       b[g] = Lambda * u;
+      ussq += dot_self(u);
       b_cov[g] = crossprod(W);
     }
   }

@@ -14,3 +14,11 @@ out("sleepstudy_ML", lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML =
 out("sleepstudy_uncorrelated", lmer(Reaction ~ Days + (Days || Subject), sleepstudy))
 fish <- read.csv("tests/data/fish.csv")
 out("fish", glmer(fish_num ~ 1 + temperature + (1 | weather), fish, family = poisson))
+# a family with a scale (Residual row, "t value"): PIRLS to 1e-10 (lme4's default 1e-7 leaves its objective
+# noisy at this link; see tests/reference/make_links_reference.R); the control is not part of the printout
+fish$y <- fish$fish_num + 1
+m <- glmer(y ~ temperature + (1 | weather), fish, family = gaussian(link = "log"),
+           control = glmerControl(optimizer = "nloptwrap", tolPwrss = 1e-10,
+                                  optCtrl = list(xtol_abs = 1e-12, ftol_abs = 1e-12, maxeval = 1e5)))
+m@call$control <- NULL
+out("fish_gaussian_log", m)
