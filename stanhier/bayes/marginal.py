@@ -72,14 +72,15 @@ def conditional_draws(Lam: np.ndarray, sigma: np.ndarray, ZtZ: np.ndarray, Ztr: 
     ``Lam`` (S, q, q), ``sigma`` (S,), ``ZtZ`` (G, q, q), ``Ztr`` (S, G, q) = Z'(y - X beta).
     ``eps = 0`` gives the conditional means.
     """
-    A = np.einsum("sji,gjk,skl->sgil", Lam, ZtZ, Lam) + np.eye(Lam.shape[-1])
-    rhs = np.einsum("sji,sgj->sgi", Lam, Ztr)
+    # optimize=True contracts pairwise through BLAS (the plain three-operand einsum is ~50x slower)
+    A = np.einsum("sji,gjk,skl->sgil", Lam, ZtZ, Lam, optimize=True) + np.eye(Lam.shape[-1])
+    rhs = np.einsum("sji,sgj->sgi", Lam, Ztr, optimize=True)
     L_A = np.linalg.cholesky(A)
     v_mean = np.linalg.solve(A, rhs[..., None])[..., 0]
     # sigma * L_A^-T eps has covariance sigma^2 A^-1
     noise = np.linalg.solve(np.swapaxes(L_A, -1, -2), eps[..., None])[..., 0]
     v = v_mean + sigma[:, None, None] * noise
-    return np.einsum("sij,sgj->sgi", Lam, v)
+    return np.einsum("sij,sgj->sgi", Lam, v, optimize=True)
 
 
 def draw_group_effects(spec: ModelSpec, draws: dict[str, np.ndarray], seed: int | None,
@@ -102,7 +103,7 @@ def draw_group_effects(spec: ModelSpec, draws: dict[str, np.ndarray], seed: int 
     step = max(1, max_chunk_values // max(1, G * q * q))
     for s0 in range(0, S, step):
         sl = slice(s0, s0 + step)
-        Ztr = cp["Zty"][None] - np.einsum("gqk,sk->sgq", cp["ZtA"], beta[sl])
+        Ztr = cp["Zty"][None] - np.einsum("gqk,sk->sgq", cp["ZtA"], beta[sl], optimize=True)
         u[sl] = conditional_draws(Lam[sl], sigma[sl], cp["ZtZ"], Ztr, eps[sl])
     out: dict[str, np.ndarray] = {}
     for k, (gt, o) in enumerate(zip(design.terms, layout.offsets)):
