@@ -34,13 +34,14 @@ import dataclasses
 import time
 import numpy as np
 
-from ..backends.base import RawSample
+from ..backends.base import RawSample, SampleSettings
+from ..errors import ArgumentError
 from ..stan import names
 from ..stan.codegen import ModelSpec
 from ..stan.marginal import MarginalLayout, marginal_layout
 
 __all__ = ["SEED_STREAM", "relative_factors", "conditional_draws", "draw_group_effects",
-           "complete_draws"]
+           "complete_draws", "marginal_settings"]
 
 #: second word of the seed sequence of the conditional draws ("mark")
 SEED_STREAM = 0x6D61726B
@@ -124,3 +125,30 @@ def complete_draws(spec: ModelSpec, raw: RawSample) -> RawSample:
     extra = draw_group_effects(spec, raw.draws, raw.settings.seed)
     seconds = raw.seconds + (time.perf_counter() - start)
     return dataclasses.replace(raw, draws={**raw.draws, **extra}, seconds=seconds)
+
+
+def marginal_settings(spec: ModelSpec, settings: SampleSettings) -> SampleSettings:
+    """``settings`` with initial values of ``sigma`` given as the program's ``log_sigma``: the
+    integrated-out program samples log(sigma) (on a scale that keeps Stan's metric adaptation
+    accurate at any number of rows) and derives sigma (no-op for other programs or random inits).
+
+    >>> s = SampleSettings(chains=1, init={"sigma": 2.0, "b": [0.5]})
+    >>> from stanhier.stan.codegen import build_model
+    >>> import pandas as pd
+    >>> spec = build_model("y ~ x + (1 | g)", pd.DataFrame({"y": [1.0, 2, 4, 3], "x": [0, 1, 0, 1], "g": list("aabb")}))
+    >>> marginal_settings(spec, s).inits_for_chains()
+    [{'b': [0.5], 'log_sigma': 0.6931471805599453}]
+    """
+    inits = settings.inits_for_chains()
+    if not spec.structure.marginal or inits is None or not any("sigma" in i for i in inits):
+        return settings
+    out = []
+    for values in inits:
+        values = dict(values)
+        if "sigma" in values:
+            sigma = np.asarray(values.pop("sigma"), dtype=float)
+            if sigma.shape != () or not sigma > 0:
+                raise ArgumentError(f"init: sigma must be one positive number, got {sigma.tolist()!r}.")
+            values[names.LOG_SIGMA] = float(np.log(sigma))
+        out.append(values)
+    return dataclasses.replace(settings, init=out)

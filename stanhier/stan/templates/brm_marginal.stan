@@ -132,6 +132,13 @@ data {
 }
 transformed data {
   int Kc = K{{ " - 1" if s.has_intercept else "" }};  // population-level effects besides the intercept
+  // log(sigma) has posterior SD about 1 / sqrt(2 N). Stan's windowed adaptation shrinks every
+  // variance estimate of the metric toward 1e-3 (weight 5 / (n + 5), n draws per window); from a
+  // few thousand rows on, that floor dwarfs log(sigma)'s variance and the step size collapses
+  // (4x the leapfrog steps at N = 1e6). NUTS therefore moves log(sigma) / sigma_scale, whose
+  // posterior variance stays near 1 / 2000 for any N >= 1000; up to 1000 rows sigma_scale = 1
+  // and the unconstrained parameter is brms's, log(sigma).
+  real sigma_scale = fmin(1, sqrt(1000.0 / N));
 {% if s.block_size %}
   // the closed form reads each entry of the blocks' cross-products as a length-G vector
 {% for i in range(1, s.block_size + 1) %}
@@ -164,7 +171,7 @@ parameters {
 {% if s.has_intercept %}
   real Intercept;  // intercept for centred predictors
 {% endif %}
-  real<lower=0> sigma;  // residual SD
+  real<multiplier=sigma_scale> log_sigma;  // log of the residual SD (scale: see transformed data)
 {% for t in terms %}
   // group-level term {{ t.k }} (its effects r_{{ t.k }} are integrated out)
   vector<lower=0>[M_{{ t.k }}] sd_{{ t.k }};  // group-level standard deviations
@@ -174,6 +181,7 @@ parameters {
 {% endfor %}
 }
 transformed parameters {
+  real<lower=0> sigma = exp(log_sigma);  // residual SD
 {% include "lprior.stan" %}
 }
 model {
@@ -201,8 +209,8 @@ model {
                                      {{ beta }}, Lambda, {{ 1 if lambda_diagonal else 0 }}, sigma);
 {% endif %}
   }
-  // priors
-  target += lprior;
+  // priors (on sigma, as brms's: log_sigma adds the log Jacobian of sigma = exp(log_sigma))
+  target += lprior + log_sigma;
 }
 generated quantities {
 {% if s.has_intercept %}
