@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import time
 
 CHILD = """
 import json, resource, sys, time, warnings
@@ -75,12 +76,16 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, {cpu}")
     print(f"data: {a.rows:,} rows, {a.groups:,} groups, y ~ x + (x | g)")
     for method in ([a.only] if a.only else ["lmer", "brm_marginal"]):
+        # the machine may be shared: its load before and after each timed fit is part of the record
+        load = "load %.2f %.2f %.2f" % os.getloadavg()
+        start = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         out = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), method, str(a.rows), str(a.groups),
                               str(a.draws), a.parameterization, str(a.chains)], capture_output=True, text=True)
         if out.returncode != 0:
             print(method, "failed:", out.stderr[-2000:])
             continue
         print(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  ({start}; before: {load}; after: " + "load %.2f %.2f %.2f" % os.getloadavg() + ")")
 
 
 if __name__ == "__main__":

@@ -94,10 +94,14 @@ def test_golden_conditional_program(fish):
     assert code == path.read_text(), f"generated code changed; review and update {path}"
 
 
-def test_golden_marginal_program(sleep):
+@pytest.mark.parametrize("name, formula", [
+    ("brm_gaussian_marginal", "Reaction ~ Days + (Days | Subject)"),  # 2 x 2 blocks: closed form
+    ("brm_gaussian_marginal_loop", "Reaction ~ Days + (Days + D2 | Subject)"),  # 3 x 3 blocks: a loop
+])
+def test_golden_marginal_program(name, formula, sleep):
     """The default Gaussian program: group-level effects integrated out (stanhier.bayes.marginal)."""
-    code = sh.make_stancode("Reaction ~ Days + (Days | Subject)", sleep)
-    path = GOLDEN / "brm_gaussian_marginal.stan"
+    code = sh.make_stancode(formula, sleep.assign(D2=(sleep["Days"] - 4.5) ** 2))
+    path = GOLDEN / f"{name}.stan"
     assert code == path.read_text(), f"generated code changed; review and update {path}"
 
 

@@ -52,12 +52,17 @@ def test_clean_fit_has_no_messages(sleep_fit):
 
 
 def test_initialisation_failure_shows_stans_message_and_code_line(sleep, sleep_fit):
+    # brms's program (marginalize=False) declares sigma as a parameter: Stan rejects the init
     with pytest.raises(sh.SamplingError) as err:
         quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=1, iter=20, seed=1,
-                  init={"sigma": -1.0})
+                  init={"sigma": -1.0}, marginalize=False)
     text = str(err.value)
     assert "Lower bounded variable is -1" in text
     assert "Generated code, line" in text and "sigma" in text
+    # the integrated-out program derives sigma from log_sigma: stanhier checks the init itself
+    with pytest.raises(sh.ArgumentError, match="sigma must be one positive number"):
+        quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=1, iter=20, seed=1,
+                  init={"sigma": -1.0})
 
 
 def test_ml_diagnostics_report(fish, sleep):

@@ -38,11 +38,17 @@ def _dense_marginal_loglik(spec, p: dict) -> float:
     return float(stats.multivariate_normal(X @ beta, V).logpdf(d.y))
 
 
-@pytest.mark.parametrize("formula, fixture", [(SLEEP_F, "sleep"),  # correlated: full Lambda
-                                              (PEN_F, "penicillin")])  # dense layout, diagonal Lambda
-def test_log_density_is_the_exact_marginal(formula, fixture, request):
-    spec = build_model(formula, request.getfixturevalue(fixture))
-    assert spec.structure.marginal and "marginal_gaussian_lpdf" in spec.code
+@pytest.mark.parametrize("formula, fixture, function", [
+    (SLEEP_F, "sleep", "marginal_gaussian_q2_lpdf"),  # 2 x 2 blocks, full Lambda: closed form
+    ("Reaction ~ Days + (1 | Subject)", "sleep", "marginal_gaussian_q1_lpdf"),  # 1 x 1 blocks: closed form
+    ("Reaction ~ Days + (Days + D2 | Subject)", "sleep", "marginal_gaussian_lpdf"),  # 3 x 3 blocks: the loop
+    (PEN_F, "penicillin", "marginal_gaussian_lpdf")])  # dense layout, diagonal Lambda: the loop
+def test_log_density_is_the_exact_marginal(formula, fixture, function, request):
+    data = request.getfixturevalue(fixture)
+    if "D2" in formula:
+        data = data.assign(D2=(data["Days"] - 4.5) ** 2)
+    spec = build_model(formula, data)
+    assert spec.structure.marginal and f"target += {function}(" in spec.code
     dens = sh.backends.get_backend("pystan").compile(spec.code, progress=False).log_density(spec.standata())
     rng = np.random.default_rng(5)
     for _ in range(3):
@@ -50,7 +56,8 @@ def test_log_density_is_the_exact_marginal(formula, fixture, request):
         theta[0] += 1.0
         p = dens.constrain(theta)
         lp = dens.log_prob(theta, jacobian=False)
-        assert lp - float(p["lprior"]) == pytest.approx(_dense_marginal_loglik(spec, p), rel=1e-9, abs=1e-6)
+        # lp holds the log Jacobian of sigma = exp(log_sigma) (the program's, not Stan's own)
+        assert lp - float(p["lprior"]) - np.log(float(p["sigma"])) == pytest.approx(_dense_marginal_loglik(spec, p), rel=1e-9, abs=1e-6)
 
 
 def test_conditional_draws_match_the_gaussian_posterior(sleep):
@@ -86,6 +93,10 @@ def test_conditional_draws_match_the_gaussian_posterior(sleep):
 def test_program_choice(sleep, penicillin, fish):
     assert build_model(SLEEP_F, sleep).structure.marginal == "blocks"
     assert build_model(PEN_F, penicillin).structure.marginal == "dense"
+    # the closed form is chosen by the block size (structure), never by the data
+    assert build_model(SLEEP_F, sleep).structure.block_size == 2
+    assert build_model(SLEEP_F, sleep.head(30)).code == build_model(SLEEP_F, sleep).code
+    assert build_model(PEN_F, penicillin).structure.block_size == 0
     assert not build_model(SLEEP_F, sleep, marginalize=False).structure.marginal
     assert build_model(SLEEP_F, sleep, sufficient_stats=True).code == build_model(SLEEP_F, sleep).code
     assert not build_model("fish_num ~ temperature + (1 | weather)", fish, "poisson").structure.marginal

@@ -24,7 +24,7 @@ from ..model.design import data_label
 from ..model.priors import Prior
 from ..stan.codegen import ModelSpec, build_model
 from .fit import BrmsFit
-from .marginal import complete_draws
+from .marginal import complete_draws, marginal_settings
 
 __all__ = ["brm", "make_stancode", "make_standata", "get_prior"]
 
@@ -131,7 +131,7 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     be = get_backend(backend)
     with verbose_output(verbose):
         model = be.compile(spec.code, progress=progress)
-        raw = model.sample(spec.standata(), settings)
+        raw = model.sample(spec.standata(), marginal_settings(spec, settings))
     raw = complete_draws(spec, raw)  # marginalized fits: draw every r_k from its exact conditional
     fit = BrmsFit(spec, raw, backend=be.name, cache_hit=model.cache_hit,
                   compile_seconds=model.compile_seconds, data_name=data_name or data_label(data))

@@ -34,13 +34,14 @@ import dataclasses
 import time
 import numpy as np
 
-from ..backends.base import RawSample
+from ..backends.base import RawSample, SampleSettings
+from ..errors import ArgumentError
 from ..stan import names
 from ..stan.codegen import ModelSpec
 from ..stan.marginal import MarginalLayout, marginal_layout
 
 __all__ = ["SEED_STREAM", "relative_factors", "conditional_draws", "draw_group_effects",
-           "complete_draws"]
+           "complete_draws", "marginal_settings"]
 
 #: second word of the seed sequence of the conditional draws ("mark")
 SEED_STREAM = 0x6D61726B
@@ -72,14 +73,15 @@ def conditional_draws(Lam: np.ndarray, sigma: np.ndarray, ZtZ: np.ndarray, Ztr: 
     ``Lam`` (S, q, q), ``sigma`` (S,), ``ZtZ`` (G, q, q), ``Ztr`` (S, G, q) = Z'(y - X beta).
     ``eps = 0`` gives the conditional means.
     """
-    A = np.einsum("sji,gjk,skl->sgil", Lam, ZtZ, Lam) + np.eye(Lam.shape[-1])
-    rhs = np.einsum("sji,sgj->sgi", Lam, Ztr)
-    L_A = np.linalg.cholesky(A)
-    v_mean = np.linalg.solve(A, rhs[..., None])[..., 0]
-    # sigma * L_A^-T eps has covariance sigma^2 A^-1
-    noise = np.linalg.solve(np.swapaxes(L_A, -1, -2), eps[..., None])[..., 0]
-    v = v_mean + sigma[:, None, None] * noise
-    return np.einsum("sij,sgj->sgi", Lam, v)
+    # optimize=True contracts pairwise through BLAS (the plain three-operand einsum is ~50x slower)
+    A = np.einsum("sji,gjk,skl->sgil", Lam, ZtZ, Lam, optimize=True) + np.eye(Lam.shape[-1])
+    rhs = np.einsum("sji,sgj->sgi", Lam, Ztr, optimize=True)
+    # A^-1 = W'W with W = L_A^-1 (A >= I, so |W| <= 1): one batched inverse serves the mean
+    # A^-1 rhs = W'(W rhs) and the noise sigma W'eps (covariance sigma^2 A^-1)
+    W = np.linalg.inv(np.linalg.cholesky(A))
+    z = np.einsum("sgij,sgj->sgi", W, rhs, optimize=True) + sigma[:, None, None] * eps
+    v = np.einsum("sgji,sgj->sgi", W, z, optimize=True)
+    return np.einsum("sij,sgj->sgi", Lam, v, optimize=True)
 
 
 def draw_group_effects(spec: ModelSpec, draws: dict[str, np.ndarray], seed: int | None,
@@ -102,7 +104,7 @@ def draw_group_effects(spec: ModelSpec, draws: dict[str, np.ndarray], seed: int 
     step = max(1, max_chunk_values // max(1, G * q * q))
     for s0 in range(0, S, step):
         sl = slice(s0, s0 + step)
-        Ztr = cp["Zty"][None] - np.einsum("gqk,sk->sgq", cp["ZtA"], beta[sl])
+        Ztr = cp["Zty"][None] - np.einsum("gqk,sk->sgq", cp["ZtA"], beta[sl], optimize=True)
         u[sl] = conditional_draws(Lam[sl], sigma[sl], cp["ZtZ"], Ztr, eps[sl])
     out: dict[str, np.ndarray] = {}
     for k, (gt, o) in enumerate(zip(design.terms, layout.offsets)):
@@ -123,3 +125,30 @@ def complete_draws(spec: ModelSpec, raw: RawSample) -> RawSample:
     extra = draw_group_effects(spec, raw.draws, raw.settings.seed)
     seconds = raw.seconds + (time.perf_counter() - start)
     return dataclasses.replace(raw, draws={**raw.draws, **extra}, seconds=seconds)
+
+
+def marginal_settings(spec: ModelSpec, settings: SampleSettings) -> SampleSettings:
+    """``settings`` with initial values of ``sigma`` given as the program's ``log_sigma``: the
+    integrated-out program samples log(sigma) (on a scale that keeps Stan's metric adaptation
+    accurate at any number of rows) and derives sigma (no-op for other programs or random inits).
+
+    >>> s = SampleSettings(chains=1, init={"sigma": 2.0, "b": [0.5]})
+    >>> from stanhier.stan.codegen import build_model
+    >>> import pandas as pd
+    >>> spec = build_model("y ~ x + (1 | g)", pd.DataFrame({"y": [1.0, 2, 4, 3], "x": [0, 1, 0, 1], "g": list("aabb")}))
+    >>> marginal_settings(spec, s).inits_for_chains()
+    [{'b': [0.5], 'log_sigma': 0.6931471805599453}]
+    """
+    inits = settings.inits_for_chains()
+    if not spec.structure.marginal or inits is None or not any("sigma" in i for i in inits):
+        return settings
+    out = []
+    for values in inits:
+        values = dict(values)
+        if "sigma" in values:
+            sigma = np.asarray(values.pop("sigma"), dtype=float)
+            if sigma.shape != () or not sigma > 0:
+                raise ArgumentError(f"init: sigma must be one positive number, got {sigma.tolist()!r}.")
+            values[names.LOG_SIGMA] = float(np.log(sigma))
+        out.append(values)
+    return dataclasses.replace(settings, init=out)

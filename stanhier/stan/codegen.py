@@ -36,7 +36,7 @@ from ..model.spec import build_frame
 from ..model.parameterization import PARAMETERIZATIONS, choose_treatments, conditional_pilot
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from . import names
-from .marginal import MAX_DENSE_Q, marginal_layout, marginal_standata
+from .marginal import MAX_DENSE_Q, closed_form_q, marginal_layout, marginal_standata
 from .templating import render
 
 __all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata", "structure_of"]
@@ -55,6 +55,8 @@ class ModelStructure:
     family_aux: tuple[str, ...] = ()
     #: group-level effects integrated out (brm_marginal.stan): "" (no), "blocks" or "dense"
     marginal: str = ""
+    #: effects per block when the integrated-out density is written in closed form (1 or 2), else 0
+    block_size: int = 0
 
     @property
     def family_object(self) -> Family:
@@ -87,12 +89,12 @@ class ModelSpec:
 
 
 def structure_of(design: Design, family: Family, priors: PriorSet, parameterization: str,
-                 marginal: str = "") -> ModelStructure:
+                 marginal: str = "", block_size: int = 0) -> ModelStructure:
     # per-term conditional / centred / non-centred ("auto": stanhier.model.parameterization)
     treatments = (("noncentered",) * len(design.terms) if marginal
                   else choose_treatments(design, family, priors, parameterization))
     return ModelStructure(
-        marginal=marginal,
+        marginal=marginal, block_size=block_size,
         family=family.name, link=family.link, discrete=family.is_discrete,
         has_intercept=design.has_intercept,
         terms=tuple((gt.correlated, tr) for gt, tr in zip(design.terms, treatments)),
@@ -152,7 +154,8 @@ def build_model(formula: str, data: Any, family: str | Family = "gaussian",
             f"False): it then needs only cross-products of the data. This model has family {fam.name!r}"
             f"{' and marginalize=False' if marginalize is False else ''}; fit it on a pandas DataFrame."
         )
-    structure = structure_of(design, fam, priors, parameterization, marginal=layout.kind if use_marginal else "")
+    structure = structure_of(design, fam, priors, parameterization, marginal=layout.kind if use_marginal else "",
+                             block_size=closed_form_q(layout) if use_marginal else 0)
     code = _render(structure, priors.statements, design)
     return ModelSpec(design=design, family=fam, priors=priors, structure=structure,
                      parameterization=parameterization, code=code, na_action=na_action, collinear=collinear,

@@ -14,6 +14,12 @@ arranged in independent *blocks* of random effects:
   ``q = sum_k N_k * M_k`` (used while ``q <= MAX_DENSE_Q``; the cost per gradient
   grows as ``q**3``).
 
+In the blocks layout with ``q`` = 1 or 2 (e.g. ``(1 | g)``, ``(x | g)``, ``(x || g)``) the
+program evaluates every block at once in closed form (:func:`closed_form_q`): the 1 x 1 or
+2 x 2 determinants and inverses are written out elementwise over length-``G`` vectors, so a
+gradient records a few vector operations instead of ``G`` small-matrix ones. Larger blocks
+and the dense layout loop over blocks with a Cholesky factor each.
+
 Within a block, term ``k`` occupies ``R_k`` consecutive copies (one per level in the
 dense layout, one in the blocks layout) of its ``M_k`` coefficients, starting at
 offset ``O_k``: the effect ``r_k[j, m]`` sits at ``O_k + j * M_k + m`` (dense, 0-based)
@@ -28,6 +34,8 @@ Example
 >>> lay = marginal_layout(make_design(parse_formula("y ~ x + (x | g)"), df))
 >>> (lay.kind, lay.G, lay.q, lay.offsets, lay.copies)
 ('blocks', 3, 2, (0,), (1,))
+>>> closed_form_q(lay)   # 2 x 2 blocks: the program's elementwise closed form
+2
 """
 
 from __future__ import annotations
@@ -44,12 +52,14 @@ from ..model.design import Design
 from ..model.distributed import design_moments
 from . import names
 
-__all__ = ["MAX_DENSE_Q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
+__all__ = ["MAX_DENSE_Q", "CLOSED_FORM_Q", "closed_form_q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
            "marginal_standata", "partition_cross_products", "design_cross_products", "ExactSetup",
            "exact_setup"]
 
 #: largest stacked block (all effects of all levels) the dense layout accepts
 MAX_DENSE_Q = 200
+#: block sizes whose marginal density the program writes in elementwise closed form
+CLOSED_FORM_Q = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,15 @@ def marginal_layout(design: Design, max_dense_q: int = MAX_DENSE_Q) -> MarginalL
         offsets.append(o)
         o += gt.n_levels * gt.M
     return MarginalLayout("dense", 1, q, tuple(offsets), tuple(gt.n_levels for gt in terms))
+
+
+def closed_form_q(layout: MarginalLayout | None) -> int:
+    """The block size ``q`` if the program evaluates all blocks in closed form (blocks layout,
+    ``q`` in :data:`CLOSED_FORM_Q`), else 0 (a loop over blocks). ``q`` is model structure (the
+    coefficients of the terms), never data, so the program text stays a function of structure."""
+    if layout is not None and layout.kind == "blocks" and layout.q in CLOSED_FORM_Q:
+        return layout.q
+    return 0
 
 
 def block_design(design: Design, layout: MarginalLayout) -> tuple[np.ndarray, np.ndarray]:

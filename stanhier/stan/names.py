@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .codegen import ModelSpec
 
 __all__ = ["B", "INTERCEPT", "B_INTERCEPT", "LPRIOR", "N", "K", "X", "Y", "TRIALS", "PRIOR_ONLY",
-           "FREE_COLUMNS", "B_FREE", "N_ANCHORED", "LOG_JACOBIAN",
+           "FREE_COLUMNS", "B_FREE", "N_ANCHORED", "LOG_JACOBIAN", "LOG_SIGMA",
            "TermNames", "term", "TermInfo", "NameEntry", "NameTable", "make_names", "PosteriorDraws"]
 
 # ------------------------------------------------------------------ population level and data
@@ -48,6 +48,8 @@ N, K, X, Y, TRIALS, PRIOR_ONLY = "N", "K", "X", "Y", "trials", "prior_only"
 #: conditional treatment: population-level columns sampled directly (data), their values (parameter),
 #: the number of columns anchored to group-level terms (data), and the log Jacobian (transformed parameter)
 FREE_COLUMNS, B_FREE, N_ANCHORED, LOG_JACOBIAN = "Jf", "b_f", "Ka", "log_jacobian"
+#: integrated-out Gaussian program: the parameter NUTS moves for sigma (sigma is derived from it)
+LOG_SIGMA = "log_sigma"
 
 
 @dataclass(frozen=True)

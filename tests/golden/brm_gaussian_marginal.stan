@@ -11,44 +11,37 @@
 // draw, so all draws are exact posterior draws of brms's program (stanhier.bayes.marginal).
 // Group-level term k uses N_k, M_k, sd_k, L_k; in a block its M_k coefficients repeat R_k times from offset O_k.
 functions {
-  // Marginal log density of y from cross-products (REML == 0), the algebra of stanhier's
-  // lmer program. With V = sigma^2 * (I + Z Lambda Lambda' Z') and, per block,
-  // A = I + Lambda' Z'Z Lambda, u = Lambda' Z'(y - X beta):
-  //   log|V|        = N log sigma^2 + sum_blocks log|A|
-  //   r' V^-1 r     = (r'r - sum_blocks u' A^-1 u) / sigma^2
-  //   REML adds     log|X' V^-1 X| = log|X'X - sum_blocks (Lambda' Z'X)' A^-1 (Lambda' Z'X)| - K log sigma^2
-  real marginal_gaussian_lpdf(real yty, vector Xty, matrix XtX, array[] matrix ZtZ,
-                              array[] matrix ZtX, array[] vector Zty, int N, int REML,
-                              vector beta, matrix Lambda, int lambda_diagonal, real sigma) {
-    int G = size(ZtZ);
-    int q = rows(Lambda);
-    int K = rows(beta);
-    vector[q] lambda = diagonal(Lambda);
-    real quad = yty - 2 * dot_product(beta, Xty) + quad_form(XtX, beta);  // r'r
-    real log_det_A = 0;
-    matrix[K, K] XtVX = XtX;  // X' (I + Z Lambda Lambda' Z')^-1 X, for REML
-    for (g in 1:G) {
-      matrix[q, q] A;
-      if (lambda_diagonal) {
-        // cheaper O(q^2) product when Lambda is diagonal (scalar terms and `||` terms)
-        A = add_diag(diag_post_multiply(diag_pre_multiply(lambda, ZtZ[g]), lambda), 1);
-      } else {
-        A = add_diag(quad_form_sym(ZtZ[g], Lambda), 1);
-      }
-      matrix[q, q] L_A = cholesky_decompose(A);
-      vector[q] c = mdivide_left_tri_low(L_A, Lambda' * (Zty[g] - ZtX[g] * beta));
-      quad -= dot_self(c);
-      log_det_A += 2 * sum(log(diagonal(L_A)));
-      if (REML) {
-        XtVX -= crossprod(mdivide_left_tri_low(L_A, Lambda' * ZtX[g]));
-      }
-    }
-    real n_eff = REML ? N - K : N;
-    real lp = -0.5 * (n_eff * log(2 * pi() * square(sigma)) + log_det_A + quad / square(sigma));
-    if (REML) {
-      lp -= 0.5 * log_determinant_spd(XtVX);
-    }
-    return lp;
+  // Marginal log density of y from cross-products, every block at once in closed form.
+  // With V = sigma^2 * (I + Z Lambda Lambda' Z') and, for block (level) j,
+  // A_j = I + Lambda' Z_j'Z_j Lambda and u_j = Lambda' w_j, w_j = Z_j'(y - X beta):
+  //   log|V|        = N log sigma^2 + sum_j log|A_j|
+  //   r' V^-1 r     = (r'r - sum_j u_j' A_j^-1 u_j) / sigma^2
+  // The blocks are 2 x 2, so |A_j| and u_j' A_j^-1 u_j are written out with
+  // S = Lambda Lambda' (the effects' covariance relative to sigma^2) and held as length-G
+  // vectors: autodiff records a few vector operations per gradient instead of a Cholesky
+  // factor, two solves and a log-determinant per level of the grouping factor.
+  // With Z_j'Z_j = [ZtZ_11, ZtZ_12; ZtZ_12, ZtZ_22]_j (2 x 2: |I + B| = 1 + tr B + |B|,
+  // adj(I + B) = I + adj(B), and u' adj(Lambda' M Lambda) u = |S| w' adj(M) w):
+  //   |A_j|               = 1 + tr(S Z_j'Z_j) + |S| |Z_j'Z_j|               (1 + tr >= 1, |S| |M| >= 0)
+  //   u_j' A_j^-1 u_j     = (w_j' S w_j + |S| w_j' adj(Z_j'Z_j) w_j) / |A_j|
+  real marginal_gaussian_q2_lpdf(real yty, vector Aty, matrix AtA, vector ZtZ_11, vector ZtZ_12,
+                                 vector ZtZ_22, vector det_ZtZ, matrix ZtA_1, matrix ZtA_2,
+                                 vector Zty_1, vector Zty_2, int N, vector beta, matrix Lambda,
+                                 real sigma) {
+    int G = rows(ZtZ_11);
+    matrix[2, 2] S = tcrossprod(Lambda);
+    real det_S = square(Lambda[1, 1] * Lambda[2, 2] - Lambda[1, 2] * Lambda[2, 1]);
+    vector[G] w1 = Zty_1 - ZtA_1 * beta;  // first entry of w_j, every j
+    vector[G] w2 = Zty_2 - ZtA_2 * beta;  // second entry
+    vector[G] det_A = 1 + S[1, 1] * ZtZ_11 + 2 * S[1, 2] * ZtZ_12 + S[2, 2] * ZtZ_22 + det_S * det_ZtZ;
+    real log_det_A = sum(log(det_A));
+    // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
+    vector[G] num = (S[1, 1] + det_S * ZtZ_22) .* square(w1)
+                    + 2 * (S[1, 2] - det_S * ZtZ_12) .* (w1 .* w2)
+                    + (S[2, 2] + det_S * ZtZ_11) .* square(w2);
+    real quad_u = sum(num ./ det_A);  // sum_j u_j' A_j^-1 u_j
+    real rtr = yty - 2 * dot_product(beta, Aty) + quad_form(AtA, beta);  // r'r
+    return -0.5 * (N * log(2 * pi() * square(sigma)) + log_det_A + (rtr - quad_u) / square(sigma));
   }
 }
 data {
@@ -91,16 +84,42 @@ data {
 }
 transformed data {
   int Kc = K - 1;  // population-level effects besides the intercept
+  // log(sigma) has posterior SD about 1 / sqrt(2 N). Stan's windowed adaptation shrinks every
+  // variance estimate of the metric toward 1e-3 (weight 5 / (n + 5), n draws per window); from a
+  // few thousand rows on, that floor dwarfs log(sigma)'s variance and the step size collapses
+  // (4x the leapfrog steps at N = 1e6). NUTS therefore moves log(sigma) / sigma_scale, whose
+  // posterior variance stays near 1 / 2000 for any N >= 1000; up to 1000 rows sigma_scale = 1
+  // and the unconstrained parameter is brms's, log(sigma).
+  real sigma_scale = fmin(1, sqrt(1000.0 / N));
+  // the closed form reads each entry of the blocks' cross-products as a length-G vector
+  vector[G] ZtZ_11;  // entry [1, 1] of Z_j'Z_j
+  vector[G] ZtZ_12;  // entry [1, 2] of Z_j'Z_j
+  vector[G] ZtZ_22;  // entry [2, 2] of Z_j'Z_j
+  matrix[G, K] ZtA_1;  // row 1 of Z_j'A
+  vector[G] Zty_1;  // entry 1 of Z_j'y
+  matrix[G, K] ZtA_2;  // row 2 of Z_j'A
+  vector[G] Zty_2;  // entry 2 of Z_j'y
+  for (j in 1:G) {
+    ZtZ_11[j] = ZtZ[j][1, 1];
+    ZtZ_12[j] = ZtZ[j][1, 2];
+    ZtZ_22[j] = ZtZ[j][2, 2];
+    ZtA_1[j] = ZtA[j][1];
+    Zty_1[j] = Zty[j][1];
+    ZtA_2[j] = ZtA[j][2];
+    Zty_2[j] = Zty[j][2];
+  }
+  vector[G] det_ZtZ = fmax(ZtZ_11 .* ZtZ_22 - square(ZtZ_12), 0);  // a Gram determinant: >= 0 but for rounding
 }
 parameters {
   vector[Kc] b;  // population-level effects
   real Intercept;  // intercept for centred predictors
-  real<lower=0> sigma;  // residual SD
+  real<multiplier=sigma_scale> log_sigma;  // log of the residual SD (scale: see transformed data)
   // group-level term 1 (its effects r_1 are integrated out)
   vector<lower=0>[M_1] sd_1;  // group-level standard deviations
   cholesky_factor_corr[M_1] L_1;  // Cholesky factor of the correlation matrix
 }
 transformed parameters {
+  real<lower=0> sigma = exp(log_sigma);  // residual SD
   real lprior = 0;  // log prior density (hyperparameters are data)
   lprior += student_t_lpdf(Intercept | pa_1_1, pa_1_2, pa_1_3);  // prior 1
   lprior += lkj_corr_cholesky_lpdf(L_1 | pa_2_1);  // prior 2
@@ -121,11 +140,11 @@ model {
         Lambda[(o + 1):(o + M_1), (o + 1):(o + M_1)] = T_1;
       }
     }
-    target += marginal_gaussian_lpdf(yty | Aty, AtA, ZtZ, ZtA, Zty, N, 0,
-                                     append_row(Intercept, b), Lambda, 0, sigma);
+    target += marginal_gaussian_q2_lpdf(yty | Aty, AtA, ZtZ_11, ZtZ_12, ZtZ_22, det_ZtZ, ZtA_1, ZtA_2,
+                                        Zty_1, Zty_2, N, append_row(Intercept, b), Lambda, sigma);
   }
-  // priors
-  target += lprior;
+  // priors (on sigma, as brms's: log_sigma adds the log Jacobian of sigma = exp(log_sigma))
+  target += lprior + log_sigma;
 }
 generated quantities {
   // the intercept on the original (uncentred) predictors

@@ -14,6 +14,7 @@
 // draw, so all draws are exact posterior draws of brms's program (stanhier.bayes.marginal).
 // Group-level term k uses N_k, M_k, sd_k{{ ", L_k" if terms | selectattr("correlated") | list }}; in a block its M_k coefficients repeat R_k times from offset O_k.
 functions {
+{% if s.block_size == 0 %}
   // Marginal log density of y from cross-products (REML == 0), the algebra of stanhier's
   // lmer program. With V = sigma^2 * (I + Z Lambda Lambda' Z') and, per block,
   // A = I + Lambda' Z'Z Lambda, u = Lambda' Z'(y - X beta):
@@ -53,6 +54,52 @@ functions {
     }
     return lp;
   }
+{% else %}
+  // Marginal log density of y from cross-products, every block at once in closed form.
+  // With V = sigma^2 * (I + Z Lambda Lambda' Z') and, for block (level) j,
+  // A_j = I + Lambda' Z_j'Z_j Lambda and u_j = Lambda' w_j, w_j = Z_j'(y - X beta):
+  //   log|V|        = N log sigma^2 + sum_j log|A_j|
+  //   r' V^-1 r     = (r'r - sum_j u_j' A_j^-1 u_j) / sigma^2
+  // The blocks are {{ s.block_size }} x {{ s.block_size }}, so |A_j| and u_j' A_j^-1 u_j are written out with
+  // S = Lambda Lambda' (the effects' covariance relative to sigma^2) and held as length-G
+  // vectors: autodiff records a few vector operations per gradient instead of a Cholesky
+  // factor, two solves and a log-determinant per level of the grouping factor.
+{% if s.block_size == 1 %}
+  //   |A_j|               = 1 + S ZtZ_j
+  //   u_j' A_j^-1 u_j     = S w_j^2 / |A_j|
+  real marginal_gaussian_q1_lpdf(real yty, vector Aty, matrix AtA, vector ZtZ_11, matrix ZtA_1,
+                                 vector Zty_1, int N, vector beta, matrix Lambda, real sigma) {
+    real S = square(Lambda[1, 1]);
+    vector[rows(ZtZ_11)] w = Zty_1 - ZtA_1 * beta;
+    vector[rows(ZtZ_11)] det_A = 1 + S * ZtZ_11;
+    real log_det_A = sum(log(det_A));
+    real quad_u = S * sum(square(w) ./ det_A);  // sum_j u_j' A_j^-1 u_j
+{% else %}
+  // With Z_j'Z_j = [ZtZ_11, ZtZ_12; ZtZ_12, ZtZ_22]_j (2 x 2: |I + B| = 1 + tr B + |B|,
+  // adj(I + B) = I + adj(B), and u' adj(Lambda' M Lambda) u = |S| w' adj(M) w):
+  //   |A_j|               = 1 + tr(S Z_j'Z_j) + |S| |Z_j'Z_j|               (1 + tr >= 1, |S| |M| >= 0)
+  //   u_j' A_j^-1 u_j     = (w_j' S w_j + |S| w_j' adj(Z_j'Z_j) w_j) / |A_j|
+  real marginal_gaussian_q2_lpdf(real yty, vector Aty, matrix AtA, vector ZtZ_11, vector ZtZ_12,
+                                 vector ZtZ_22, vector det_ZtZ, matrix ZtA_1, matrix ZtA_2,
+                                 vector Zty_1, vector Zty_2, int N, vector beta, matrix Lambda,
+                                 real sigma) {
+    int G = rows(ZtZ_11);
+    matrix[2, 2] S = tcrossprod(Lambda);
+    real det_S = square(Lambda[1, 1] * Lambda[2, 2] - Lambda[1, 2] * Lambda[2, 1]);
+    vector[G] w1 = Zty_1 - ZtA_1 * beta;  // first entry of w_j, every j
+    vector[G] w2 = Zty_2 - ZtA_2 * beta;  // second entry
+    vector[G] det_A = 1 + S[1, 1] * ZtZ_11 + 2 * S[1, 2] * ZtZ_12 + S[2, 2] * ZtZ_22 + det_S * det_ZtZ;
+    real log_det_A = sum(log(det_A));
+    // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
+    vector[G] num = (S[1, 1] + det_S * ZtZ_22) .* square(w1)
+                    + 2 * (S[1, 2] - det_S * ZtZ_12) .* (w1 .* w2)
+                    + (S[2, 2] + det_S * ZtZ_11) .* square(w2);
+    real quad_u = sum(num ./ det_A);  // sum_j u_j' A_j^-1 u_j
+{% endif %}
+    real rtr = yty - 2 * dot_product(beta, Aty) + quad_form(AtA, beta);  // r'r
+    return -0.5 * (N * log(2 * pi() * square(sigma)) + log_det_A + (rtr - quad_u) / square(sigma));
+  }
+{% endif %}
 }
 data {
   int<lower=1> N;  // number of observations
@@ -85,13 +132,46 @@ data {
 }
 transformed data {
   int Kc = K{{ " - 1" if s.has_intercept else "" }};  // population-level effects besides the intercept
+  // log(sigma) has posterior SD about 1 / sqrt(2 N). Stan's windowed adaptation shrinks every
+  // variance estimate of the metric toward 1e-3 (weight 5 / (n + 5), n draws per window); from a
+  // few thousand rows on, that floor dwarfs log(sigma)'s variance and the step size collapses
+  // (4x the leapfrog steps at N = 1e6). NUTS therefore moves log(sigma) / sigma_scale, whose
+  // posterior variance stays near 1 / 2000 for any N >= 1000; up to 1000 rows sigma_scale = 1
+  // and the unconstrained parameter is brms's, log(sigma).
+  real sigma_scale = fmin(1, sqrt(1000.0 / N));
+{% if s.block_size %}
+  // the closed form reads each entry of the blocks' cross-products as a length-G vector
+{% for i in range(1, s.block_size + 1) %}
+{% for j in range(i, s.block_size + 1) %}
+  vector[G] ZtZ_{{ i }}{{ j }};  // entry [{{ i }}, {{ j }}] of Z_j'Z_j
+{% endfor %}
+{% endfor %}
+{% for i in range(1, s.block_size + 1) %}
+  matrix[G, K] ZtA_{{ i }};  // row {{ i }} of Z_j'A
+  vector[G] Zty_{{ i }};  // entry {{ i }} of Z_j'y
+{% endfor %}
+  for (j in 1:G) {
+{% for i in range(1, s.block_size + 1) %}
+{% for k in range(i, s.block_size + 1) %}
+    ZtZ_{{ i }}{{ k }}[j] = ZtZ[j][{{ i }}, {{ k }}];
+{% endfor %}
+{% endfor %}
+{% for i in range(1, s.block_size + 1) %}
+    ZtA_{{ i }}[j] = ZtA[j][{{ i }}];
+    Zty_{{ i }}[j] = Zty[j][{{ i }}];
+{% endfor %}
+  }
+{% if s.block_size == 2 %}
+  vector[G] det_ZtZ = fmax(ZtZ_11 .* ZtZ_22 - square(ZtZ_12), 0);  // a Gram determinant: >= 0 but for rounding
+{% endif %}
+{% endif %}
 }
 parameters {
   vector[Kc] b;  // population-level effects
 {% if s.has_intercept %}
   real Intercept;  // intercept for centred predictors
 {% endif %}
-  real<lower=0> sigma;  // residual SD
+  real<multiplier=sigma_scale> log_sigma;  // log of the residual SD (scale: see transformed data)
 {% for t in terms %}
   // group-level term {{ t.k }} (its effects r_{{ t.k }} are integrated out)
   vector<lower=0>[M_{{ t.k }}] sd_{{ t.k }};  // group-level standard deviations
@@ -101,6 +181,7 @@ parameters {
 {% endfor %}
 }
 transformed parameters {
+  real<lower=0> sigma = exp(log_sigma);  // residual SD
 {% include "lprior.stan" %}
 }
 model {
@@ -117,11 +198,19 @@ model {
       }
     }
 {% endfor %}
+{% set beta = "append_row(Intercept, b)" if s.has_intercept else "b" %}
+{% if s.block_size == 1 %}
+    target += marginal_gaussian_q1_lpdf(yty | Aty, AtA, ZtZ_11, ZtA_1, Zty_1, N, {{ beta }}, Lambda, sigma);
+{% elif s.block_size == 2 %}
+    target += marginal_gaussian_q2_lpdf(yty | Aty, AtA, ZtZ_11, ZtZ_12, ZtZ_22, det_ZtZ, ZtA_1, ZtA_2,
+                                        Zty_1, Zty_2, N, {{ beta }}, Lambda, sigma);
+{% else %}
     target += marginal_gaussian_lpdf(yty | Aty, AtA, ZtZ, ZtA, Zty, N, 0,
-                                     {{ "append_row(Intercept, b)" if s.has_intercept else "b" }}, Lambda, {{ 1 if lambda_diagonal else 0 }}, sigma);
+                                     {{ beta }}, Lambda, {{ 1 if lambda_diagonal else 0 }}, sigma);
+{% endif %}
   }
-  // priors
-  target += lprior;
+  // priors (on sigma, as brms's: log_sigma adds the log Jacobian of sigma = exp(log_sigma))
+  target += lprior + log_sigma;
 }
 generated quantities {
 {% if s.has_intercept %}
