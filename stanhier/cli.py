@@ -262,7 +262,8 @@ def brm_kwargs(args: argparse.Namespace, priors: list) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         family=args.family, prior=priors or None, chains=args.chains, iter=args.iter, warmup=args.warmup,
         thin=args.thin, seed=args.seed, cores=args.cores, init=read_init(args.init),
-        control={"adapt_delta": args.adapt_delta, "max_treedepth": args.max_treedepth},
+        control={"max_treedepth": args.max_treedepth,
+                 **({} if args.adapt_delta is None else {"adapt_delta": args.adapt_delta})},
         backend=args.backend, progress=args.progress)
     optional = {"parameterization": args.parameterization, "na_action": args.na_action,
                 "collinear": args.collinear, "marginalize": args.marginalize,
@@ -448,8 +449,9 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cores", type=int, default=None)
     g.add_argument("--init", default=None, metavar="R|random|FILE.json",
                    help="inits uniform(-R, R) on the unconstrained scale (default 2), or a JSON file of values")
-    g.add_argument("--adapt-delta", type=float, default=SampleSettings.adapt_delta,
-                   help="target acceptance rate (brms's control adapt_delta)")
+    g.add_argument("--adapt-delta", type=float, default=None,
+                   help="target acceptance rate (brms's control adapt_delta; default brm's: brms's 0.8, "
+                        "0.9 for programs with a conditional term)")
     g.add_argument("--max-treedepth", type=int, default=SampleSettings.max_treedepth,
                    help="NUTS maximum tree depth (brms's control max_treedepth)")
     g.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=None,

@@ -101,3 +101,5 @@ def test_choice_printed_and_recorded(fish_fit, tmp_path):
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
     assert rec["parameterization"] == "auto" and rec["group_effects"][0]["choice"] == "conditional"
     assert sh.load(tmp_path / "run").summary() == fish_fit.summary()
+    # no adapt_delta given: a conditional program samples at 0.9 (CONDITIONAL_ADAPT_DELTA), recorded
+    assert rec["settings"]["adapt_delta"] == 0.9 == fish_fit.raw.settings.adapt_delta
