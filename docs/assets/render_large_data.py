@@ -38,6 +38,10 @@ def bench_table() -> str:
         ("client peak RSS", f"{d['client_peak_rss_mb']:,} MB"),
         ("estimates", f"fixef {d['fixef']}, theta {d['theta']}, sigma {d['sigma']}"),
         ("lme4 `lmer` on the same model", f"{l4.get('rows', 0):,} rows: {lme4}"),
+        ("rows per second of the whole fit", (f"stanhier {d['rows'] / d['fit_seconds']:,.0f}, lme4 "
+                                              f"{l4['rows'] / l4['fit_seconds']:,.0f} "
+                                              f"({d['rows'] / d['fit_seconds'] / (l4['rows'] / l4['fit_seconds']):.0f}x)")
+         if "error" not in l4 else "lme4 failed"),
         ("Poisson GLMM, raw rows", f"{c['rows']:,} rows: {c['raw_seconds']:.1f} s"),
         ("Poisson GLMM, aggregated", f"{c['patterns']:,} patterns: {c['aggregated_seconds']:.1f} s "
                                      f"({c['speedup']:.0f}x faster)"),
