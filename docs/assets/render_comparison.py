@@ -319,10 +319,17 @@ def seeds_verdict() -> str:
     b_rhat = max(r["Rhat"] for r in ref["summary_table"])
     b_ess = min(r["Bulk_ESS"] for r in ref["summary_table"])
     met = div <= 20 and rhat <= 1.01 and ess >= 1000
-    return (f"Over the five seeds: {div} divergent transitions in all, max Rhat {rhat:.3f}, min bulk ESS "
+    text = (f"Over the five seeds: {div} divergent transitions in all, max Rhat {rhat:.3f}, min bulk ESS "
             f"{ess:.0f} (brms's default run: {ref['n_divergent']} divergences, Rhat {b_rhat:.2f}, ESS {b_ess:.0f}). "
             f"The issue's acceptance (at most 20 divergences over five seeds, Rhat <= 1.01, bulk ESS\n>= 1000) is "
             f"{'met' if met else '**not** met'}.")
+    long = _bench("bench_bayes_seeds.json")["cases"]["fish"].get("long_centred")
+    if long and all("max_sd_from_long" in r for r in runs):
+        dev = max(r["max_sd_from_long"] for r in runs)
+        text += (f" Against a long centred run (4 chains x 20,000 draws, adapt_delta 0.99: max Rhat "
+                 f"{long['max_rhat']:.3f}, min bulk ESS {long['min_ess_bulk']:.0f}) every seed's posterior means lie "
+                 f"within {dev:.3f} posterior SD of the long run's (`--long 20000`).")
+    return text
 
 
 def main() -> str:
