@@ -380,9 +380,10 @@ class BrmsFit:
             "divergent_transitions": div,
             "max_treedepth_hits": tree,
             "min_ebfmi": float(np.min(ebfmi)),
-            "max_rhat": float(np.nanmax(table["Rhat"])) if len(table) else float("nan"),
-            "min_bulk_ess": float(np.nanmin(table["Bulk_ESS"])) if len(table) else float("nan"),
-            "min_tail_ess": float(np.nanmin(table["Tail_ESS"])) if len(table) else float("nan"),
+            # pandas skips NaN (one chain, constant draws) without numpy's all-NaN RuntimeWarning
+            "max_rhat": float(table["Rhat"].max()) if len(table) else float("nan"),
+            "min_bulk_ess": float(table["Bulk_ESS"].min()) if len(table) else float("nan"),
+            "min_tail_ess": float(table["Tail_ESS"].min()) if len(table) else float("nan"),
         }
 
     def diagnostic_messages(self) -> list[str]:

@@ -14,6 +14,7 @@ Example
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,9 +36,18 @@ def summary_stats(values: np.ndarray) -> dict[str, float]:
     out = {"Estimate": float(np.mean(flat)), "Est.Error": float(np.std(flat, ddof=1)),
            "l-95% CI": float(np.quantile(flat, 0.025)), "u-95% CI": float(np.quantile(flat, 0.975))}
     if values.shape[0] * values.shape[1] > 3 and np.ptp(flat) > 0:
-        out["Rhat"] = float(az.rhat(values, method="rank")) if values.shape[1] >= 4 else float("nan")
-        out["Bulk_ESS"] = float(az.ess(values, method="bulk"))
-        out["Tail_ESS"] = float(az.ess(values, method="tail"))
+        # ArviZ logs a "Shape validation failed" warning for one chain; brms's ESS of one chain is
+        # computed without comment, so ArviZ's log is kept below warnings here (ArviZ's logger is
+        # its own object, ``arviz._log``, not registered with ``logging``)
+        arviz_log = getattr(az, "_log", None) or logging.getLogger("arviz")
+        level = arviz_log.level
+        arviz_log.setLevel(logging.ERROR)
+        try:
+            out["Rhat"] = float(az.rhat(values, method="rank")) if values.shape[1] >= 4 else float("nan")
+            out["Bulk_ESS"] = float(az.ess(values, method="bulk"))
+            out["Tail_ESS"] = float(az.ess(values, method="tail"))
+        finally:
+            arviz_log.setLevel(level)
     else:
         out.update({"Rhat": float("nan"), "Bulk_ESS": float("nan"), "Tail_ESS": float("nan")})
     return out
