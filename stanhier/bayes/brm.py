@@ -89,7 +89,7 @@ def brm(formula: str, data: Any, family: str | Family = "gaussian", *,
     ``warmup`` (default ``iter // 2``), ``thin``, ``seed``, ``cores``, ``init``
     (None: uniform(-2, 2) unconstrained; a number r: uniform(-r, r); dict(s)),
     ``control={"adapt_delta": 0.95, "max_treedepth": 12}`` (default adapt_delta: brms's 0.8, or
-    0.9 when a term has the conditional treatment, where it measurably raises ESS per second:
+    0.9 when a term has the conditional treatment, where it raised the seed model's smallest ESS:
     :data:`~stanhier.bayes.parameterization.CONDITIONAL_ADAPT_DELTA`). Same seed and backend
     give identical draws. ``cores`` is CmdStan's ``parallel_chains``; the pystan
     backend always runs the chains in parallel processes (one per core).

@@ -32,8 +32,8 @@ __all__ = ["TermChoice", "term_choices", "choices_record", "summary_lines", "CON
 #: NUTS's target acceptance rate for programs with a conditional term when the user sets none
 #: (brms's default is 0.8). Measured on the seed model (benchmarks/bench_bayes.py, five seeds):
 #: at 0.8 the smallest bulk ESS of the slope SD ranged 936-2687 over the seeds, at 0.9
-#: 2194-3012, for about 15% more sampling time -- more ESS per second as well; the
-#: conditional coordinates are near standard normal, so the smaller step costs little.
+#: 2194-3012, for about 15% more sampling time (more ESS per second there; the binomial
+#: germination example lost some ESS per second, 5.4x brms's instead of 6.4x).
 CONDITIONAL_ADAPT_DELTA = 0.9
 
 
