@@ -1,23 +1,26 @@
 """Laplace GLMM on the crossed layout: PIRLS with the blocked factorization of ml/crossed.py.
 
 For crossed/nested scalar random-effects terms (random intercepts, or ``(0 + x | g)``)
-beyond the stacked layout, with Poisson, binomial or Bernoulli responses (``nAGQ = 1``):
+beyond the stacked layout, and for small designs with any terms (``(x | g)``, ``(x || g)``),
+with Poisson, binomial or Bernoulli responses (``nAGQ = 1``):
 for given (beta, theta) the conditional mode of the spherical random effects u is found by
 penalized iteratively reweighted least squares (Newton on
 ``sum log p(y | eta) - |u|^2 / 2``, eta = X beta + Z Lambda u, with step halving); each
 Newton system ``H = Lambda' Z' W Z Lambda + I`` is factored by the same blocks as the
-Gaussian case (diagonal block of the largest factor + dense Schur complement). lme4's
+Gaussian case (diagonal block of the largest factor + dense Schur complement; M x M blocks
+per level for a largest term with M coefficients, Lambda from ``CrossedLayout.Lambda``). lme4's
 Laplace deviance ``-2 sum log p(y | mu) + |u|^2 + log|H|`` is minimized over (beta, theta)
 by COBYQA (lme4: bobyqa over the same variables). The Stan program of this model is
 ``ml_glmm.stan`` (the stacked layout, for sizes where it fits); a test checks that its log
 density equals this evaluator at the optimum on a design small enough for it.
 
 Small designs (a Schur complement of at most ``MAX_QUICK_Q2`` effects, e.g. one grouping
-factor, or lme4's grouseticks) also run here: Z'WZ's blocks are summed with ``bincount``
+factor, or lme4's grouseticks) also run here: Z'WZ's blocks (scalar terms) are summed with ``bincount``
 over index patterns fixed at the start, theta is first optimized with beta inside PIRLS
 (lme4's ``nAGQ = 0`` stage), then (beta, theta) by L-BFGS-B on central differences with
-beta scaled by its curvature. Standard errors: the finite-difference Hessian of the
-deviance over (beta, theta), as lme4.
+beta scaled by its curvature (and, for terms with several coefficients, each theta by the root
+of its curvature: slopes on wide covariates are steep). Standard errors: the finite-difference
+Hessian of the deviance over (beta, theta), as lme4 (at a boundary of scalar terms: over beta).
 
 Example
 -------
