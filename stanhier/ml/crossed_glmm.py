@@ -184,7 +184,7 @@ class CrossedGLMM:
 
     # ------------------------------------------------------------ family pieces
     def loglik(self, eta: np.ndarray) -> float:
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a trial step may overflow
             ll = float(np.sum(self.family.loglik(self.y, eta, {}, self.trials)))
         return ll if not np.isnan(ll) else -math.inf  # mu outside the family's range (identity link...)
 
