@@ -20,7 +20,7 @@ Which evaluator runs the optimizer (``fit.evaluator`` and the summary's ``Evalua
 line say it): where Stan's fixed cost per call dominates -- ``lmer`` whenever the random
 effects outside the largest term number at most
 :data:`~stanhier.ml.crossed.MAX_QUICK_Q2` (one grouping factor: always), and Laplace
-``glmer`` with scalar terms, canonical links and Poisson/binomial/Bernoulli responses under
+``glmer`` (any terms, e.g. ``(x | g)``), canonical links and Poisson/binomial/Bernoulli responses under
 the same condition -- the numpy blocked evaluator of the same likelihood
 (:mod:`stanhier.ml.crossed`, :mod:`stanhier.ml.crossed_glmm`) runs without compiling; the
 Stan program above stays the model's definition (``fit.stan_check()``, ``fit.density``,

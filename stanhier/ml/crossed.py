@@ -74,7 +74,7 @@ __all__ = ["CrossedLayout", "CrossedLMM", "CrossedMerFit", "StanProgramText", "b
            "z_matrix", "single_threaded_blas", "crossed_stan_program", "crossed_stan_data",
            "EVALUATOR", "MAX_QUICK_Q2", "schur_size", "blocked_is_quick", "StanDefined", "PermutedDensity",
            "stacked_problem_of", "within_stacked", "blocks_problem", "minimize_bounded", "fd_gradient",
-           "lower_bounds", "checked_optimum", "evaluator_text"]
+           "lower_bounds", "checked_optimum", "evaluator_text", "first_block_gram"]
 
 #: Largest size of the dense Schur complement (random effects outside the largest factor):
 #: memory 8 q^2 bytes per copy (a few copies live at once), time q^3 / 3 per evaluation.
@@ -169,6 +169,11 @@ class CrossedLayout:
         for (i, j), k in zip(slot.pairs, slot.theta_index):
             lam[i, j] = theta[k]
         return lam
+
+    def Lambda(self, theta: np.ndarray) -> sparse.csr_matrix:
+        """lme4's relative covariance factor of all q effects at ``theta`` (q x q, sparse)."""
+        return sparse.csr_matrix((np.asarray(theta, float)[self.lam_par - 1], (self.lam_row - 1, self.lam_col - 1)),
+                                 shape=(self.q, self.q))
 
     def Lambda2(self, theta: np.ndarray) -> sparse.csr_matrix:
         """Relative covariance factor of the dense (Schur) part, q2 x q2, sparse."""
@@ -541,19 +546,25 @@ class GramPairs:
         return out
 
 
+def first_block_gram(design: Design, lay: CrossedLayout, w: np.ndarray | None = None) -> np.ndarray:
+    """(L1, M1, M1) diagonal blocks of Z1' W Z1 (the largest term's, one per level; W = I by default)."""
+    first = design.terms[lay.slots[0].index]
+    J1, Z1 = first.J, first.Z
+    Zw = Z1 if w is None else Z1 * w[:, None]
+    B = np.empty((lay.L1, lay.M1, lay.M1))
+    for a in range(lay.M1):
+        for b in range(lay.M1):
+            B[:, a, b] = np.bincount(J1, Zw[:, a] * Z1[:, b], minlength=lay.L1)
+    return B
+
+
 def crossed_problem(design: Design, lay: CrossedLayout, REML: bool) -> CrossedLMM:
     """Cross-products of the design split into the blocks of :class:`CrossedLMM`."""
     X, y = design.X, design.y
     Z = z_matrix(design, lay)
     ZtZ = (Z.T @ Z).tocsr()
     q1 = lay.q1
-    first = design.terms[lay.slots[0].index]
-    J1, Z1 = first.J, first.Z
-    M1, L1 = lay.M1, lay.L1
-    B = np.empty((L1, M1, M1))
-    for a in range(M1):
-        for b in range(M1):
-            B[:, a, b] = np.bincount(J1, Z1[:, a] * Z1[:, b], minlength=L1)
+    B = first_block_gram(design, lay)
     T = ZtZ[:q1, q1:].tocsr()
     Z22 = ZtZ[q1:, q1:].tocsr()
     V = np.asarray(Z.T @ np.column_stack([y, X]))

@@ -1,23 +1,26 @@
 """Laplace GLMM on the crossed layout: PIRLS with the blocked factorization of ml/crossed.py.
 
 For crossed/nested scalar random-effects terms (random intercepts, or ``(0 + x | g)``)
-beyond the stacked layout, with Poisson, binomial or Bernoulli responses (``nAGQ = 1``):
+beyond the stacked layout, and for small designs with any terms (``(x | g)``, ``(x || g)``),
+with Poisson, binomial or Bernoulli responses (``nAGQ = 1``):
 for given (beta, theta) the conditional mode of the spherical random effects u is found by
 penalized iteratively reweighted least squares (Newton on
 ``sum log p(y | eta) - |u|^2 / 2``, eta = X beta + Z Lambda u, with step halving); each
 Newton system ``H = Lambda' Z' W Z Lambda + I`` is factored by the same blocks as the
-Gaussian case (diagonal block of the largest factor + dense Schur complement). lme4's
+Gaussian case (diagonal block of the largest factor + dense Schur complement; M x M blocks
+per level for a largest term with M coefficients, Lambda from ``CrossedLayout.Lambda``). lme4's
 Laplace deviance ``-2 sum log p(y | mu) + |u|^2 + log|H|`` is minimized over (beta, theta)
 by COBYQA (lme4: bobyqa over the same variables). The Stan program of this model is
 ``ml_glmm.stan`` (the stacked layout, for sizes where it fits); a test checks that its log
 density equals this evaluator at the optimum on a design small enough for it.
 
 Small designs (a Schur complement of at most ``MAX_QUICK_Q2`` effects, e.g. one grouping
-factor, or lme4's grouseticks) also run here: Z'WZ's blocks are summed with ``bincount``
+factor, or lme4's grouseticks) also run here: Z'WZ's blocks (scalar terms) are summed with ``bincount``
 over index patterns fixed at the start, theta is first optimized with beta inside PIRLS
 (lme4's ``nAGQ = 0`` stage), then (beta, theta) by L-BFGS-B on central differences with
-beta scaled by its curvature. Standard errors: the finite-difference Hessian of the
-deviance over (beta, theta), as lme4.
+beta scaled by its curvature (and, for terms with several coefficients, each theta by the root
+of its curvature: slopes on wide covariates are steep). Standard errors: the finite-difference
+Hessian of the deviance over (beta, theta), as lme4 (at a boundary of scalar terms: over beta).
 
 Example
 -------
@@ -48,7 +51,7 @@ from ..families import Family, get_family
 from ..model.design import Design, data_label, make_design
 from ..model.formula import parse_formula
 from .crossed import (MAX_QUICK_Q2, CrossedLayout, CrossedLMM, CrossedModes, GramPairs, ProblemSizes,
-                      StanDefined, StanProgramText, blocked_is_quick, build_crossed_layout, checked_optimum,
+                      StanDefined, StanProgramText, blocked_is_quick, build_crossed_layout, checked_optimum, first_block_gram,
                       evaluator_text, lower_bounds, minimize_bounded, needs_crossed, single_threaded_blas, within_stacked,
                       z_matrix)
 from .problem import glm_irls
@@ -82,22 +85,18 @@ def glmm_needs_crossed(design: Design, family: Family, nAGQ: int) -> bool:
 
 
 def glmm_is_quick(design: Design, family: Family, nAGQ: int) -> bool:
-    """True for a Laplace GLMM (Poisson/binomial/Bernoulli, scalar terms, rows in memory) whose
-    blocked factorization is quick (:func:`~stanhier.ml.crossed.blocked_is_quick`): the numpy
-    evaluator then beats Stan's per-call overhead, whatever the number of grouping factors."""
+    """True for a Laplace GLMM (Poisson/binomial/Bernoulli at the canonical link, rows in memory)
+    whose blocked factorization is quick (:func:`~stanhier.ml.crossed.blocked_is_quick`): the numpy
+    evaluator then beats Stan's per-call overhead (and needs no compile), whatever the number of
+    grouping factors; terms with several coefficients (``(x | g)``, ``(x || g)``) included."""
     return (nAGQ == 1 and family.name in GLMM_FAMILIES and family.link == get_family(family.name).link
-            and all(gt.M == 1 for gt in design.terms) and blocked_is_quick(design))
+            and blocked_is_quick(design))
 
 
 class CrossedGLMM:
     """The Laplace deviance of a crossed GLMM as a function of (beta, theta)."""
 
     def __init__(self, design: Design, lay: CrossedLayout, family: Family) -> None:
-        if any(s.M != 1 for s in lay.slots):
-            raise DataError(
-                "glmer on crossed/nested factors beyond the stacked layout handles scalar random-effects "
-                "terms only (such as '(1 | g)' or '(0 + x | g)'); this model has a term with several "
-                "coefficients. Use '||' terms split into scalars, fewer levels, or the Bayesian brm().")
         self.design, self.layout, self.family = design, lay, family
         self.Z = z_matrix(design, lay).tocsc()
         self.Z1 = self.Z[:, :lay.q1].tocsr()
@@ -115,7 +114,12 @@ class CrossedGLMM:
         self.Zr = self.Z.tocsr()
         self.Zt = self.Z.T.tocsr()
         self.quick = lay.q2 <= MAX_QUICK_Q2
-        if self.quick:
+        # scalar terms: Lambda diagonal, Z'WZ summed over fixed index patterns (quick_factor);
+        # terms with several coefficients: CrossedLMM.factor's blocks (M1 x M1 per level)
+        self._no_schur = (sparse.csr_matrix((lay.q1, 0)), sparse.csr_matrix((0, 0)))
+        self.scalar = all(s.M == 1 for s in lay.slots)
+        self.patterns = self.quick and self.scalar
+        if self.patterns:
             self._index_patterns()
 
     def _index_patterns(self) -> None:
@@ -180,7 +184,7 @@ class CrossedGLMM:
 
     # ------------------------------------------------------------ family pieces
     def loglik(self, eta: np.ndarray) -> float:
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a trial step may overflow
             ll = float(np.sum(self.family.loglik(self.y, eta, {}, self.trials)))
         return ll if not np.isnan(ll) else -math.inf  # mu outside the family's range (identity link...)
 
@@ -194,21 +198,19 @@ class CrossedGLMM:
         """H = Lambda' Z' W Z Lambda + I, factored by ``CrossedLMM.factor`` (dummy fixed part)."""
         lay = self.layout
         B = self._b(w)
-        Zw2 = self.Z2.multiply(w[:, None]).tocsc()
-        T = (self.Z1.T @ Zw2).tocsr()
-        Z22 = (self.Z2.T @ Zw2).tocsr()
+        if lay.q2:
+            Zw2 = self.Z2.multiply(w[:, None]).tocsc()
+            T = (self.Z1.T @ Zw2).tocsr()
+            Z22 = (self.Z2.T @ Zw2).tocsr()
+        else:  # one grouping factor: H is block-diagonal (B only)
+            T, Z22 = self._no_schur
         prob = CrossedLMM(N=2, K=1, REML=False, B=B, T=T, Z22=Z22, V=np.zeros((lay.q, 2)),
                           XtX=np.eye(1), Xty=np.zeros(1), yty=1.0, layout=lay)
         return prob, prob.factor(theta)
 
     def _b(self, w: np.ndarray) -> np.ndarray:
-        """Diagonal of Z1' W Z1 (the first term is scalar: one entry per row of Z1)."""
-        return np.bincount(self.J1, w * self.z1 * self.z1, minlength=self.layout.L1)[:, None, None]
-
-    def lam(self, theta: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.layout.q)
-        out[self.layout.lam_row - 1] = np.asarray(theta)[self.layout.lam_par - 1]
-        return out
+        """(L1, M1, M1) diagonal blocks of Z1' W Z1."""
+        return first_block_gram(self.design, self.layout, w)
 
     def pirls(self, beta: np.ndarray, theta: np.ndarray, joint: bool = False
               ) -> tuple[float, np.ndarray, np.ndarray]:
@@ -217,28 +219,29 @@ class CrossedGLMM:
         ``joint``: beta is optimized with u (lme4's ``nAGQ = 0`` deviance, its first stage);
         the optimum's beta is left in ``self.beta`` and its curvature X'WX minus the part the
         random effects take (Schur complement on beta) in ``self.beta_curvature``."""
-        lam = self.lam(theta)
+        Lam = self.layout.Lambda(theta)
+        LamT = Lam.T.tocsr()
         X = self.design.X
         K = X.shape[1]
 
         def eta_of(b, u):
-            return X @ b + self.Zr @ (lam * u)
+            return X @ b + self.Zr @ (Lam @ u)
 
         def factorized(w):
-            if self.quick:
-                f = self.quick_factor(lam, w)
+            if self.patterns:
+                f = self.quick_factor(Lam.diagonal(), w)
                 return f["logdet"], lambda g: self.quick_solve(f, g)
             prob, f = self.factor(theta, w)
             return f["logdet"], lambda g: prob.solve_spherical(f, g)
 
         def newton(b, u, eta):
             dl, w = self.derivs(eta)
-            g_u = lam * (self.Zt @ dl) - u
+            g_u = LamT @ (self.Zt @ dl) - u
             _, solve = factorized(w)
             d_u = solve(g_u)
             if not joint:
                 return np.zeros(K), d_u, float(g_u @ d_u)
-            ZWX = lam[:, None] * (self.Zt @ (w[:, None] * X))
+            ZWX = LamT @ (self.Zt @ (w[:, None] * X))
             HZ = np.column_stack([solve(ZWX[:, k]) for k in range(K)])
             Sb = (X.T * w) @ X - ZWX.T @ HZ
             self.beta_curvature = (Sb + Sb.T) / 2
@@ -350,7 +353,7 @@ class CrossedGlmerFit(StanDefined, MerFit):
         with single_threaded_blas():
             _, u, w = self._fixed
             prob, f = self.glmm.factor(self.theta, w)
-            b = self.glmm.lam(self.theta) * u
+            b = self.glmm.layout.Lambda(self.theta) @ u
             cov = prob.mode_covariances(f, 1.0)
         return CrossedModes(b=b[None, :], cov=cov)
 
@@ -424,21 +427,25 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float
             # curvature in every direction of beta (L-BFGS-B then needs few steps)
             R = _curvature_root(glmm, x0) if glmm.quick else np.eye(K)
             b0 = x0[:K].copy()
+            # theta of slopes on wide covariates is steep: z = s theta, s = its curvature's root (bounds kept)
+            s = _theta_scale(fun, x0, K) if glmm.quick and not glmm.scalar else np.ones(lay.n_theta)
 
             def to_x(z):
-                return np.concatenate([b0 + sla.solve_triangular(R, z[:K], check_finite=False), z[K:]])
+                return np.concatenate([b0 + sla.solve_triangular(R, z[:K], check_finite=False), z[K:] / s])
 
             def fun_z(z):
                 return fun(to_x(z))
 
-            z0 = np.concatenate([np.zeros(K), x0[K:]])
+            z0 = np.concatenate([np.zeros(K), x0[K:] * s])
             z, _, ok, message, _ = minimize_bounded(fun_z, z0, lower, tol=tol, quick=glmm.quick, max_evals=5000)
             x = to_x(z)
         glmm.u = np.zeros(lay.q)  # PIRLS from u = 0 at x: the Hessian does not depend on the path here
         dev = fun(x)
         if not hessian:
             grad, H = np.full(len(x), np.nan), None
-        elif np.all(x[K:] > 1e-4):
+        elif np.all(x[K:] > 1e-4) or not glmm.scalar:
+            # terms with several coefficients: over (beta, theta) also at the boundary, as lme4 (the
+            # deviance is smooth in theta across 0; _vcov falls back to beta if not positive definite)
             grad, H = _fd_hessian(fun, x)
         else:  # at the boundary (singular fit): over beta only, theta held at the optimum
             grad, H = _fd_hessian(lambda b: fun(np.concatenate([b, x[K:]])), x[:K])
@@ -462,6 +469,19 @@ def fit_crossed_glmm(call: MLCall, design: Design, family: Family, *, tol: float
     if fit.is_singular():
         warnings.warn("boundary (singular) fit: a variance is ~0 or a correlation ~±1 (fit.is_singular())", StanhierWarning, stacklevel=3)
     return fit
+
+
+def _theta_scale(fun, x: np.ndarray, K: int) -> np.ndarray:
+    """Per theta, the root of the curvature of deviance / 2 at x (forward second differences,
+    valid at the bound 0), at least 1: only the steep directions are rescaled."""
+    f0 = fun(x)
+    s = np.ones(len(x) - K)
+    for k in range(len(s)):
+        e = np.zeros(len(x))
+        e[K + k] = 1e-3 * max(1.0, abs(x[K + k]))
+        c = (fun(x + 2 * e) - 2 * fun(x + e) + f0) / e[K + k] ** 2 / 2
+        s[k] = math.sqrt(c) if np.isfinite(c) and c > 1 else 1.0
+    return s
 
 
 def _curvature_root(glmm: CrossedGLMM, x: np.ndarray) -> np.ndarray:
