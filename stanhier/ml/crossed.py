@@ -570,7 +570,7 @@ def crossed_problem(design: Design, lay: CrossedLayout, REML: bool) -> CrossedLM
     V = np.asarray(Z.T @ np.column_stack([y, X]))
     return CrossedLMM(N=design.N, K=X.shape[1], REML=bool(REML), B=B, T=T, Z22=Z22, V=V,
                       XtX=(X.T @ X + (X.T @ X).T) / 2, Xty=X.T @ y, yty=float(y @ y), layout=lay,
-                      pairs=GramPairs.build(T) if M1 == 1 and lay.q2 else None)
+                      pairs=GramPairs.build(T) if lay.M1 == 1 and lay.q2 else None)
 
 
 def blocks_problem(problem: Any, lay: CrossedLayout) -> CrossedLMM:

@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 from scipy import linalg as sla
-from scipy import optimize as sopt
 from scipy import sparse
 
 from ..errors import ArgumentError, DataError, StanhierWarning
@@ -51,14 +50,12 @@ from ..families import Family, get_family
 from ..model.design import Design, data_label, make_design
 from ..model.formula import parse_formula
 from .crossed import (MAX_QUICK_Q2, CrossedLayout, CrossedLMM, CrossedModes, GramPairs, ProblemSizes,
-                      StanDefined, StanProgramText, blocked_is_quick, build_crossed_layout, checked_optimum, first_block_gram,
-                      evaluator_text, lower_bounds, minimize_bounded, needs_crossed, single_threaded_blas, within_stacked,
-                      z_matrix)
-from .problem import glm_irls
-from .problem import MAX_DENSE_CELLS
+                      StanDefined, StanProgramText, blocked_is_quick, build_crossed_layout, checked_optimum,
+                      evaluator_text, first_block_gram, lower_bounds, minimize_bounded, needs_crossed,
+                      single_threaded_blas, within_stacked, z_matrix)
 from .fit import MerFit, MLCall
 from .optimizer import OptimumInfo
-from .problem import glm_irls, stan_program
+from .problem import MAX_DENSE_CELLS, glm_irls, stan_program
 
 __all__ = ["CrossedGLMM", "CrossedGlmerFit", "fit_crossed_glmm", "glmer_crossed", "glmm_needs_crossed",
            "glmm_is_quick", "user_start",
