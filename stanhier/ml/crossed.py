@@ -170,19 +170,20 @@ class CrossedLayout:
             lam[i, j] = theta[k]
         return lam
 
+    def _lambda(self, theta: np.ndarray, first: int) -> sparse.csr_matrix:
+        """Lambda's block of the effects after the first ``first`` (sparse, square)."""
+        sel = self.lam_row > first
+        return sparse.csr_matrix((np.asarray(theta, float)[self.lam_par[sel] - 1],
+                                  (self.lam_row[sel] - 1 - first, self.lam_col[sel] - 1 - first)),
+                                 shape=(self.q - first, self.q - first))
+
     def Lambda(self, theta: np.ndarray) -> sparse.csr_matrix:
         """lme4's relative covariance factor of all q effects at ``theta`` (q x q, sparse)."""
-        return sparse.csr_matrix((np.asarray(theta, float)[self.lam_par - 1], (self.lam_row - 1, self.lam_col - 1)),
-                                 shape=(self.q, self.q))
+        return self._lambda(theta, 0)
 
     def Lambda2(self, theta: np.ndarray) -> sparse.csr_matrix:
         """Relative covariance factor of the dense (Schur) part, q2 x q2, sparse."""
-        if self.q2 == 0:
-            return _EMPTY
-        sel = self.lam_row > self.q1
-        return sparse.csr_matrix((np.asarray(theta, float)[self.lam_par[sel] - 1],
-                                  (self.lam_row[sel] - 1 - self.q1, self.lam_col[sel] - 1 - self.q1)),
-                                 shape=(self.q2, self.q2))
+        return _EMPTY if self.q2 == 0 else self._lambda(theta, self.q1)
 
     def term_values(self, slot: TermSlot, per_block: np.ndarray) -> np.ndarray:
         """(L, M) values of a term's coefficients from the (1, q) vector of all effects."""

@@ -46,14 +46,14 @@ from typing import Any
 
 import numpy as np
 
-from ..model.crossprod import (crossprod, exact_value, finish_parts, gaussian_crossprod_parts, grouped_crossprod,
-                              symmetrize)
+from ..model.crossprod import (crossprod, exact_value, finish_parts, gaussian_crossprod_parts,
+                              grouped_crossprod, symmetrize)
 from ..model.design import Design
 from ..model.distributed import design_moments
 from . import names
 
-__all__ = ["MAX_DENSE_Q", "CLOSED_FORM_Q", "closed_form_q", "MarginalLayout", "marginal_layout", "block_design", "cross_products",
-           "marginal_standata", "partition_cross_products", "design_cross_products", "ExactSetup",
+__all__ = ["MAX_DENSE_Q", "CLOSED_FORM_Q", "closed_form_q", "MarginalLayout", "marginal_layout", "block_design",
+           "cross_products", "marginal_standata", "partition_cross_products", "design_cross_products", "ExactSetup",
            "exact_setup"]
 
 #: largest stacked block (all effects of all levels) the dense layout accepts
