@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,42 @@ def test_bad_prior_spec(bad, match):
 def test_prior_not_fitting_model(sleep, pri, match):
     with pytest.raises(sh.PriorError, match=match):
         sh.get_prior("Reaction ~ Days + (Days | Subject)", sleep, prior=[pri])
+
+
+@pytest.mark.parametrize("dist, lb, args, p_above", [
+    # P(X > lb) in closed form, from each distribution's Stan parameterization
+    ("student_t", 0.0, (3.0, 0.0, 2.5), lambda: 0.5),  # symmetric about the bound: a half-t
+    ("normal", 0.3, (1.0, 2.0), lambda: 0.5 * math.erfc((0.3 - 1.0) / (2.0 * math.sqrt(2)))),
+    ("cauchy", -1.0, (0.5, 2.0), lambda: 0.5 - math.atan((-1.0 - 0.5) / 2.0) / math.pi),
+    ("double_exponential", 1.0, (0.0, 2.0), lambda: 0.5 * math.exp(-1.0 / 2.0)),
+    ("logistic", 1.0, (0.0, 2.0), lambda: 1 / (1 + math.exp(1.0 / 2.0))),
+    ("skew_normal", 0.3, (1.0, 2.0, 0.0), lambda: 0.5 * math.erfc((0.3 - 1.0) / (2.0 * math.sqrt(2)))),
+    ("exponential", 0.7, (2.0,), lambda: math.exp(-2.0 * 0.7)),  # Stan's argument is a rate
+    ("gamma", 0.7, (2.0, 3.0), lambda: math.exp(-3.0 * 0.7) * (1 + 3.0 * 0.7)),  # shape, rate
+    ("lognormal", 0.7, (0.2, 1.5), lambda: 0.5 * math.erfc((math.log(0.7) - 0.2) / (1.5 * math.sqrt(2)))),
+    ("weibull", 0.7, (1.5, 2.0), lambda: math.exp(-(0.7 / 2.0) ** 1.5)),  # shape, scale
+    ("frechet", 0.7, (1.5, 2.0), lambda: 1 - math.exp(-(0.7 / 2.0) ** -1.5)),
+    ("inv_gamma", 0.7, (1.0, 3.0), lambda: 1 - math.exp(-3.0 / 0.7)),  # shape, scale
+    ("chi_square", 0.7, (2.0,), lambda: math.exp(-0.7 / 2)),
+    ("inv_chi_square", 0.7, (2.0,), lambda: 1 - math.exp(-1 / (2 * 0.7))),
+    ("uniform", 0.5, (-1.0, 3.0), lambda: 2.5 / 4.0),
+    ("beta", 0.5, (2.0, 1.0), lambda: 1 - 0.25),
+])
+def test_truncation_constant_is_minus_log_tail_probability(dist, lb, args, p_above):
+    """``lt_i`` (data) replaces Stan's ``-dist_lccdf(lb | ...)``: the same number, for every prior
+    family, with Stan's parameterization (rates vs scales) checked against closed forms."""
+    from stanhier.model.priors import DISTRIBUTIONS, truncation_constant
+
+    assert len(args) == DISTRIBUTIONS[dist][0]
+    assert truncation_constant(dist, lb, [args]) == pytest.approx(-math.log(p_above()), rel=1e-10)
+    # a vector parameter: the sum over its positions, as Stan's lccdf of a vector
+    assert truncation_constant(dist, lb, [args, args]) == pytest.approx(-2 * math.log(p_above()), rel=1e-10)
+
+
+def test_truncated_priors_pass_their_constant_as_data(sleep):
+    """brms's half-t priors on SDs and sigma: the constant is data, the same program for any scale."""
+    data = sh.make_standata("Reaction ~ Days + (Days | Subject)", sleep)
+    code = sh.make_stancode("Reaction ~ Days + (Days | Subject)", sleep)
+    assert "lccdf" not in code
+    sd_index = next(k.split("_")[1] for k in data if k.startswith("Jp_"))
+    assert data[f"lt_{sd_index}"] == pytest.approx(2 * math.log(2))  # two SDs, each a half-t: log 2 each

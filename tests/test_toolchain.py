@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stanhier.backends import get_backend, toolchain
@@ -87,3 +88,53 @@ def test_header_key_follows_flags():
     """Another flag set is another header (a .gch is only valid for the flags it was built with)."""
     assert toolchain._header_key(["-O3", "-g0"]) != toolchain._header_key(["-O2", "-g0"])
     assert "-g0" in toolchain.compile_flags() or os.environ.get(toolchain.CXXFLAGS_ENV)
+
+
+# no '~' statement: both propto variants are the full density, so the split instantiates two
+SPLIT = """
+functions {
+  real scaled_lpdf(vector y, real mu, real s) { return normal_lpdf(y | mu, s) - log(s); }
+}
+data { int N; vector[N] y; }
+parameters { real mu; real<lower=0> sigma; cholesky_factor_corr[3] L; }
+model {
+  target += scaled_lpdf(y | mu, sigma) + student_t_lpdf(sigma | 3, 0, 2) + lkj_corr_cholesky_lpdf(L | 2);
+}
+generated quantities { real z = normal_rng(mu, sigma); }  // toolchain split
+"""
+
+EVAL = """
+    import json, numpy as np
+    from stanhier.backends import get_backend
+    model = get_backend("pystan").compile({code!r}, progress=False)
+    dens = model.log_density({{"N": 3, "y": [0.5, 1.5, -0.2]}})
+    thetas = np.random.default_rng(4).normal(size=(5, 5))
+    print(json.dumps({{"name": model.model_name, "values": [[dens.log_prob_grad(t, jac)[0], *dens.log_prob_grad(t, jac)[1]]
+                                                        for t in thetas for jac in (False, True)]}}))
+"""
+
+
+def test_split_module_computes_what_one_unit_does(tmp_path):
+    """Two translation units compiled at once (toolchain.split_program) give the module the single
+    unit stanc wrote gives: the same log density and gradient, with and without the Jacobian,
+    through a user-defined density, constrained parameters and a generated quantity."""
+    from stanhier import cache
+
+    folders = {}
+    for split in ("1", "0"):
+        folders[split] = tmp_path / split
+        folders[split].mkdir()
+        (folders[split] / "pch").symlink_to(cache.cache_dir() / "pch", target_is_directory=True)
+    results = {split: _run(sys.executable, EVAL.format(code=SPLIT), {"STANHIER_CACHE_DIR": str(folder),
+                                                                     toolchain.SPLIT_ENV: split})
+               for split, folder in folders.items()}
+    assert results["1"]["name"] == results["0"]["name"]
+    units = {split: sorted(p.name for p in folder.rglob("model_*.cpp")) for split, folder in folders.items()}
+    assert len(units["1"]) == 2 and len(units["0"]) == 1
+    assert "defined in the gradient's translation unit" in next(folders["1"].rglob("model_*_0.cpp")).read_text()
+    np.testing.assert_allclose(results["1"]["values"], results["0"]["values"], rtol=1e-13, atol=1e-13)
+
+
+def test_propto_detection_reads_statements_not_comments():
+    assert toolchain.uses_propto(TINY) and not toolchain.uses_propto(SPLIT)
+    assert toolchain.uses_propto("model { target += normal_lupdf(y | 0, 1); }")

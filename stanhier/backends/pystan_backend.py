@@ -8,13 +8,11 @@ call httpstan's compiled module directly (no HTTP, no JSON per call).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import logging
 import os
 import re
-import shutil
 import subprocess
 import time
 import types
@@ -538,9 +536,7 @@ class PystanBackend(Backend):
                     # setuptools puts its build/ folder in the working directory: use the cache entry,
                     # so nothing is written where the user works and parallel builds do not collide
                     with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry):
-                        output = asyncio.run(httpstan.models.build_services_extension_module(
-                            code, extra_compile_args=flags + toolchain.header_flags(header)))
-                    shutil.rmtree(entry / "build", ignore_errors=True)
+                        output = toolchain.build_services_module(code, model_name, entry, flags, header)
                 except Exception as exc:
                     log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
                     raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None

@@ -36,6 +36,7 @@ import hashlib
 import importlib.machinery
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -46,8 +47,8 @@ from filelock import FileLock
 
 from .. import cache
 
-__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "compile_flags", "compiler_command", "toolchain_id",
-           "model_name_for", "precompiled_header", "header_flags"]
+__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "compile_flags", "compiler_command", "toolchain_id",
+           "model_name_for", "precompiled_header", "header_flags", "split_program", "uses_propto", "build_services_module"]
 
 logger = logging.getLogger("stanhier")
 
@@ -58,6 +59,8 @@ CXXFLAGS = ("-O3", "-g0", "-std=c++14", "-Wno-sign-compare")
 PCH_ENV = "STANHIER_PCH"
 #: Replaces :data:`CXXFLAGS` (split like a shell command line).
 CXXFLAGS_ENV = "STANHIER_CXXFLAGS"
+#: ``0``/``false`` compiles each program as one translation unit (see :func:`split_program`).
+SPLIT_ENV = "STANHIER_SPLIT"
 
 #: httpstan's macros for every program (httpstan/models.py, build_services_extension_module)
 _MACROS = ("-DBOOST_DISABLE_ASSERTS", "-DBOOST_PHOENIX_NO_VARIADIC_EXPRESSION", "-DSTAN_THREADS",
@@ -71,8 +74,12 @@ def compile_flags() -> list[str]:
     return shlex.split(env) if env and env.strip() else list(CXXFLAGS)
 
 
+def _switched_on(env: str) -> bool:
+    return os.environ.get(env, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def pch_enabled() -> bool:
-    return os.environ.get(PCH_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switched_on(PCH_ENV)
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,3 +196,210 @@ def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path
 def header_flags(hpp: Path | None) -> list[str]:
     """Compiler flags that use the precompiled header ``hpp`` (none without one)."""
     return [] if hpp is None else ["-Winvalid-pch", "-include", str(hpp)]
+
+
+# ------------------------------------------------------------------ two translation units
+_GRAD_MARK = "  // Reverse mode autodiff log prob\n"
+_BOILERPLATE = "\n#ifndef USING_R\n// Boilerplate\n"
+_PROFILES = "\nstan::math::profile_map profiles__;\n"  # the one namespace-level definition
+_EIGEN_FORWARDER = """    Eigen::Matrix<int,-1,1> params_i;
+    return log_prob_impl<propto__, jacobian__>(params_r, params_i, pstream);"""
+_VECTOR_FORWARDER = """           std::ostream* pstream = nullptr) const {
+    return log_prob_impl<propto__, jacobian__>(params_r, params_i, pstream);"""
+_VECTOR_TO_EIGEN = """           std::ostream* pstream = nullptr) const {
+    // stanhier: the same computation on an Eigen copy, so the log density is compiled for one
+    // argument type only
+    Eigen::Matrix<T_,-1,1> params_r_eigen = Eigen::Map<Eigen::Matrix<T_,-1,1>>(params_r.data(), params_r.size());
+    Eigen::Matrix<int,-1,1> params_i_eigen = Eigen::Map<Eigen::Matrix<int,-1,1>>(params_i.data(), params_i.size());
+    return log_prob_impl<{propto}, jacobian__>(params_r_eigen, params_i_eigen, pstream);"""
+
+
+def uses_propto(program_code: str) -> bool:
+    """Whether dropping constant terms (``propto``) can change the program's log density: only
+    ``~`` statements and ``_lupdf``/``_lupmf`` calls drop them; ``target += ..._lpdf(...)`` never
+    does. stanhier's programs use neither, so their ``propto`` variants are the same function.
+
+    >>> uses_propto("model { y ~ normal(0, 1); }"), uses_propto("model { target += normal_lpdf(y | 0, 1); }  // y ~ N")
+    (True, False)
+    """
+    code = re.sub(r"/\*.*?\*/", " ", program_code, flags=re.S)
+    code = re.sub(r"//[^\n]*", " ", code)
+    return "~" in code or "_lupdf" in code or "_lupmf" in code
+
+
+def _closing_brace(text: str, open_at: int) -> int:
+    """Index of the ``}`` that closes the ``{`` at ``open_at`` (string and character literals skipped)."""
+    depth, i, n = 0, open_at, len(text)
+    while i < n:
+        c = text[i]
+        if c in "\"'":
+            i += 1
+            while i < n and text[i] != c:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ValueError("unbalanced braces")
+
+
+def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[str, str] | None:
+    """stanc's C++ for one program as two translation units that compile in parallel.
+
+    The gradient's code (the reverse-mode ``log_prob_impl``: every parameter-dependent statement
+    on autodiff types, the most expensive part to compile) goes in one unit, everything else in
+    the other. The first unit keeps the class with that member declared, not defined; the second
+    defines it, instantiates it explicitly for the ways the model calls it, and leaves out the
+    module's entry points. Two changes cut those ways from eight to four or two:
+
+    * the ``std::vector`` overload of ``log_prob`` copies its arguments into Eigen vectors (Stan's
+      samplers use the Eigen one; the copy is of the parameter vector only);
+    * with ``propto=False`` (see :func:`uses_propto`) both ``propto`` variants call the one that
+      keeps every term, which computes the same value.
+
+    Returns None where stanc's output does not have the expected shape (the program is then
+    compiled as stanc wrote it, in one unit).
+    """
+    start, boiler = cpp.find(_GRAD_MARK), cpp.find(_BOILERPLATE)
+    if (start < 0 or boiler < 0 or cpp.count(_GRAD_MARK) != 1 or cpp.count(_EIGEN_FORWARDER) != 1
+            or cpp.count(_VECTOR_FORWARDER) != 1 or cpp.count(_PROFILES) != 1):
+        return None
+    signature_end = cpp.find(") const {", start)
+    if signature_end < 0:
+        return None
+    body = signature_end + len(") const ")
+    try:
+        end = _closing_brace(cpp, body)
+    except ValueError:
+        return None
+    inline = "  inline stan::scalar_type_t<VecR>\n"
+    declaration = cpp[start:body].rstrip()
+    if inline not in declaration:
+        return None
+    declaration = declaration.replace(inline, "  stan::scalar_type_t<VecR>\n")
+    propto_arg = "propto__" if propto else "false"
+    forwarders = {_EIGEN_FORWARDER: _EIGEN_FORWARDER.replace("<propto__,", f"<{propto_arg},"),
+                  _VECTOR_FORWARDER: _VECTOR_TO_EIGEN.replace("{propto}", propto_arg)}
+
+    def forward(text: str) -> str:
+        for old, new in forwarders.items():
+            text = text.replace(old, new)
+        return text
+
+    main = forward(cpp[:start] + declaration + ";  // defined in the gradient's translation unit\n"
+                   + cpp[end + 1:])
+    vec_r, vec_i = "Eigen::Matrix<stan::math::var,-1,1>", "Eigen::Matrix<int,-1,1>"
+    lines = [f"namespace {model_class}_namespace {{"]
+    for p in (("false", "true") if propto else ("false",)):
+        for jacobian in ("false", "true"):
+            lines.append(f"template stan::math::var {model_class}::log_prob_impl<{p}, {jacobian}, {vec_r}, "
+                         f"{vec_i}>({vec_r}&, {vec_i}&, std::ostream*) const;")
+    lines.append("}")
+    grad = (forward(cpp[:boiler]).replace(_PROFILES, "\nextern " + _PROFILES[1:-1] + "  // defined in the other unit\n")
+            + "\n// the reverse-mode log density, instantiated as the model calls it\n"
+            + "\n".join(lines) + "\n")
+    return main, grad
+
+
+def _compile_command(source: Path, obj: Path, flags: list[str], header: Path | None) -> list[str]:
+    import sysconfig
+
+    pkg = _httpstan_dir()
+    includes = [f"-I{pkg / 'include'}"]
+    py_inc = sysconfig.get_paths().get("include")
+    if py_inc:
+        includes.append(f"-I{py_inc}")
+    return [*compiler_command(), *_MACROS, *includes, *flags, *header_flags(header), "-c", str(source),
+            "-o", str(obj)]
+
+
+def _compile_units(sources: list[Path], flags: list[str], header: Path | None) -> tuple[list[Path], str]:
+    """Compile ``sources`` to object files, all at once (one compiler process each)."""
+    objects = [src.with_suffix(".o") for src in sources]
+    procs = [subprocess.Popen(_compile_command(src, obj, flags, header), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for src, obj in zip(sources, objects)]
+    outputs = [proc.communicate()[0] for proc in procs]
+    output = "".join(outputs)
+    failed = [src.name for src, proc in zip(sources, procs) if proc.returncode != 0]
+    if failed:
+        raise RuntimeError(f"the C++ compiler failed on {', '.join(failed)}:\n{output[-4000:]}")
+    return objects, output
+
+
+def _undefined_model_symbols(module: Path, model_class: str) -> list[str]:
+    """The model's own symbols the module needs but does not define (a split that went wrong)."""
+    try:
+        proc = subprocess.run(["nm", "--undefined-only", str(module)], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return []  # no nm: the import would tell
+    return [line for line in proc.stdout.splitlines() if model_class in line]
+
+
+def build_services_module(program_code: str, model_name: str, folder: Path, flags: list[str],
+                          header: Path | None) -> str:
+    """Build httpstan's extension module for ``program_code`` (what
+    ``httpstan.models.build_services_extension_module`` does), in two translation units compiled
+    at once where :func:`split_program` can split stanc's output: on two cores the build takes
+    about as long as the larger unit. Sources and objects go to ``folder``; the module to
+    httpstan's model directory. Returns the compiler's messages; raises RuntimeError on failure.
+    """
+    import httpstan.cache
+    import httpstan.compile
+
+    module_dir = httpstan.cache.model_directory(model_name)
+    module_dir.mkdir(parents=True, exist_ok=True)
+    model_class = f"model_{model_name.split('/')[1]}"
+    cpp, _ = httpstan.compile.compile(program_code, model_class)
+    pkg = _httpstan_dir()
+    libraries = ["sundials_cvodes", "sundials_idas", "sundials_nvecserial", "tbb"]
+    if sys.platform == "darwin":  # pragma: no cover - as httpstan
+        libraries += ["tbbmalloc", "tbbmalloc_proxy"]
+    module = module_dir / f"stan_services_{model_class}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    units = split_program(cpp, model_class, propto=uses_propto(program_code)) if _switched_on(SPLIT_ENV) else None
+    attempts = ([list(units)] if units else []) + [[cpp]]
+    output = ""
+    for attempt, texts in enumerate(attempts):
+        sources = [folder / f"{model_class}_{i}.cpp" for i in range(len(texts))]
+        for src, text in zip(sources, texts):
+            src.write_text(text)
+        try:
+            objects, out = _compile_units(sources, flags, header)
+            output += out
+            tmp = module.with_name(f".{module.name}.{os.getpid()}")
+            _link(objects + [pkg / "stan_services.o"], tmp, libraries, pkg / "lib")
+            missing = _undefined_model_symbols(tmp, model_class)
+            if missing:
+                tmp.unlink(missing_ok=True)
+                raise RuntimeError("the module lacks " + "; ".join(missing[:3]))
+            os.replace(tmp, module)
+            return output
+        except RuntimeError as exc:
+            if attempt == len(attempts) - 1:
+                raise
+            logger.debug("compiling %s in two units failed (%s); compiling it as one", model_name, exc)
+        finally:
+            for src in sources:
+                src.with_suffix(".o").unlink(missing_ok=True)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _link(objects: list[Path], out: Path, libraries: list[str], lib_dir: Path) -> None:
+    """Link an extension module as setuptools does for httpstan (C++ driver, rpath to httpstan's libs)."""
+    try:
+        from setuptools._distutils.ccompiler import new_compiler
+        from setuptools._distutils.sysconfig import customize_compiler
+    except ImportError:  # pragma: no cover - older setuptools
+        from distutils.ccompiler import new_compiler  # type: ignore[no-redef]
+        from distutils.sysconfig import customize_compiler  # type: ignore[no-redef]
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    try:
+        compiler.link_shared_object([str(o) for o in objects], str(out), libraries=libraries,
+                                    library_dirs=[str(lib_dir)], extra_postargs=[f"-Wl,-rpath,{lib_dir}"],
+                                    target_lang="c++")
+    except Exception as exc:  # distutils raises LinkError, DistutilsExecError, OSError...
+        raise RuntimeError(f"linking failed: {exc}") from None

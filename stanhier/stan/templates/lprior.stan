@@ -7,10 +7,6 @@
 {% set target = p.param if p.scalar else p.param ~ "[Jp_" ~ p.index ~ "]" %}
   lprior += {{ p.dist }}_lpdf({{ target }} | {{ args | join(", ") }});  // prior {{ p.index }}
 {% if p.truncated %}
-{% if p.scalar %}
-  lprior += -{{ p.dist }}_lccdf({{ p.lb }} | {{ args | join(", ") }});  // truncation at the lower bound
-{% else %}
-  lprior += -{{ p.dist }}_lccdf(rep_vector({{ p.lb }}, Np_{{ p.index }}) | {{ args | join(", ") }});  // truncation at the lower bound
-{% endif %}
+  lprior += lt_{{ p.index }};  // truncation at the lower bound (a constant, so data)
 {% endif %}
 {% endfor %}

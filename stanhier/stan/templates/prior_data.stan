@@ -12,4 +12,7 @@
   real pa_{{ p.index }}_{{ a + 1 }};
 {% endfor %}
 {% endif %}
+{% if p.truncated %}
+  real lt_{{ p.index }};  // -log P(X > lower bound) under this prior: its truncation constant
+{% endif %}
 {% endfor %}
