@@ -4,16 +4,20 @@ compiler set-up, on both engines.
 Each configuration compiles into a fresh, empty ``STANHIER_CACHE_DIR`` (so every compile is
 cold), then samples 4 chains x 1000 iterations (500 warmup) with one seed. Configurations:
 
-* ``pystan before``: httpstan's own flags (Python's CFLAGS with ``-g``; no precompiled header);
-* ``pystan after``: stanhier's flags (``-g0``) and the shared precompiled header, whose
-  one-off build is timed separately (``header`` row) before the first program compiles;
+* ``pystan before``: httpstan's own build (Python's CFLAGS with ``-g``; no precompiled header;
+  one translation unit);
+* ``pystan after``: stanhier's flags (``-g0``), the shared precompiled header, whose
+  one-off build is timed separately (``header`` row) before the first program compiles, and
+  two translation units compiled at once (``stanhier.backends.toolchain.split_program``);
+* ``pystan one unit`` (``--configs`` only): as ``after`` but one translation unit, to show
+  what the split alone gains;
 * ``cmdstanpy``: CmdStan as stanhier runs it (its precompiled header, built once per CmdStan
   tree, already exists).
 
 Wall seconds depend on the machine's load; ``compile cpu s`` is the CPU time of the
 compiler processes (less sensitive to other jobs). Prints a table and the machine.
 
-    CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py [--configs before,after,cmdstanpy]
+    CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py [--configs before,after,"one unit",cmdstanpy]
 
 Example output is in docs/backends.md.
 """
@@ -81,8 +85,10 @@ def _children_cpu() -> float:
 
 #: configuration -> (engine, environment for it)
 CONFIGS = {
-    "before": ("pystan", {"STANHIER_PCH": "0", "STANHIER_CXXFLAGS": "-O3 -std=c++14 -Wno-sign-compare"}),
-    "after": ("pystan", {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": ""}),
+    "before": ("pystan", {"STANHIER_PCH": "0", "STANHIER_CXXFLAGS": "-O3 -std=c++14 -Wno-sign-compare",
+                          "STANHIER_SPLIT": "0"}),
+    "after": ("pystan", {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "1"}),
+    "one unit": ("pystan", {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "0"}),
     "cmdstanpy": ("cmdstanpy", {}),
 }
 
@@ -102,7 +108,7 @@ def run_config(config: str, iters: int) -> list[dict]:
     os.environ.update({**env, "STANHIER_CACHE_DIR": str(cache)})
     _fresh_backends()
     try:
-        if config == "after":
+        if config in ("after", "one unit"):
             from stanhier.backends import toolchain
 
             t0, c0 = time.perf_counter(), _children_cpu()

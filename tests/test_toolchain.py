@@ -56,32 +56,47 @@ def test_key_ignores_interpreter_spelling(tmp_path):
     assert result["lp"] == pytest.approx(-1.0)
 
 
-HEADER = """
+FIRST = """
     import json, logging, time
-    from stanhier.backends import toolchain
+    from stanhier.backends import get_backend
+    notes = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())
+    logging.getLogger("stanhier").addHandler(handler)
+    logging.getLogger("stanhier").setLevel(logging.DEBUG)
     t0 = time.time()
-    built = []
-    hpp = toolchain.precompiled_header(on_build=lambda: built.append(True))
-    print(json.dumps({"hpp": str(hpp), "built": bool(built), "seconds": time.time() - t0}))
+    model = get_backend("pystan").compile({code!r}, progress=False)
+    lp = model.log_density({{"N": 2, "y": [1.0, 3.0]}}).log_prob([2.0])
+    header = [n.split("precompiled header: ")[1].rstrip(")") for n in notes if "precompiled header: " in n]
+    print(json.dumps({{"hit": model.cache_hit, "lp": lp, "seconds": time.time() - t0, "header": header}}))
 """
 
 
 @pytest.mark.slow
-def test_two_processes_need_the_header_at_once(tmp_path):
-    """Two processes start with an empty cache and both ask for the precompiled header: one
-    builds it under the lock, the other waits and uses it; the build leaves no temporary file."""
+def test_two_processes_compile_their_first_programs_at_once(tmp_path):
+    """Two processes start with an empty cache (no precompiled header) and compile a program
+    each at the same moment: both succeed, and the header is built once (by the process that
+    took its lock, while its program compiled; the other compiled without it), leaving no
+    temporary file. A third program then compiles with the header."""
     env = {**os.environ, "STANHIER_CACHE_DIR": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(HEADER)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    programs = [TINY.replace("// toolchain", f"// toolchain, first program {i}") for i in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(FIRST.format(code=code))], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for code in programs[:2]]
     outs = [p.communicate(timeout=1800) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
-    assert sorted(r["built"] for r in results) == [False, True]
-    assert results[0]["hpp"] == results[1]["hpp"] != "None"
-    folder = Path(results[0]["hpp"]).parent
+    assert [r["hit"] for r in results] == [False, False]
+    assert all(r["lp"] == pytest.approx(-1.0) for r in results)  # normal(1 | 2, 1) + normal(3 | 2, 1), no constants
+    folders = [p for p in (tmp_path / "pch").glob("pystan-*") if p.is_dir()]
+    assert len(folders) == 1
+    folder = folders[0]
     assert (folder / "stan_pch.hpp.gch").is_file() and (folder / "COMPLETE").is_file()
     assert len((folder / "builds").read_text().splitlines()) == 1
     assert not list(folder.glob(".*.gch"))
+    assert sorted(r["header"] == ["None"] for r in results) == [True, True]  # neither waited for it
+    third = _run(sys.executable, FIRST.format(code=programs[2]), {"STANHIER_CACHE_DIR": str(tmp_path)})
+    assert third["hit"] is False and third["header"] == [str(folder / "stan_pch.hpp")]
+    assert len((folder / "builds").read_text().splitlines()) == 1
 
 
 def test_header_key_follows_flags():

@@ -525,18 +525,17 @@ class PystanBackend(Backend):
                     return _PystanModel(code, model_name, True, 0.0)
                 stage.building("stanc")
                 try:  # stanc first: its errors are the clearest
-                    _, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
+                    cpp, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
                 except ValueError as exc:
                     raise _compile_error(str(exc), code) from None
                 flags = toolchain.compile_flags()
-                header = toolchain.precompiled_header(
-                    flags, on_build=lambda: stage.building("shared Stan header, once per installation"))
                 stage.building("C++")
+                header_note = "C++, and the shared Stan header, once per installation"
                 try:
-                    # setuptools puts its build/ folder in the working directory: use the cache entry,
-                    # so nothing is written where the user works and parallel builds do not collide
-                    with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry):
-                        output = toolchain.build_services_module(code, model_name, entry, flags, header)
+                    # the compiler's messages go to the cache entry's log, never the terminal
+                    with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry), \
+                            toolchain.header_alongside(flags, on_build=lambda: stage.building(header_note)) as header:
+                        output = toolchain.build_services_module(code, model_name, entry, flags, header, cpp=cpp)
                 except Exception as exc:
                     log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
                     raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None

@@ -31,6 +31,7 @@ True
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import importlib.machinery
@@ -43,12 +44,12 @@ import sys
 import time
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .. import cache
 
 __all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "compile_flags", "compiler_command", "toolchain_id",
-           "model_name_for", "precompiled_header", "header_flags", "split_program", "uses_propto", "build_services_module"]
+           "model_name_for", "precompiled_header", "header_alongside", "header_flags", "split_program", "uses_propto", "build_services_module"]
 
 logger = logging.getLogger("stanhier")
 
@@ -151,46 +152,113 @@ def _header_command(hpp: Path, out: Path, flags: list[str]) -> list[str]:
     return [*compiler_command(), *_MACROS, *includes, "-x", "c++-header", str(hpp), "-o", str(out), *flags]
 
 
-def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path | None:
-    """The shared precompiled header for ``flags`` (built now if missing), or None if off or
-    it cannot be built. ``on_build()`` is called before a build starts (for a display)."""
-    if not pch_enabled():
-        return None
-    flags = list(flags or compile_flags())
-    folder = cache.cache_dir() / "pch" / f"pystan-{_header_key(flags)}"
-    hpp, gch = folder / "stan_pch.hpp", folder / "stan_pch.hpp.gch"
+def _header_folder(flags: list[str]) -> Path:
+    return cache.cache_dir() / "pch" / f"pystan-{_header_key(flags)}"
+
+
+def _ready_header(folder: Path) -> Path | None | bool:
+    """The header if built, False if the compiler rejected it before (do not retry), else None."""
     if cache.is_complete(folder):
-        return hpp
-    if (folder / "FAILED").is_file():  # the compiler rejected it before: do not try every time
-        return None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock", timeout=3600):
-        if cache.is_complete(folder):  # another process built it while we waited
-            return hpp
-        if (folder / "FAILED").is_file():
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        if on_build is not None:
-            on_build()
-        hpp.write_text(_HEADER)
-        tmp = folder / f".stan_pch.{os.getpid()}.gch"
-        start = time.perf_counter()
-        proc = subprocess.run(_header_command(hpp, tmp, flags), capture_output=True, text=True, check=False)
-        (folder / "build.log").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0 or not tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            if proc.returncode > 0:  # an error, not a signal (e.g. out of memory): remember it
-                (folder / "FAILED").write_text(proc.stderr[-4000:])
+        return folder / "stan_pch.hpp"
+    if (folder / "FAILED").is_file():
+        return False
+    return None
+
+
+class _HeaderBuild:
+    """One build of the header under its lock: :meth:`start` runs the compiler, :meth:`finish`
+    waits for it and publishes the result (a temporary name renamed at the end, so a reader
+    never sees half a file)."""
+
+    def __init__(self, folder: Path, flags: list[str]) -> None:
+        self.folder, self.flags = folder, flags
+        self.hpp = folder / "stan_pch.hpp"
+        self.tmp = folder / f".stan_pch.{os.getpid()}.gch"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.hpp.write_text(_HEADER)
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(_header_command(self.hpp, self.tmp, self.flags), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def finish(self) -> Path | None:
+        output = self.proc.communicate()[0]
+        folder = self.folder
+        (folder / "build.log").write_text(output)
+        if self.proc.returncode != 0 or not self.tmp.is_file():
+            self.tmp.unlink(missing_ok=True)
+            if self.proc.returncode > 0:  # an error, not a signal (e.g. out of memory): remember it
+                (folder / "FAILED").write_text(output[-4000:])
             logger.warning("stanhier: the precompiled Stan header could not be built (see %s); "
                            "compiling without it", folder / "build.log")
             return None
-        os.replace(tmp, gch)
-        (folder / "seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+        os.replace(self.tmp, folder / "stan_pch.hpp.gch")
+        (folder / "seconds").write_text(f"{time.perf_counter() - self.started:.1f}\n")
         with open(folder / "builds", "a") as fh:  # an audit trail: one line per build
             fh.write(f"{os.getpid()} {time.time():.0f}\n")
         cache.mark_complete(folder)
-    logger.debug("built the precompiled Stan header %s", gch)
-    return hpp
+        logger.debug("built the precompiled Stan header in %s", folder)
+        return self.hpp
+
+
+def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path | None:
+    """The shared precompiled header for ``flags`` (built now if missing, waiting for another
+    process that is building it), or None if off or it cannot be built. ``on_build()`` is called
+    before a build starts (for a display)."""
+    if not pch_enabled():
+        return None
+    flags = list(flags or compile_flags())
+    folder = _header_folder(flags)
+    ready = _ready_header(folder)
+    if ready is not None:
+        return ready or None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock", timeout=3600):
+        ready = _ready_header(folder)  # another process built it while we waited
+        if ready is not None:
+            return ready or None
+        if on_build is not None:
+            on_build()
+        build = _HeaderBuild(folder, flags)
+        build.start()
+        return build.finish()
+
+
+@contextlib.contextmanager
+def header_alongside(flags: list[str] | None = None, *, on_build=None):
+    """The shared header for a compile that is about to start: yields it if it exists; if not,
+    yields None and builds it while the caller compiles (on 2 cores the first program's two
+    units and the header take little longer than the header alone), finishing on exit. A process
+    that finds another one building it does not wait: it compiles without the header."""
+    flags = list(flags or compile_flags())
+    folder = _header_folder(flags)
+    ready = _ready_header(folder) if pch_enabled() else False
+    if ready is not None:
+        yield ready or None
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another process is building it
+        yield None
+        return
+    try:
+        ready = _ready_header(folder)
+        if ready is not None:
+            yield ready or None
+            return
+        if on_build is not None:
+            on_build()
+        build = _HeaderBuild(folder, flags)
+        build.start()
+        try:
+            yield None
+        finally:
+            build.finish()
+    finally:
+        lock.release()
 
 
 def header_flags(hpp: Path | None) -> list[str]:
@@ -340,12 +408,13 @@ def _undefined_model_symbols(module: Path, model_class: str) -> list[str]:
 
 
 def build_services_module(program_code: str, model_name: str, folder: Path, flags: list[str],
-                          header: Path | None) -> str:
+                          header: Path | None, *, cpp: str | None = None) -> str:
     """Build httpstan's extension module for ``program_code`` (what
     ``httpstan.models.build_services_extension_module`` does), in two translation units compiled
     at once where :func:`split_program` can split stanc's output: on two cores the build takes
     about as long as the larger unit. Sources and objects go to ``folder``; the module to
-    httpstan's model directory. Returns the compiler's messages; raises RuntimeError on failure.
+    httpstan's model directory. ``cpp``: stanc's output if already made (for the class name
+    ``model_<id>``). Returns the compiler's messages; raises RuntimeError on failure.
     """
     import httpstan.cache
     import httpstan.compile
@@ -353,7 +422,8 @@ def build_services_module(program_code: str, model_name: str, folder: Path, flag
     module_dir = httpstan.cache.model_directory(model_name)
     module_dir.mkdir(parents=True, exist_ok=True)
     model_class = f"model_{model_name.split('/')[1]}"
-    cpp, _ = httpstan.compile.compile(program_code, model_class)
+    if cpp is None:
+        cpp, _ = httpstan.compile.compile(program_code, model_class)
     pkg = _httpstan_dir()
     libraries = ["sundials_cvodes", "sundials_idas", "sundials_nvecserial", "tbb"]
     if sys.platform == "darwin":  # pragma: no cover - as httpstan
