@@ -56,27 +56,6 @@ transformed data {
   int Kc = K;
   matrix[N, Kc] Xc = X;
 {% endif %}
-{% for t in terms if t.closed_m %}
-  // group-level term {{ t.k }} (conditional, closed form): each entry of s_j and I_j as a length-N_{{ t.k }} vector
-{% for i in range(1, t.closed_m + 1) %}
-  vector[N_{{ t.k }}] s{{ i }}_{{ t.k }};  // entry {{ i }} of s_j
-{% endfor %}
-{% for i in range(1, t.closed_m + 1) %}
-{% for m in range(i, t.closed_m + 1) %}
-  vector[N_{{ t.k }}] I{{ i }}{{ m }}_{{ t.k }};  // entry [{{ i }}, {{ m }}] of I_j
-{% endfor %}
-{% endfor %}
-  for (j in 1:N_{{ t.k }}) {
-{% for i in range(1, t.closed_m + 1) %}
-    s{{ i }}_{{ t.k }}[j] = s_{{ t.k }}[j][{{ i }}];
-{% endfor %}
-{% for i in range(1, t.closed_m + 1) %}
-{% for m in range(i, t.closed_m + 1) %}
-    I{{ i }}{{ m }}_{{ t.k }}[j] = I_{{ t.k }}[j][{{ i }}, {{ m }}];
-{% endfor %}
-{% endfor %}
-  }
-{% endfor %}
 }
 parameters {
 {% if conditional %}
@@ -126,35 +105,43 @@ transformed parameters {
   // Cholesky factors and triangular solves)
   matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }};
 {% if t.closed_m %}
-{% if t.closed_m == 1 %}
-  // The term has 1 coefficient per level: the factors and solves are scalars per level, held as
-  // length-N_{{ t.k }} vectors over the levels, so autodiff records a few vector operations instead of a
-  // factorization and solves per level.
-{% else %}
-  // The term has 2 coefficients per level: the factors and solves are written out with
-  // L_j = [l11, 0; l21, l22] and each entry is held as a length-N_{{ t.k }} vector over the levels, so
-  // autodiff records a few vector operations instead of a factorization and solves per level.
-{% endif %}
+  // The term has {{ t.closed_m }} coefficient{{ "s" if t.closed_m == 2 }} per level, so {% if t.closed_m == 2 %}L_j = [l11, 0; l21, l22] and {% endif %}the solves are written
+  // out as scalar arithmetic in a loop over the levels (the same values as the general code below,
+  // which compiles into many more matrix functions).
   {
+    vector[N_{{ t.k }}] l11;  // L_j{% if t.closed_m == 2 %}[1, 1]; then [2, 1] and [2, 2]
+    vector[N_{{ t.k }}] l21;
+    vector[N_{{ t.k }}] l22;{% endif %}
+
 {% if t.closed_m == 1 %}
     real Sinv = inv_square(sd_{{ t.k }}[1]);  // Sigma^-1
-    vector[N_{{ t.k }}] l11 = sqrt(Sinv + I11_{{ t.k }});  // L_j
     real bm = 0;  // population-level mean of the coefficient
     if (Jb_{{ t.k }}[1] > 0) {
       bm = b_all[Jb_{{ t.k }}[1]];
     }
+    for (j in 1:N_{{ t.k }}) {
+      l11[j] = sqrt(Sinv + I_{{ t.k }}[j][1, 1]);
+    }
     if (Na_{{ t.k }} > 0) {
-      // the term anchors its coefficient's population-level effect (bm = 0 in g_j):
+      // the term anchors its coefficient's population-level effect (with bm = 0 in g_j):
       // B_j = I_j / L_j, W_j = I_j - B_j^2, g_j = s_j - B_j s_j / L_j, L_P = sqrt(sum_j W_j)
-      vector[N_{{ t.k }}] B = I11_{{ t.k }} ./ l11;
-      real Lp = sqrt(sum(I11_{{ t.k }} - square(B)));
-      bm = (sum(s1_{{ t.k }} - B .* s1_{{ t.k }} ./ l11) / Lp + eps_{{ t.k }}[1]) / Lp;
+      real P = 0;
+      real Pb = 0;
+      for (j in 1:N_{{ t.k }}) {
+        real B = I_{{ t.k }}[j][1, 1] / l11[j];
+        P += I_{{ t.k }}[j][1, 1] - square(B);
+        Pb += s_{{ t.k }}[j][1] - B * s_{{ t.k }}[j][1] / l11[j];
+      }
+      real Lp = sqrt(P);
+      bm = (Pb / Lp + eps_{{ t.k }}[1]) / Lp;
       b_all[Jb_{{ t.k }}[1]] = bm;
       log_jacobian -= log(Lp);
     }
-    // r_j = L_j^-1 (L_j^-1 (s_j - I_j bm) + z_j)
-    r_{{ t.k }}[:, 1] = ((s1_{{ t.k }} - I11_{{ t.k }} * bm) ./ l11 + z_{{ t.k }}[1]') ./ l11;
-    log_jacobian -= sum(log(l11));
+    for (j in 1:N_{{ t.k }}) {
+      // r_j = L_j^-1 (L_j^-1 (s_j - I_j bm) + z_j)
+      r_{{ t.k }}[j, 1] = ((s_{{ t.k }}[j][1] - I_{{ t.k }}[j][1, 1] * bm) / l11[j] + z_{{ t.k }}[1, j]) / l11[j];
+      log_jacobian -= log(l11[j]);
+    }
 {% else %}
     // chol(Sigma) = diag(sd){% if t.correlated %} L{% endif %} = [a, 0; c, d], Sigma^-1 = chol(Sigma)^-T chol(Sigma)^-1
     real a = sd_{{ t.k }}[1];
@@ -163,38 +150,44 @@ transformed parameters {
     real Sinv11 = (1 + square(c / d)) / square(a);
     real Sinv12 = -c / (a * square(d));
     real Sinv22 = inv_square(d);
-    // L_j = chol(Sigma^-1 + I_j)
-    vector[N_{{ t.k }}] l11 = sqrt(Sinv11 + I11_{{ t.k }});
-    vector[N_{{ t.k }}] l21 = (Sinv12 + I12_{{ t.k }}) ./ l11;
-    vector[N_{{ t.k }}] l22 = sqrt(Sinv22 + I22_{{ t.k }} - square(l21));
     vector[2] bm = rep_vector(0, 2);  // population-level mean of each coefficient
     for (m in 1:2) {
       if (Jb_{{ t.k }}[m] > 0) {
         bm[m] = b_all[Jb_{{ t.k }}[m]];
       }
     }
+    for (j in 1:N_{{ t.k }}) {
+      // L_j = chol(Sigma^-1 + I_j)
+      l11[j] = sqrt(Sinv11 + I_{{ t.k }}[j][1, 1]);
+      l21[j] = (Sinv12 + I_{{ t.k }}[j][2, 1]) / l11[j];
+      l22[j] = sqrt(Sinv22 + I_{{ t.k }}[j][2, 2] - square(l21[j]));
+    }
     if (Na_{{ t.k }} > 0) {
-      bm[Ma_{{ t.k }}] = rep_vector(0, Na_{{ t.k }});
+      // P = sum_j W_j and Pb = sum_j g_j in full (the anchored entries Ma are taken below), with
       // B_j = L_j^-1 I_j, W_j = I_j - B_j' B_j, c_j = L_j^-1 s_j, g_j = s_j - B_j' c_j - W_j bm
-      vector[N_{{ t.k }}] B11 = I11_{{ t.k }} ./ l11;
-      vector[N_{{ t.k }}] B12 = I12_{{ t.k }} ./ l11;
-      vector[N_{{ t.k }}] B21 = (I12_{{ t.k }} - l21 .* B11) ./ l22;
-      vector[N_{{ t.k }}] B22 = (I22_{{ t.k }} - l21 .* B12) ./ l22;
-      vector[N_{{ t.k }}] W11 = I11_{{ t.k }} - square(B11) - square(B21);
-      vector[N_{{ t.k }}] W12 = I12_{{ t.k }} - B11 .* B12 - B21 .* B22;
-      vector[N_{{ t.k }}] W22 = I22_{{ t.k }} - square(B12) - square(B22);
-      vector[N_{{ t.k }}] c1 = s1_{{ t.k }} ./ l11;
-      vector[N_{{ t.k }}] c2 = (s2_{{ t.k }} - l21 .* c1) ./ l22;
-      // P = sum_j W_j and Pb = sum_j g_j (2 x 2 and 2: the anchored rows Ma are taken below)
-      matrix[2, 2] P;
-      vector[2] Pb;
-      P[1, 1] = sum(W11);
-      P[1, 2] = sum(W12);
+      matrix[2, 2] P = rep_matrix(0, 2, 2);
+      vector[2] Pb = rep_vector(0, 2);
+      for (i in 1:Na_{{ t.k }}) {
+        bm[Ma_{{ t.k }}[i]] = 0;
+      }
+      for (j in 1:N_{{ t.k }}) {
+        real B11 = I_{{ t.k }}[j][1, 1] / l11[j];
+        real B12 = I_{{ t.k }}[j][1, 2] / l11[j];
+        real B21 = (I_{{ t.k }}[j][2, 1] - l21[j] * B11) / l22[j];
+        real B22 = (I_{{ t.k }}[j][2, 2] - l21[j] * B12) / l22[j];
+        real W11 = I_{{ t.k }}[j][1, 1] - square(B11) - square(B21);
+        real W12 = I_{{ t.k }}[j][1, 2] - B11 * B12 - B21 * B22;
+        real W22 = I_{{ t.k }}[j][2, 2] - square(B12) - square(B22);
+        real c1 = s_{{ t.k }}[j][1] / l11[j];
+        real c2 = (s_{{ t.k }}[j][2] - l21[j] * c1) / l22[j];
+        P[1, 1] += W11;
+        P[1, 2] += W12;
+        P[2, 2] += W22;
+        Pb[1] += s_{{ t.k }}[j][1] - B11 * c1 - B21 * c2 - W11 * bm[1] - W12 * bm[2];
+        Pb[2] += s_{{ t.k }}[j][2] - B12 * c1 - B22 * c2 - W12 * bm[1] - W22 * bm[2];
+      }
       P[2, 1] = P[1, 2];
-      P[2, 2] = sum(W22);
-      Pb[1] = sum(s1_{{ t.k }} - B11 .* c1 - B21 .* c2 - W11 * bm[1] - W12 * bm[2]);
-      Pb[2] = sum(s2_{{ t.k }} - B12 .* c1 - B22 .* c2 - W12 * bm[1] - W22 * bm[2]);
-      // b_a = L_P^-T (L_P^-1 Pb[Ma] + eps), L_P = chol(P[Ma, Ma])
+      // b_a = L_P^-T (L_P^-1 Pb[Ma] + eps), L_P = chol(P[Ma, Ma]) (1 x 1 or 2 x 2)
       int m1 = Ma_{{ t.k }}[1];
       real p11 = sqrt(P[m1, m1]);
       if (Na_{{ t.k }} == 1) {
@@ -210,16 +203,20 @@ transformed parameters {
         bm[m1] = (u1 - p21 * bm[m2]) / p11;
         log_jacobian -= log(p11) + log(p22);
       }
-      b_all[Jb_{{ t.k }}[Ma_{{ t.k }}]] = bm[Ma_{{ t.k }}];
+      for (i in 1:Na_{{ t.k }}) {
+        b_all[Jb_{{ t.k }}[Ma_{{ t.k }}[i]]] = bm[Ma_{{ t.k }}[i]];
+      }
     }
-    // r_j = L_j^-T (L_j^-1 h_j + z_j), h_j = s_j - I_j bm
-    vector[N_{{ t.k }}] h1 = s1_{{ t.k }} - I11_{{ t.k }} * bm[1] - I12_{{ t.k }} * bm[2];
-    vector[N_{{ t.k }}] h2 = s2_{{ t.k }} - I12_{{ t.k }} * bm[1] - I22_{{ t.k }} * bm[2];
-    vector[N_{{ t.k }}] u1 = h1 ./ l11 + z_{{ t.k }}[1]';
-    vector[N_{{ t.k }}] u2 = (h2 - l21 .* (h1 ./ l11)) ./ l22 + z_{{ t.k }}[2]';
-    r_{{ t.k }}[:, 2] = u2 ./ l22;
-    r_{{ t.k }}[:, 1] = (u1 - l21 .* r_{{ t.k }}[:, 2]) ./ l11;
-    log_jacobian -= sum(log(l11)) + sum(log(l22));
+    for (j in 1:N_{{ t.k }}) {
+      // r_j = L_j^-T (L_j^-1 h_j + z_j), h_j = s_j - I_j bm
+      real h1 = s_{{ t.k }}[j][1] - I_{{ t.k }}[j][1, 1] * bm[1] - I_{{ t.k }}[j][1, 2] * bm[2];
+      real h2 = s_{{ t.k }}[j][2] - I_{{ t.k }}[j][2, 1] * bm[1] - I_{{ t.k }}[j][2, 2] * bm[2];
+      real u1 = h1 / l11[j] + z_{{ t.k }}[1, j];
+      real u2 = (h2 - l21[j] * (h1 / l11[j])) / l22[j] + z_{{ t.k }}[2, j];
+      r_{{ t.k }}[j, 2] = u2 / l22[j];
+      r_{{ t.k }}[j, 1] = (u1 - l21[j] * r_{{ t.k }}[j, 2]) / l11[j];
+      log_jacobian -= log(l11[j]) + log(l22[j]);
+    }
 {% endif %}
   }
 {% else %}
@@ -292,12 +289,28 @@ model {
 {% endif %}
 {% for t in terms %}
 {% if t.treatment != "noncentered" %}
-{% if t.correlated and t.closed_m == 2 %}
-  // group-level term {{ t.k }}: rows of r ~ MVN(0, Sigma), chol(Sigma) = diag(sd) L = [a, 0; c, d], written as
-  // r_j1 ~ normal(0, a) and r_j2 | r_j1 ~ normal(c / a * r_j1, d)
-  target += normal_lpdf(r_{{ t.k }}[:, 1] | 0, sd_{{ t.k }}[1]);
-  target += normal_lpdf(r_{{ t.k }}[:, 2] | sd_{{ t.k }}[2] * L_{{ t.k }}[2, 1] / sd_{{ t.k }}[1] * r_{{ t.k }}[:, 1],
-                        sd_{{ t.k }}[2] * L_{{ t.k }}[2, 2]);
+{% if t.closed_m %}
+  {
+    // group-level term {{ t.k }}: rows of r ~ MVN(0, Sigma), written out with chol(Sigma) = diag(sd){% if t.correlated %} L{% endif %}{% if t.closed_m == 2 %} = [a, 0; c, d]:
+    // log N(r_j | 0, Sigma) = -log(2 pi) - log(a d) - (e1^2 + e2^2) / 2, e1 = r_j1 / a, e2 = (r_j2 - c e1) / d
+    real a = sd_{{ t.k }}[1];
+    real c = {% if t.correlated %}sd_{{ t.k }}[2] * L_{{ t.k }}[2, 1]{% else %}0{% endif %};
+    real d = sd_{{ t.k }}[2]{% if t.correlated %} * L_{{ t.k }}[2, 2]{% endif %};
+    real q = 0;
+    for (j in 1:N_{{ t.k }}) {
+      real e1 = r_{{ t.k }}[j, 1] / a;
+      q += square(e1) + square((r_{{ t.k }}[j, 2] - c * e1) / d);
+    }
+    target += -0.5 * q - N_{{ t.k }} * (log(2 * pi()) + log(a) + log(d));
+{% else %} = sd:
+    // log N(r_j | 0, sd^2) = -log(2 pi) / 2 - log(sd) - (r_j / sd)^2 / 2
+    real q = 0;
+    for (j in 1:N_{{ t.k }}) {
+      q += square(r_{{ t.k }}[j, 1] / sd_{{ t.k }}[1]);
+    }
+    target += -0.5 * q - N_{{ t.k }} * (0.5 * log(2 * pi()) + log(sd_{{ t.k }}[1]));
+{% endif %}
+  }
 {% elif t.correlated %}
   {
     // group-level term {{ t.k }}: rows of r ~ MVN(0, diag(sd) L L' diag(sd))
