@@ -276,7 +276,13 @@ model {
   if (!prior_only) {
     vector[N] mu = rep_vector({{ "Intercept" if s.has_intercept else "0.0" }}, N);
 {% for t in terms %}
+{% if t.closed_m %}
+    for (n in 1:N) {  // group-level term {{ t.k }} ({{ t.closed_m }} coefficient{{ "s" if t.closed_m == 2 }}: scalar arithmetic, as above)
+      mu[n] += {% for m in range(1, t.closed_m + 1) %}{{ " + " if m > 1 }}Z_{{ t.k }}[n, {{ m }}] * r_{{ t.k }}[J_{{ t.k }}[n], {{ m }}]{% endfor %};
+    }
+{% else %}
     mu += rows_dot_product(Z_{{ t.k }}, r_{{ t.k }}[J_{{ t.k }}]);  // group-level term {{ t.k }}
+{% endif %}
 {% endfor %}
 {% for line in fam.stan_model.splitlines() %}
     {{ line }}
