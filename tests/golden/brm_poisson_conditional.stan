@@ -71,7 +71,7 @@ transformed parameters {
   // out as scalar arithmetic in a loop over the levels (the same values as the general code below,
   // which compiles into many more matrix functions).
   {
-    vector[N_1] l11;  // L_j[1, 1]; then [2, 1] and [2, 2]
+    vector[N_1] l11;  // L_j = [l11, 0; l21, l22]
     vector[N_1] l21;
     vector[N_1] l22;
     // chol(Sigma) = diag(sd) L = [a, 0; c, d], Sigma^-1 = chol(Sigma)^-T chol(Sigma)^-1
