@@ -36,7 +36,7 @@ from ..model.spec import build_frame
 from ..model.parameterization import PARAMETERIZATIONS, choose_treatments, conditional_pilot
 from ..model.priors import Prior, PriorSet, PriorStatement, resolve_priors
 from . import names
-from .marginal import MAX_DENSE_Q, closed_form_q, marginal_layout, marginal_standata
+from .marginal import CLOSED_FORM_Q, MAX_DENSE_Q, closed_form_q, marginal_layout, marginal_standata
 from .templating import render
 
 __all__ = ["ModelStructure", "ModelSpec", "build_model", "make_standata", "structure_of"]
@@ -57,6 +57,9 @@ class ModelStructure:
     marginal: str = ""
     #: effects per block when the integrated-out density is written in closed form (1 or 2), else 0
     block_size: int = 0
+    #: per term: its coefficients per level M_k when its conditional treatment is written out as
+    #: scalar arithmetic over its levels (M_k in CLOSED_FORM_Q: 1 or 2), else 0 (general Cholesky code)
+    closed_m: tuple[int, ...] = ()
 
     @property
     def family_object(self) -> Family:
@@ -95,6 +98,8 @@ def structure_of(design: Design, family: Family, priors: PriorSet, parameterizat
                   else choose_treatments(design, family, priors, parameterization))
     return ModelStructure(
         marginal=marginal, block_size=block_size,
+        closed_m=tuple(gt.M if tr == "conditional" and gt.M in CLOSED_FORM_Q else 0
+                       for gt, tr in zip(design.terms, treatments)),
         family=family.name, link=family.link, discrete=family.is_discrete,
         has_intercept=design.has_intercept,
         terms=tuple((gt.correlated, tr) for gt, tr in zip(design.terms, treatments)),
@@ -104,8 +109,9 @@ def structure_of(design: Design, family: Family, priors: PriorSet, parameterizat
 
 
 def _render(structure: ModelStructure, statements: Sequence[PriorStatement], design: Design) -> str:
-    terms = [{"k": k, "correlated": c, "treatment": tr}
-             for k, (c, tr) in enumerate(structure.terms, start=1)]
+    closed = structure.closed_m or (0,) * len(structure.terms)
+    terms = [{"k": k, "correlated": c, "treatment": tr, "closed_m": m}
+             for k, ((c, tr), m) in enumerate(zip(structure.terms, closed), start=1)]
     if structure.marginal:  # Gaussian, group-level effects integrated out
         return render("brm_marginal.stan", s=structure, terms=terms, priors=list(statements),
                       layout=marginal_layout(design),

@@ -68,39 +68,86 @@ transformed parameters {
   // moves with Sigma instead of forming a funnel with it (one factorization per level: only
   // Cholesky factors and triangular solves)
   matrix[N_1, M_1] r_1;
+  // The term has 2 coefficients per level, so L_j = [l11, 0; l21, l22] and the solves are written
+  // out as scalar arithmetic in a loop over the levels (the same values as the general code below,
+  // which compiles into many more matrix functions).
   {
-    matrix[M_1, M_1] Lsd = diag_pre_multiply(sd_1, L_1);
-    matrix[M_1, M_1] Sinv = chol2inv(Lsd);
-    array[N_1] matrix[M_1, M_1] Lc;  // L_j: Cholesky factor of level j's conditional precision
-    vector[M_1] bm = rep_vector(0, M_1);  // population-level mean of each coefficient
-    for (m in 1:M_1) {
+    vector[N_1] l11;  // L_j = [l11, 0; l21, l22]
+    vector[N_1] l21;
+    vector[N_1] l22;
+    // chol(Sigma) = diag(sd) L = [a, 0; c, d], Sigma^-1 = chol(Sigma)^-T chol(Sigma)^-1
+    real a = sd_1[1];
+    real c = sd_1[2] * L_1[2, 1];
+    real d = sd_1[2] * L_1[2, 2];
+    real Sinv11 = (1 + square(c / d)) / square(a);
+    real Sinv12 = -c / (a * square(d));
+    real Sinv22 = inv_square(d);
+    vector[2] bm = rep_vector(0, 2);  // population-level mean of each coefficient
+    for (m in 1:2) {
       if (Jb_1[m] > 0) {
         bm[m] = b_all[Jb_1[m]];
       }
     }
     for (j in 1:N_1) {
-      Lc[j] = cholesky_decompose(Sinv + I_1[j]);
+      // L_j = chol(Sigma^-1 + I_j)
+      l11[j] = sqrt(Sinv11 + I_1[j][1, 1]);
+      l21[j] = (Sinv12 + I_1[j][2, 1]) / l11[j];
+      l22[j] = sqrt(Sinv22 + I_1[j][2, 2] - square(l21[j]));
     }
     if (Na_1 > 0) {
-      matrix[Na_1, Na_1] P = rep_matrix(0, Na_1, Na_1);
-      vector[Na_1] Pb = rep_vector(0, Na_1);
-      bm[Ma_1] = rep_vector(0, Na_1);
-      for (j in 1:N_1) {
-        matrix[M_1, M_1] B = mdivide_left_tri_low(Lc[j], I_1[j]);  // I_j V_j I_j = B' B
-        matrix[M_1, M_1] W = I_1[j] - crossprod(B);
-        vector[M_1] g = s_1[j] - B' * mdivide_left_tri_low(Lc[j], s_1[j]) - W * bm;
-        P += W[Ma_1, Ma_1];
-        Pb += g[Ma_1];
+      // P = sum_j W_j and Pb = sum_j g_j in full (the anchored entries Ma are taken below), with
+      // B_j = L_j^-1 I_j, W_j = I_j - B_j' B_j, c_j = L_j^-1 s_j, g_j = s_j - B_j' c_j - W_j bm
+      matrix[2, 2] P = rep_matrix(0, 2, 2);
+      vector[2] Pb = rep_vector(0, 2);
+      for (i in 1:Na_1) {
+        bm[Ma_1[i]] = 0;
       }
-      matrix[Na_1, Na_1] Lp = cholesky_decompose(0.5 * (P + P'));
-      bm[Ma_1] = mdivide_right_tri_low((mdivide_left_tri_low(Lp, Pb) + eps_1)', Lp)';
-      b_all[Jb_1[Ma_1]] = bm[Ma_1];
-      log_jacobian -= sum(log(diagonal(Lp)));
+      for (j in 1:N_1) {
+        real B11 = I_1[j][1, 1] / l11[j];
+        real B12 = I_1[j][1, 2] / l11[j];
+        real B21 = (I_1[j][2, 1] - l21[j] * B11) / l22[j];
+        real B22 = (I_1[j][2, 2] - l21[j] * B12) / l22[j];
+        real W11 = I_1[j][1, 1] - square(B11) - square(B21);
+        real W12 = I_1[j][1, 2] - B11 * B12 - B21 * B22;
+        real W22 = I_1[j][2, 2] - square(B12) - square(B22);
+        real c1 = s_1[j][1] / l11[j];
+        real c2 = (s_1[j][2] - l21[j] * c1) / l22[j];
+        P[1, 1] += W11;
+        P[1, 2] += W12;
+        P[2, 2] += W22;
+        Pb[1] += s_1[j][1] - B11 * c1 - B21 * c2 - W11 * bm[1] - W12 * bm[2];
+        Pb[2] += s_1[j][2] - B12 * c1 - B22 * c2 - W12 * bm[1] - W22 * bm[2];
+      }
+      P[2, 1] = P[1, 2];
+      // b_a = L_P^-T (L_P^-1 Pb[Ma] + eps), L_P = chol(P[Ma, Ma]) (1 x 1 or 2 x 2)
+      int m1 = Ma_1[1];
+      real p11 = sqrt(P[m1, m1]);
+      if (Na_1 == 1) {
+        bm[m1] = (Pb[m1] / p11 + eps_1[1]) / p11;
+        log_jacobian -= log(p11);
+      } else {
+        int m2 = Ma_1[2];
+        real p21 = P[m2, m1] / p11;
+        real p22 = sqrt(P[m2, m2] - square(p21));
+        real u1 = Pb[m1] / p11 + eps_1[1];
+        real u2 = (Pb[m2] - p21 * (Pb[m1] / p11)) / p22 + eps_1[2];
+        bm[m2] = u2 / p22;
+        bm[m1] = (u1 - p21 * bm[m2]) / p11;
+        log_jacobian -= log(p11) + log(p22);
+      }
+      for (i in 1:Na_1) {
+        b_all[Jb_1[Ma_1[i]]] = bm[Ma_1[i]];
+      }
     }
     for (j in 1:N_1) {
-      r_1[j] = mdivide_right_tri_low((mdivide_left_tri_low(Lc[j], s_1[j] - I_1[j] * bm)
-                                              + z_1[, j])', Lc[j]);
-      log_jacobian -= sum(log(diagonal(Lc[j])));
+      // r_j = L_j^-T (L_j^-1 h_j + z_j), h_j = s_j - I_j bm
+      real h1 = s_1[j][1] - I_1[j][1, 1] * bm[1] - I_1[j][1, 2] * bm[2];
+      real h2 = s_1[j][2] - I_1[j][2, 1] * bm[1] - I_1[j][2, 2] * bm[2];
+      real u1 = h1 / l11[j] + z_1[1, j];
+      real u2 = (h2 - l21[j] * (h1 / l11[j])) / l22[j] + z_1[2, j];
+      r_1[j, 2] = u2 / l22[j];
+      r_1[j, 1] = (u1 - l21[j] * r_1[j, 2]) / l11[j];
+      log_jacobian -= log(l11[j]) + log(l22[j]);
     }
   }
   // brms's population-level parameters: slopes b and the intercept on the centred predictors
@@ -116,18 +163,26 @@ model {
   // likelihood
   if (!prior_only) {
     vector[N] mu = rep_vector(Intercept, N);
-    mu += rows_dot_product(Z_1, r_1[J_1]);  // group-level term 1
+    for (n in 1:N) {  // group-level term 1 (2 coefficients: scalar arithmetic, as above)
+      mu[n] += Z_1[n, 1] * r_1[J_1[n], 1] + Z_1[n, 2] * r_1[J_1[n], 2];
+    }
     target += poisson_log_glm_lpmf(Y | Xc, mu, b);
   }
   // priors
   target += lprior;
   target += log_jacobian;  // the conditional terms' change of variables
   {
-    // group-level term 1: rows of r ~ MVN(0, diag(sd) L L' diag(sd))
-    matrix[M_1, M_1] Lsd_1 = diag_pre_multiply(sd_1, L_1);
+    // group-level term 1: rows of r ~ MVN(0, Sigma), written out with chol(Sigma) = diag(sd) L = [a, 0; c, d]:
+    // log N(r_j | 0, Sigma) = -log(2 pi) - log(a d) - (e1^2 + e2^2) / 2, e1 = r_j1 / a, e2 = (r_j2 - c e1) / d
+    real a = sd_1[1];
+    real c = sd_1[2] * L_1[2, 1];
+    real d = sd_1[2] * L_1[2, 2];
+    real q = 0;
     for (j in 1:N_1) {
-      target += multi_normal_cholesky_lpdf(r_1[j] | rep_row_vector(0, M_1), Lsd_1);
+      real e1 = r_1[j, 1] / a;
+      q += square(e1) + square((r_1[j, 2] - c * e1) / d);
     }
+    target += -0.5 * q - N_1 * (log(2 * pi()) + log(a) + log(d));
   }
 }
 generated quantities {
