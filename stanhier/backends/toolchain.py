@@ -8,17 +8,22 @@ precompiled (``stan_pch.hpp.gch``) into ``<cache>/pch/pystan-<key>/`` the first 
 program is compiled, and every compile after that starts with ``-include stan_pch.hpp``.
 ``key`` hashes the compiler's identity (its ``--version``), the full compile command
 (Python's CFLAGS, Stan's macros, stanhier's flags) and httpstan's version and location,
-so a change in any of them builds a new header. The header is built under a file lock,
-written to a temporary name and renamed, so two processes compiling their first
-program at the same time build it once. A failed header build is not an error: the
-program is compiled without it.
+so a change in any of them builds a new header. The header is built while the first
+program compiles (without it), under a file lock, written to a temporary name and
+renamed; a process that finds it being built compiles without it, so two processes
+compiling their first programs at the same time build it once. A failed header build is
+not an error: programs are compiled without it.
+
+Each program is compiled as two translation units at once (:func:`split_program`: the
+reverse-mode log density in one, the rest in the other) and linked with httpstan's
+services object into the module httpstan imports (:func:`build_services_module`).
 
 Python's default CFLAGS include ``-g``: debug information for a Stan program costs
 more compile time than the program's optimisation, and no Stan user debugs the
 generated C++, so stanhier compiles with ``-g0`` (see :data:`CXXFLAGS`).
 
-``STANHIER_PCH=0`` switches the header off; ``STANHIER_CXXFLAGS`` replaces stanhier's
-flags (e.g. ``"-O3 -g"``).
+``STANHIER_PCH=0`` switches the header off, ``STANHIER_SPLIT=0`` the two units;
+``STANHIER_CXXFLAGS`` replaces stanhier's flags (e.g. ``"-O3 -g"``).
 
 Example
 -------
@@ -48,8 +53,9 @@ from filelock import FileLock, Timeout
 
 from .. import cache
 
-__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "compile_flags", "compiler_command", "toolchain_id",
-           "model_name_for", "precompiled_header", "header_alongside", "header_flags", "split_program", "uses_propto", "build_services_module"]
+__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "compile_flags", "compiler_command",
+           "toolchain_id", "model_name_for", "precompiled_header", "header_alongside", "header_flags",
+           "split_program", "uses_propto", "build_services_module"]
 
 logger = logging.getLogger("stanhier")
 
@@ -141,15 +147,19 @@ def _header_key(flags: list[str]) -> str:
     return hashlib.blake2b(toolchain_id(flags).encode(), digest_size=8).hexdigest()
 
 
-def _header_command(hpp: Path, out: Path, flags: list[str]) -> list[str]:
+def _includes() -> list[str]:
+    """httpstan's headers (Stan, Stan Math, Eigen, Boost, TBB) and Python's."""
     import sysconfig
 
-    pkg = _httpstan_dir()
-    includes = [f"-I{pkg / 'include'}"]
+    includes = [f"-I{_httpstan_dir() / 'include'}"]
     py_inc = sysconfig.get_paths().get("include")
     if py_inc:
         includes.append(f"-I{py_inc}")
-    return [*compiler_command(), *_MACROS, *includes, "-x", "c++-header", str(hpp), "-o", str(out), *flags]
+    return includes
+
+
+def _header_command(hpp: Path, out: Path, flags: list[str]) -> list[str]:
+    return [*compiler_command(), *_MACROS, *_includes(), "-x", "c++-header", str(hpp), "-o", str(out), *flags]
 
 
 def _header_folder(flags: list[str]) -> Path:
@@ -228,9 +238,10 @@ def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path
 @contextlib.contextmanager
 def header_alongside(flags: list[str] | None = None, *, on_build=None):
     """The shared header for a compile that is about to start: yields it if it exists; if not,
-    yields None and builds it while the caller compiles (on 2 cores the first program's two
-    units and the header take little longer than the header alone), finishing on exit. A process
-    that finds another one building it does not wait: it compiles without the header."""
+    yields None and builds it while the caller compiles its program without it, finishing on
+    exit (the header and the program's units share the cores instead of the program waiting
+    for the header). A process that finds another one building it does not wait: it compiles
+    without the header."""
     flags = list(flags or compile_flags())
     folder = _header_folder(flags)
     ready = _ready_header(folder) if pch_enabled() else False
@@ -373,24 +384,26 @@ def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[s
 
 
 def _compile_command(source: Path, obj: Path, flags: list[str], header: Path | None) -> list[str]:
-    import sysconfig
-
-    pkg = _httpstan_dir()
-    includes = [f"-I{pkg / 'include'}"]
-    py_inc = sysconfig.get_paths().get("include")
-    if py_inc:
-        includes.append(f"-I{py_inc}")
-    return [*compiler_command(), *_MACROS, *includes, *flags, *header_flags(header), "-c", str(source),
+    return [*compiler_command(), *_MACROS, *_includes(), *flags, *header_flags(header), "-c", str(source),
             "-o", str(obj)]
 
 
 def _compile_units(sources: list[Path], flags: list[str], header: Path | None) -> tuple[list[Path], str]:
     """Compile ``sources`` to object files, all at once (one compiler process each)."""
     objects = [src.with_suffix(".o") for src in sources]
-    procs = [subprocess.Popen(_compile_command(src, obj, flags, header), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for src, obj in zip(sources, objects)]
-    outputs = [proc.communicate()[0] for proc in procs]
-    output = "".join(outputs)
+    logs = [src.with_suffix(".log") for src in sources]
+    procs = []
+    for src, obj, log in zip(sources, objects, logs):
+        # each compiler writes to a file, not a pipe: a pipe read after another process's would
+        # fill up with warnings and stall its compiler until the other one had finished
+        with open(log, "w") as fh:
+            procs.append(subprocess.Popen(_compile_command(src, obj, flags, header), stdout=fh,
+                                          stderr=subprocess.STDOUT))
+    for proc in procs:
+        proc.wait()
+    output = "".join(log.read_text(errors="replace") for log in logs)
+    for log in logs:
+        log.unlink(missing_ok=True)
     failed = [src.name for src, proc in zip(sources, procs) if proc.returncode != 0]
     if failed:
         raise RuntimeError(f"the C++ compiler failed on {', '.join(failed)}:\n{output[-4000:]}")
