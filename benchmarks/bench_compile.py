@@ -19,7 +19,7 @@ compiler processes (less sensitive to other jobs). Prints a table and the machin
 
     CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py [--configs before,after,"one unit",cmdstanpy]
 
-Example output is in docs/backends.md.
+Recorded runs are in benchmarks/results/compile.md.
 """
 
 from __future__ import annotations
