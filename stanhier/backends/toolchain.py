@@ -189,13 +189,14 @@ class _HeaderBuild:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.hpp.write_text(_HEADER)
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(_header_command(self.hpp, self.tmp, self.flags), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        with open(self.folder / "build.log", "w") as log:  # a file, never a pipe nobody reads yet
+            self.proc = subprocess.Popen(_header_command(self.hpp, self.tmp, self.flags), stdout=log,
+                                         stderr=subprocess.STDOUT)
 
     def finish(self) -> Path | None:
-        output = self.proc.communicate()[0]
+        self.proc.wait()
         folder = self.folder
-        (folder / "build.log").write_text(output)
+        output = (folder / "build.log").read_text(errors="replace")
         if self.proc.returncode != 0 or not self.tmp.is_file():
             self.tmp.unlink(missing_ok=True)
             if self.proc.returncode > 0:  # an error, not a signal (e.g. out of memory): remember it
