@@ -220,29 +220,18 @@ def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path
     if not pch_enabled():
         return None
     flags = list(flags or compile_flags())
-    folder = _header_folder(flags)
-    ready = _ready_header(folder)
-    if ready is not None:
-        return ready or None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock", timeout=3600):
-        ready = _ready_header(folder)  # another process built it while we waited
-        if ready is not None:
-            return ready or None
-        if on_build is not None:
-            on_build()
-        build = _HeaderBuild(folder, flags)
-        build.start()
-        return build.finish()
+    with header_alongside(flags, on_build=on_build, wait=True):
+        pass  # nothing to compile alongside: the build finishes on exit
+    return _ready_header(_header_folder(flags)) or None
 
 
 @contextlib.contextmanager
-def header_alongside(flags: list[str] | None = None, *, on_build=None):
+def header_alongside(flags: list[str] | None = None, *, on_build=None, wait: bool = False):
     """The shared header for a compile that is about to start: yields it if it exists; if not,
     yields None and builds it while the caller compiles its program without it, finishing on
     exit (the header and the program's units share the cores instead of the program waiting
-    for the header). A process that finds another one building it does not wait: it compiles
-    without the header."""
+    for the header). A process that finds another one building it does not wait (unless
+    ``wait``): it compiles without the header."""
     flags = list(flags or compile_flags())
     folder = _header_folder(flags)
     ready = _ready_header(folder) if pch_enabled() else False
@@ -252,12 +241,12 @@ def header_alongside(flags: list[str] | None = None, *, on_build=None):
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder) + ".lock")
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=3600 if wait else 0)
     except Timeout:  # another process is building it
         yield None
         return
     try:
-        ready = _ready_header(folder)
+        ready = _ready_header(folder)  # another process may have built it meanwhile
         if ready is not None:
             yield ready or None
             return
