@@ -157,3 +157,33 @@ def test_sufficient_statistics_only_where_exact(fish):
     with pytest.raises(sh.ArgumentError, match="sufficient_stats"):
         sh.brm("fish_num ~ temperature + (1 | weather)", data=fish, family="poisson",
                sufficient_stats=True, progress=False)
+
+
+def test_lprior_is_the_sum_of_the_prior_densities(sleep):
+    """The program writes the priors as a data constant plus a kernel (templates/prior_kernels.stan);
+    its ``lprior`` must equal, draw by draw, the log densities from scipy: normal, Cauchy,
+    exponential, gamma, the default half-Student-t, and the LKJ(2) of a 2 x 2 correlation
+    matrix, whose correlation r has (r + 1) / 2 ~ Beta(eta, eta)."""
+    from scipy import stats
+
+    priors = [sh.prior("normal(0, 10)", class_="b"), sh.prior("cauchy(300, 50)", class_="Intercept"),
+              sh.prior("exponential(0.05)", class_="sd"), sh.prior("gamma(2, 0.1)", class_="sigma"),
+              sh.prior("lkj(2)", class_="cor")]
+    fit = quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, prior=priors, chains=1, iter=200,
+                    warmup=100, seed=3)
+    d = {k: np.asarray(v).reshape(100, -1) for k, v in fit.raw.draws.items()}
+    r = d["cor_1"][:, 0]
+    expected = (stats.norm.logpdf(d["b"][:, 0], 0, 10) + stats.cauchy.logpdf(d["Intercept"][:, 0], 300, 50)
+                + stats.expon.logpdf(d["sd_1"], scale=20).sum(axis=1)
+                + stats.gamma.logpdf(d["sigma"][:, 0], 2, scale=10)
+                + stats.beta.logpdf((r + 1) / 2, 2, 2) - np.log(2))
+    np.testing.assert_allclose(d["lprior"][:, 0], expected, rtol=1e-9)
+    # the default priors: Student-t on the intercept, half-t on SDs and sigma, LKJ(1)
+    default = quiet_brm("Reaction ~ Days + (Days | Subject)", data=sleep, chains=1, iter=200,
+                        warmup=100, seed=3)
+    d = {k: np.asarray(v).reshape(100, -1) for k, v in default.raw.draws.items()}
+    expected = (stats.t.logpdf(d["Intercept"][:, 0], 3, 288.7, 59.3)
+                + (stats.t.logpdf(d["sd_1"], 3, 0, 59.3) + np.log(2)).sum(axis=1)
+                + stats.t.logpdf(d["sigma"][:, 0], 3, 0, 59.3) + np.log(2)
+                + stats.beta.logpdf(0.5, 1, 1) - np.log(2))  # LKJ(1): r uniform on (-1, 1)
+    np.testing.assert_allclose(d["lprior"][:, 0], expected, rtol=1e-9)

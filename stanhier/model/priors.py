@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Iterable, Sequence
 
@@ -31,7 +31,7 @@ from ..errors import PriorError
 from ..families import LINKS, Family, aux_names
 
 __all__ = ["Prior", "prior", "PriorStatement", "PriorSet", "resolve_priors", "DISTRIBUTIONS",
-           "default_scale_prior", "truncation_constant"]
+           "default_scale_prior", "truncation_constant", "kernel_constant", "lkj_constant"]
 
 #: Stan distributions allowed in priors: name -> (number of arguments, support).
 DISTRIBUTIONS: dict[str, tuple[int, str]] = {
@@ -82,6 +82,50 @@ def truncation_constant(dist: str, lb: float, args: Sequence[Sequence[float]]) -
     for row in args:
         name, shapes, loc, scale = _SCIPY_DISTS[dist](*row)
         total -= float(getattr(stats, name).logsf(lb, *shapes, loc=loc, scale=scale))
+    return total
+
+
+#: Prior families the Stan programs write as ``lc_i + kernel(x)`` (``templates/prior_kernels.stan``)
+#: instead of calling Stan's ``_lpdf``, whose autodiff instantiation costs seconds of compile time
+#: in every program: the point ``x0`` (from Stan's arguments) where the template's kernel is 0, so
+#: the constant ``lc_i`` is the log density at ``x0``, computed here with scipy (Stan data).
+KERNEL_ZERO = {
+    "normal": lambda mu, sigma: mu,
+    "student_t": lambda nu, mu, sigma: mu,
+    "cauchy": lambda mu, sigma: mu,
+    "exponential": lambda beta: 0.0,
+    "gamma": lambda alpha, beta: 1.0,
+}
+
+
+def lkj_constant(eta: float, dim: int) -> float:
+    """Log normalizing constant of the LKJ(eta) density of a ``dim x dim`` correlation matrix
+    (Lewandowski, Kurowicka and Joe 2009, theorem 5; Stan's ``do_lkj_constant``): the value of
+    ``lkj_corr_cholesky_lpdf`` at the identity.
+
+    >>> round(lkj_constant(1.0, 3), 10) == round(math.log(2) - 2 * math.log(math.pi), 10)   # 1 / (pi^2 / 2)
+    True
+    """
+    k1 = dim - 1
+    return k1 * math.lgamma(eta + 0.5 * k1) - sum(
+        0.5 * k * math.log(math.pi) + math.lgamma(eta + 0.5 * (k1 - k)) for k in range(1, dim))
+
+
+def kernel_constant(dist: str, args: Sequence[Sequence[float]], dim: int = 0) -> float:
+    """``sum_i lpdf(x0_i | args_i)``: what a prior written as a kernel adds as the constant ``lc``
+    (``dim``: the matrix size, for the LKJ).
+
+    >>> round(kernel_constant("normal", [(0.0, 1.0), (3.0, 1.0)]), 10) == round(-math.log(2 * math.pi), 10)
+    True
+    """
+    if dist == "lkj_corr_cholesky":
+        return sum(lkj_constant(float(row[0]), dim) for row in args)
+    from scipy import stats
+
+    total = 0.0
+    for row in args:
+        name, shapes, loc, scale = _SCIPY_DISTS[dist](*row)
+        total += float(getattr(stats, name).logpdf(KERNEL_ZERO[dist](*row), *shapes, loc=loc, scale=scale))
     return total
 
 
@@ -237,6 +281,12 @@ class PriorStatement:
     comment: str  #: what it is, for the generated code
     positions: tuple[int, ...] = ()  #: 1-based positions in the vector parameter
     args: tuple[tuple[float, ...], ...] = ()  #: per position (or one row for scalar)
+    dim: int = 0  #: size of a matrix parameter (the LKJ prior's ``L_k``: its coefficients per level)
+
+    @property
+    def kernel(self) -> bool:
+        """The program writes this prior as its data constant ``lc_i`` plus a kernel."""
+        return self.dist in KERNEL_ZERO or self.dist == "lkj_corr_cholesky"
 
     @property
     def truncated(self) -> bool:
@@ -281,6 +331,8 @@ class PriorSet:
             i = st.index
             if st.truncated:
                 data[f"lt_{i}"] = truncation_constant(st.dist, float(st.lb), st.args)
+            if st.kernel:
+                data[f"lc_{i}"] = kernel_constant(st.dist, st.args, st.dim)
             if st.scalar:
                 for a in range(st.n_args):
                     data[f"pa_{i}_{a + 1}"] = float(st.args[0][a])
@@ -384,7 +436,8 @@ def resolve_priors(design: Design, family: Family, user: Sequence[Prior] = ()) -
                                  source="user" if p.group else "(vectorized)"))
             seen_groups.add(gt.term.group_name)
         statements.append(PriorStatement(0, f"L_{k}", "lkj_corr_cholesky", 1, True, None,
-                                         f"correlations of group-level term {k}", args=(p.args,)))
+                                         f"correlations of group-level term {k}", args=(p.args,),
+                                         dim=len(gt.coef_names)))
     # Intercept
     if design.has_intercept:
         p = pick("Intercept") or default_t
@@ -431,8 +484,7 @@ def resolve_priors(design: Design, family: Family, user: Sequence[Prior] = ()) -
                                          args=tuple(a for _, a in items)))
     order = {"b": 0, "Intercept": 1}
     statements.sort(key=lambda s: (order.get(s.param, 2), s.param, s.dist))
-    statements = [PriorStatement(i, s.param, s.dist, s.n_args, s.scalar, s.lb, s.comment, s.positions, s.args)
-                  for i, s in enumerate(statements, start=1)]
+    statements = [replace(s, index=i) for i, s in enumerate(statements, start=1)]
     rows.sort(key=lambda r: (r.class_.lower(), r.group, r.coef))
     return PriorSet(statements=tuple(statements), rows=tuple(rows), user=user)
 

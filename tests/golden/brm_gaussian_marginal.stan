@@ -17,9 +17,9 @@ functions {
   //   log|V|        = N log sigma^2 + sum_j log|A_j|
   //   r' V^-1 r     = (r'r - sum_j u_j' A_j^-1 u_j) / sigma^2
   // The blocks are 2 x 2, so |A_j| and u_j' A_j^-1 u_j are written out with
-  // S = Lambda Lambda' (the effects' covariance relative to sigma^2) and held as length-G
-  // vectors: autodiff records a few vector operations per gradient instead of a Cholesky
-  // factor, two solves and a log-determinant per level of the grouping factor.
+  // S = Lambda Lambda' (the effects' covariance relative to sigma^2), one level j at a time in
+  // scalar arithmetic: no Cholesky factor, solve or log-determinant per level, and no vector
+  // expression on autodiff types for the compiler to instantiate.
   // With Z_j'Z_j = [ZtZ_11, ZtZ_12; ZtZ_12, ZtZ_22]_j (2 x 2: |I + B| = 1 + tr B + |B|,
   // adj(I + B) = I + adj(B), and u' adj(Lambda' M Lambda) u = |S| w' adj(M) w):
   //   |A_j|               = 1 + tr(S Z_j'Z_j) + |S| |Z_j'Z_j|               (1 + tr >= 1, |S| |M| >= 0)
@@ -28,19 +28,33 @@ functions {
                                  vector ZtZ_22, vector det_ZtZ, matrix ZtA_1, matrix ZtA_2,
                                  vector Zty_1, vector Zty_2, int N, vector beta, matrix Lambda,
                                  real sigma) {
-    int G = rows(ZtZ_11);
-    matrix[2, 2] S = tcrossprod(Lambda);
+    int K = rows(beta);
+    real S11 = square(Lambda[1, 1]) + square(Lambda[1, 2]);
+    real S12 = Lambda[1, 1] * Lambda[2, 1] + Lambda[1, 2] * Lambda[2, 2];
+    real S22 = square(Lambda[2, 1]) + square(Lambda[2, 2]);
     real det_S = square(Lambda[1, 1] * Lambda[2, 2] - Lambda[1, 2] * Lambda[2, 1]);
-    vector[G] w1 = Zty_1 - ZtA_1 * beta;  // first entry of w_j, every j
-    vector[G] w2 = Zty_2 - ZtA_2 * beta;  // second entry
-    vector[G] det_A = 1 + S[1, 1] * ZtZ_11 + 2 * S[1, 2] * ZtZ_12 + S[2, 2] * ZtZ_22 + det_S * det_ZtZ;
-    real log_det_A = sum(log(det_A));
-    // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
-    vector[G] num = (S[1, 1] + det_S * ZtZ_22) .* square(w1)
-                    + 2 * (S[1, 2] - det_S * ZtZ_12) .* (w1 .* w2)
-                    + (S[2, 2] + det_S * ZtZ_11) .* square(w2);
-    real quad_u = sum(num ./ det_A);  // sum_j u_j' A_j^-1 u_j
-    real rtr = yty - 2 * dot_product(beta, Aty) + quad_form(AtA, beta);  // r'r
+    real log_det_A = 0;
+    real quad_u = 0;  // sum_j u_j' A_j^-1 u_j
+    for (j in 1:rows(ZtZ_11)) {
+      real w1 = Zty_1[j];  // w_j = Z_j'(y - A beta)
+      real w2 = Zty_2[j];
+      for (k in 1:K) {
+        w1 -= ZtA_1[j, k] * beta[k];
+        w2 -= ZtA_2[j, k] * beta[k];
+      }
+      real det_A = 1 + S11 * ZtZ_11[j] + 2 * S12 * ZtZ_12[j] + S22 * ZtZ_22[j] + det_S * det_ZtZ[j];
+      log_det_A += log(det_A);
+      // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
+      quad_u += ((S11 + det_S * ZtZ_22[j]) * square(w1) + 2 * (S12 - det_S * ZtZ_12[j]) * w1 * w2
+                 + (S22 + det_S * ZtZ_11[j]) * square(w2)) / det_A;
+    }
+    real rtr = yty;  // r'r = y'y - 2 beta'A'y + beta'A'A beta
+    for (k in 1:K) {
+      rtr -= 2 * beta[k] * Aty[k];
+      for (l in 1:K) {
+        rtr += beta[k] * AtA[k, l] * beta[l];
+      }
+    }
     return -0.5 * (N * log(2 * pi() * square(sigma)) + log_det_A + (rtr - quad_u) / square(sigma));
   }
 }
@@ -68,19 +82,23 @@ data {
   real pa_1_1;
   real pa_1_2;
   real pa_1_3;
+  real lc_1;  // the prior's log density where its kernel is 0 (its normalizing constant)
   // prior 2: lkj_corr_cholesky on correlations of group-level term 1 (L_1)
   real pa_2_1;
+  real lc_2;  // the prior's log density where its kernel is 0 (its normalizing constant)
   // prior 3: student_t on group-level SDs of term 1 (sd_1)
   int<lower=0> Np_3;
   array[Np_3] int<lower=1> Jp_3;
   vector[Np_3] pa_3_1;
   vector[Np_3] pa_3_2;
   vector[Np_3] pa_3_3;
+  real lc_3;  // the prior's log density where its kernel is 0 (its normalizing constant)
   real lt_3;  // -log P(X > lower bound) under this prior: its truncation constant
   // prior 4: student_t on family parameter sigma (sigma)
   real pa_4_1;
   real pa_4_2;
   real pa_4_3;
+  real lc_4;  // the prior's log density where its kernel is 0 (its normalizing constant)
   real lt_4;  // -log P(X > lower bound) under this prior: its truncation constant
   int<lower=0, upper=1> prior_only;  // 1: ignore the likelihood (sample the prior)
 }
@@ -123,27 +141,41 @@ parameters {
 transformed parameters {
   real<lower=0> sigma = exp(log_sigma);  // residual SD
   real lprior = 0;  // log prior density (hyperparameters are data)
-  lprior += student_t_lpdf(Intercept | pa_1_1, pa_1_2, pa_1_3);  // prior 1
-  lprior += lkj_corr_cholesky_lpdf(L_1 | pa_2_1);  // prior 2
-  lprior += student_t_lpdf(sd_1[Jp_3] | pa_3_1, pa_3_2, pa_3_3);  // prior 3
+  lprior += lc_1;  // prior 1: student_t, its constant (data) and kernel
+  lprior -= (pa_1_1 + 1) / 2 * log1p(square((Intercept - pa_1_2) / pa_1_3) / pa_1_1);
+  lprior += lc_2;  // prior 2: lkj_corr_cholesky, its constant and kernel sum_m (M - m + 2 eta - 2) log L[m, m]
+  for (m in 2:rows(L_1)) {
+    lprior += (rows(L_1) - m + 2 * pa_2_1 - 2) * log(L_1[m, m]);
+  }
+  lprior += lc_3;  // prior 3: student_t, its constant and a kernel for each position
+  for (i in 1:Np_3) {
+    lprior -= (pa_3_1[i] + 1) / 2 * log1p(square((sd_1[Jp_3[i]] - pa_3_2[i]) / pa_3_3[i]) / pa_3_1[i]);
+  }
   lprior += lt_3;  // truncation at the lower bound (a constant, so data)
-  lprior += student_t_lpdf(sigma | pa_4_1, pa_4_2, pa_4_3);  // prior 4
+  lprior += lc_4;  // prior 4: student_t, its constant (data) and kernel
+  lprior -= (pa_4_1 + 1) / 2 * log1p(square((sigma - pa_4_2) / pa_4_3) / pa_4_1);
   lprior += lt_4;  // truncation at the lower bound (a constant, so data)
 }
 model {
   // likelihood: the marginal normal density of y, group-level effects integrated out
   if (!prior_only) {
-    // Lambda: Cholesky factor of one block's effect covariance, relative to sigma
+    // Lambda: Cholesky factor of one block's effect covariance, relative to sigma, entry by entry
     matrix[q, q] Lambda = rep_matrix(0, q, q);
-    {
-      matrix[M_1, M_1] T_1 = diag_pre_multiply(sd_1, L_1) / sigma;  // group-level term 1
-      for (j in 1:R_1) {
-        int o = O_1 + (j - 1) * M_1;
-        Lambda[(o + 1):(o + M_1), (o + 1):(o + M_1)] = T_1;
+    for (j in 1:R_1) {  // group-level term 1: diag(sd_1) * L_1 / sigma, R_1 times
+      int o = O_1 + (j - 1) * M_1;
+      for (m in 1:M_1) {
+        for (n in 1:m) {
+          Lambda[o + m, o + n] = sd_1[m] * L_1[m, n] / sigma;
+        }
       }
     }
+    vector[K] beta;  // (Intercept, b)
+    beta[1] = Intercept;
+    for (k in 2:K) {
+      beta[k] = b[k - 1];
+    }
     target += marginal_gaussian_q2_lpdf(yty | Aty, AtA, ZtZ_11, ZtZ_12, ZtZ_22, det_ZtZ, ZtA_1, ZtA_2,
-                                        Zty_1, Zty_2, N, append_row(Intercept, b), Lambda, sigma);
+                                        Zty_1, Zty_2, N, beta, Lambda, sigma);
   }
   // priors (on sigma, as brms's: log_sigma adds the log Jacobian of sigma = exp(log_sigma))
   target += lprior + log_sigma;

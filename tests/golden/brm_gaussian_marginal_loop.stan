@@ -75,19 +75,23 @@ data {
   real pa_1_1;
   real pa_1_2;
   real pa_1_3;
+  real lc_1;  // the prior's log density where its kernel is 0 (its normalizing constant)
   // prior 2: lkj_corr_cholesky on correlations of group-level term 1 (L_1)
   real pa_2_1;
+  real lc_2;  // the prior's log density where its kernel is 0 (its normalizing constant)
   // prior 3: student_t on group-level SDs of term 1 (sd_1)
   int<lower=0> Np_3;
   array[Np_3] int<lower=1> Jp_3;
   vector[Np_3] pa_3_1;
   vector[Np_3] pa_3_2;
   vector[Np_3] pa_3_3;
+  real lc_3;  // the prior's log density where its kernel is 0 (its normalizing constant)
   real lt_3;  // -log P(X > lower bound) under this prior: its truncation constant
   // prior 4: student_t on family parameter sigma (sigma)
   real pa_4_1;
   real pa_4_2;
   real pa_4_3;
+  real lc_4;  // the prior's log density where its kernel is 0 (its normalizing constant)
   real lt_4;  // -log P(X > lower bound) under this prior: its truncation constant
   int<lower=0, upper=1> prior_only;  // 1: ignore the likelihood (sample the prior)
 }
@@ -112,27 +116,41 @@ parameters {
 transformed parameters {
   real<lower=0> sigma = exp(log_sigma);  // residual SD
   real lprior = 0;  // log prior density (hyperparameters are data)
-  lprior += student_t_lpdf(Intercept | pa_1_1, pa_1_2, pa_1_3);  // prior 1
-  lprior += lkj_corr_cholesky_lpdf(L_1 | pa_2_1);  // prior 2
-  lprior += student_t_lpdf(sd_1[Jp_3] | pa_3_1, pa_3_2, pa_3_3);  // prior 3
+  lprior += lc_1;  // prior 1: student_t, its constant (data) and kernel
+  lprior -= (pa_1_1 + 1) / 2 * log1p(square((Intercept - pa_1_2) / pa_1_3) / pa_1_1);
+  lprior += lc_2;  // prior 2: lkj_corr_cholesky, its constant and kernel sum_m (M - m + 2 eta - 2) log L[m, m]
+  for (m in 2:rows(L_1)) {
+    lprior += (rows(L_1) - m + 2 * pa_2_1 - 2) * log(L_1[m, m]);
+  }
+  lprior += lc_3;  // prior 3: student_t, its constant and a kernel for each position
+  for (i in 1:Np_3) {
+    lprior -= (pa_3_1[i] + 1) / 2 * log1p(square((sd_1[Jp_3[i]] - pa_3_2[i]) / pa_3_3[i]) / pa_3_1[i]);
+  }
   lprior += lt_3;  // truncation at the lower bound (a constant, so data)
-  lprior += student_t_lpdf(sigma | pa_4_1, pa_4_2, pa_4_3);  // prior 4
+  lprior += lc_4;  // prior 4: student_t, its constant (data) and kernel
+  lprior -= (pa_4_1 + 1) / 2 * log1p(square((sigma - pa_4_2) / pa_4_3) / pa_4_1);
   lprior += lt_4;  // truncation at the lower bound (a constant, so data)
 }
 model {
   // likelihood: the marginal normal density of y, group-level effects integrated out
   if (!prior_only) {
-    // Lambda: Cholesky factor of one block's effect covariance, relative to sigma
+    // Lambda: Cholesky factor of one block's effect covariance, relative to sigma, entry by entry
     matrix[q, q] Lambda = rep_matrix(0, q, q);
-    {
-      matrix[M_1, M_1] T_1 = diag_pre_multiply(sd_1, L_1) / sigma;  // group-level term 1
-      for (j in 1:R_1) {
-        int o = O_1 + (j - 1) * M_1;
-        Lambda[(o + 1):(o + M_1), (o + 1):(o + M_1)] = T_1;
+    for (j in 1:R_1) {  // group-level term 1: diag(sd_1) * L_1 / sigma, R_1 times
+      int o = O_1 + (j - 1) * M_1;
+      for (m in 1:M_1) {
+        for (n in 1:m) {
+          Lambda[o + m, o + n] = sd_1[m] * L_1[m, n] / sigma;
+        }
       }
     }
+    vector[K] beta;  // (Intercept, b)
+    beta[1] = Intercept;
+    for (k in 2:K) {
+      beta[k] = b[k - 1];
+    }
     target += marginal_gaussian_lpdf(yty | Aty, AtA, ZtZ, ZtA, Zty, N, 0,
-                                     append_row(Intercept, b), Lambda, 0, sigma);
+                                     beta, Lambda, 0, sigma);
   }
   // priors (on sigma, as brms's: log_sigma adds the log Jacobian of sigma = exp(log_sigma))
   target += lprior + log_sigma;

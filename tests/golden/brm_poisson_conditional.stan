@@ -24,14 +24,17 @@ data {
   real pa_1_1;
   real pa_1_2;
   real pa_1_3;
+  real lc_1;  // the prior's log density where its kernel is 0 (its normalizing constant)
   // prior 2: lkj_corr_cholesky on correlations of group-level term 1 (L_1)
   real pa_2_1;
+  real lc_2;  // the prior's log density where its kernel is 0 (its normalizing constant)
   // prior 3: student_t on group-level SDs of term 1 (sd_1)
   int<lower=0> Np_3;
   array[Np_3] int<lower=1> Jp_3;
   vector[Np_3] pa_3_1;
   vector[Np_3] pa_3_2;
   vector[Np_3] pa_3_3;
+  real lc_3;  // the prior's log density where its kernel is 0 (its normalizing constant)
   real lt_3;  // -log P(X > lower bound) under this prior: its truncation constant
   int<lower=0, upper=1> prior_only;  // 1: ignore the likelihood (sample the prior)
 }
@@ -154,9 +157,16 @@ transformed parameters {
   vector[Kc] b = b_all[2:K];
   real Intercept = b_all[1] + dot_product(means_X, b);
   real lprior = 0;  // log prior density (hyperparameters are data)
-  lprior += student_t_lpdf(Intercept | pa_1_1, pa_1_2, pa_1_3);  // prior 1
-  lprior += lkj_corr_cholesky_lpdf(L_1 | pa_2_1);  // prior 2
-  lprior += student_t_lpdf(sd_1[Jp_3] | pa_3_1, pa_3_2, pa_3_3);  // prior 3
+  lprior += lc_1;  // prior 1: student_t, its constant (data) and kernel
+  lprior -= (pa_1_1 + 1) / 2 * log1p(square((Intercept - pa_1_2) / pa_1_3) / pa_1_1);
+  lprior += lc_2;  // prior 2: lkj_corr_cholesky, its constant and kernel sum_m (M - m + 2 eta - 2) log L[m, m]
+  for (m in 2:rows(L_1)) {
+    lprior += (rows(L_1) - m + 2 * pa_2_1 - 2) * log(L_1[m, m]);
+  }
+  lprior += lc_3;  // prior 3: student_t, its constant and a kernel for each position
+  for (i in 1:Np_3) {
+    lprior -= (pa_3_1[i] + 1) / 2 * log1p(square((sd_1[Jp_3[i]] - pa_3_2[i]) / pa_3_3[i]) / pa_3_1[i]);
+  }
   lprior += lt_3;  // truncation at the lower bound (a constant, so data)
 }
 model {

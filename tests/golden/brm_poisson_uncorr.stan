@@ -15,12 +15,14 @@ data {
   real pa_1_1;
   real pa_1_2;
   real pa_1_3;
+  real lc_1;  // the prior's log density where its kernel is 0 (its normalizing constant)
   // prior 2: student_t on group-level SDs of term 1 (sd_1)
   int<lower=0> Np_2;
   array[Np_2] int<lower=1> Jp_2;
   vector[Np_2] pa_2_1;
   vector[Np_2] pa_2_2;
   vector[Np_2] pa_2_3;
+  real lc_2;  // the prior's log density where its kernel is 0 (its normalizing constant)
   real lt_2;  // -log P(X > lower bound) under this prior: its truncation constant
   int<lower=0, upper=1> prior_only;  // 1: ignore the likelihood (sample the prior)
 }
@@ -45,8 +47,12 @@ transformed parameters {
   // group-level term 1: r = (diag(sd) * z)'
   matrix[N_1, M_1] r_1 = (diag_pre_multiply(sd_1, z_1))';
   real lprior = 0;  // log prior density (hyperparameters are data)
-  lprior += student_t_lpdf(Intercept | pa_1_1, pa_1_2, pa_1_3);  // prior 1
-  lprior += student_t_lpdf(sd_1[Jp_2] | pa_2_1, pa_2_2, pa_2_3);  // prior 2
+  lprior += lc_1;  // prior 1: student_t, its constant (data) and kernel
+  lprior -= (pa_1_1 + 1) / 2 * log1p(square((Intercept - pa_1_2) / pa_1_3) / pa_1_1);
+  lprior += lc_2;  // prior 2: student_t, its constant and a kernel for each position
+  for (i in 1:Np_2) {
+    lprior -= (pa_2_1[i] + 1) / 2 * log1p(square((sd_1[Jp_2[i]] - pa_2_2[i]) / pa_2_3[i]) / pa_2_1[i]);
+  }
   lprior += lt_2;  // truncation at the lower bound (a constant, so data)
 }
 model {

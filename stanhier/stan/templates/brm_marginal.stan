@@ -61,19 +61,27 @@ functions {
   //   log|V|        = N log sigma^2 + sum_j log|A_j|
   //   r' V^-1 r     = (r'r - sum_j u_j' A_j^-1 u_j) / sigma^2
   // The blocks are {{ s.block_size }} x {{ s.block_size }}, so |A_j| and u_j' A_j^-1 u_j are written out with
-  // S = Lambda Lambda' (the effects' covariance relative to sigma^2) and held as length-G
-  // vectors: autodiff records a few vector operations per gradient instead of a Cholesky
-  // factor, two solves and a log-determinant per level of the grouping factor.
+  // S = Lambda Lambda' (the effects' covariance relative to sigma^2), one level j at a time in
+  // scalar arithmetic: no Cholesky factor, solve or log-determinant per level, and no vector
+  // expression on autodiff types for the compiler to instantiate.
 {% if s.block_size == 1 %}
   //   |A_j|               = 1 + S ZtZ_j
   //   u_j' A_j^-1 u_j     = S w_j^2 / |A_j|
   real marginal_gaussian_q1_lpdf(real yty, vector Aty, matrix AtA, vector ZtZ_11, matrix ZtA_1,
                                  vector Zty_1, int N, vector beta, matrix Lambda, real sigma) {
+    int K = rows(beta);
     real S = square(Lambda[1, 1]);
-    vector[rows(ZtZ_11)] w = Zty_1 - ZtA_1 * beta;
-    vector[rows(ZtZ_11)] det_A = 1 + S * ZtZ_11;
-    real log_det_A = sum(log(det_A));
-    real quad_u = S * sum(square(w) ./ det_A);  // sum_j u_j' A_j^-1 u_j
+    real log_det_A = 0;
+    real quad_u = 0;  // sum_j u_j' A_j^-1 u_j
+    for (j in 1:rows(ZtZ_11)) {
+      real w = Zty_1[j];  // w_j = Z_j'(y - A beta)
+      for (k in 1:K) {
+        w -= ZtA_1[j, k] * beta[k];
+      }
+      real det_A = 1 + S * ZtZ_11[j];
+      log_det_A += log(det_A);
+      quad_u += S * square(w) / det_A;
+    }
 {% else %}
   // With Z_j'Z_j = [ZtZ_11, ZtZ_12; ZtZ_12, ZtZ_22]_j (2 x 2: |I + B| = 1 + tr B + |B|,
   // adj(I + B) = I + adj(B), and u' adj(Lambda' M Lambda) u = |S| w' adj(M) w):
@@ -83,20 +91,34 @@ functions {
                                  vector ZtZ_22, vector det_ZtZ, matrix ZtA_1, matrix ZtA_2,
                                  vector Zty_1, vector Zty_2, int N, vector beta, matrix Lambda,
                                  real sigma) {
-    int G = rows(ZtZ_11);
-    matrix[2, 2] S = tcrossprod(Lambda);
+    int K = rows(beta);
+    real S11 = square(Lambda[1, 1]) + square(Lambda[1, 2]);
+    real S12 = Lambda[1, 1] * Lambda[2, 1] + Lambda[1, 2] * Lambda[2, 2];
+    real S22 = square(Lambda[2, 1]) + square(Lambda[2, 2]);
     real det_S = square(Lambda[1, 1] * Lambda[2, 2] - Lambda[1, 2] * Lambda[2, 1]);
-    vector[G] w1 = Zty_1 - ZtA_1 * beta;  // first entry of w_j, every j
-    vector[G] w2 = Zty_2 - ZtA_2 * beta;  // second entry
-    vector[G] det_A = 1 + S[1, 1] * ZtZ_11 + 2 * S[1, 2] * ZtZ_12 + S[2, 2] * ZtZ_22 + det_S * det_ZtZ;
-    real log_det_A = sum(log(det_A));
-    // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
-    vector[G] num = (S[1, 1] + det_S * ZtZ_22) .* square(w1)
-                    + 2 * (S[1, 2] - det_S * ZtZ_12) .* (w1 .* w2)
-                    + (S[2, 2] + det_S * ZtZ_11) .* square(w2);
-    real quad_u = sum(num ./ det_A);  // sum_j u_j' A_j^-1 u_j
+    real log_det_A = 0;
+    real quad_u = 0;  // sum_j u_j' A_j^-1 u_j
+    for (j in 1:rows(ZtZ_11)) {
+      real w1 = Zty_1[j];  // w_j = Z_j'(y - A beta)
+      real w2 = Zty_2[j];
+      for (k in 1:K) {
+        w1 -= ZtA_1[j, k] * beta[k];
+        w2 -= ZtA_2[j, k] * beta[k];
+      }
+      real det_A = 1 + S11 * ZtZ_11[j] + 2 * S12 * ZtZ_12[j] + S22 * ZtZ_22[j] + det_S * det_ZtZ[j];
+      log_det_A += log(det_A);
+      // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
+      quad_u += ((S11 + det_S * ZtZ_22[j]) * square(w1) + 2 * (S12 - det_S * ZtZ_12[j]) * w1 * w2
+                 + (S22 + det_S * ZtZ_11[j]) * square(w2)) / det_A;
+    }
 {% endif %}
-    real rtr = yty - 2 * dot_product(beta, Aty) + quad_form(AtA, beta);  // r'r
+    real rtr = yty;  // r'r = y'y - 2 beta'A'y + beta'A'A beta
+    for (k in 1:K) {
+      rtr -= 2 * beta[k] * Aty[k];
+      for (l in 1:K) {
+        rtr += beta[k] * AtA[k, l] * beta[l];
+      }
+    }
     return -0.5 * (N * log(2 * pi() * square(sigma)) + log_det_A + (rtr - quad_u) / square(sigma));
   }
 {% endif %}
@@ -187,18 +209,32 @@ transformed parameters {
 model {
   // likelihood: the marginal normal density of y, group-level effects integrated out
   if (!prior_only) {
-    // Lambda: Cholesky factor of one block's effect covariance, relative to sigma
+    // Lambda: Cholesky factor of one block's effect covariance, relative to sigma, entry by entry
     matrix[q, q] Lambda = rep_matrix(0, q, q);
 {% for t in terms %}
-    {
-      matrix[M_{{ t.k }}, M_{{ t.k }}] T_{{ t.k }} = {% if t.correlated %}diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }}){% else %}diag_matrix(sd_{{ t.k }}){% endif %} / sigma;  // group-level term {{ t.k }}
-      for (j in 1:R_{{ t.k }}) {
-        int o = O_{{ t.k }} + (j - 1) * M_{{ t.k }};
-        Lambda[(o + 1):(o + M_{{ t.k }}), (o + 1):(o + M_{{ t.k }})] = T_{{ t.k }};
+    for (j in 1:R_{{ t.k }}) {  // group-level term {{ t.k }}: {% if t.correlated %}diag(sd_{{ t.k }}) * L_{{ t.k }}{% else %}diag(sd_{{ t.k }}){% endif %} / sigma, R_{{ t.k }} times
+      int o = O_{{ t.k }} + (j - 1) * M_{{ t.k }};
+      for (m in 1:M_{{ t.k }}) {
+{% if t.correlated %}
+        for (n in 1:m) {
+          Lambda[o + m, o + n] = sd_{{ t.k }}[m] * L_{{ t.k }}[m, n] / sigma;
+        }
+{% else %}
+        Lambda[o + m, o + m] = sd_{{ t.k }}[m] / sigma;
+{% endif %}
       }
     }
 {% endfor %}
-{% set beta = "append_row(Intercept, b)" if s.has_intercept else "b" %}
+{% if s.has_intercept %}
+    vector[K] beta;  // (Intercept, b)
+    beta[1] = Intercept;
+    for (k in 2:K) {
+      beta[k] = b[k - 1];
+    }
+{% set beta = "beta" %}
+{% else %}
+{% set beta = "b" %}
+{% endif %}
 {% if s.block_size == 1 %}
     target += marginal_gaussian_q1_lpdf(yty | Aty, AtA, ZtZ_11, ZtA_1, Zty_1, N, {{ beta }}, Lambda, sigma);
 {% elif s.block_size == 2 %}

@@ -12,6 +12,9 @@
   real pa_{{ p.index }}_{{ a + 1 }};
 {% endfor %}
 {% endif %}
+{% if p.kernel %}
+  real lc_{{ p.index }};  // the prior's log density where its kernel is 0 (its normalizing constant)
+{% endif %}
 {% if p.truncated %}
   real lt_{{ p.index }};  // -log P(X > lower bound) under this prior: its truncation constant
 {% endif %}
