@@ -17,9 +17,10 @@ functions {
   //   log|V|        = N log sigma^2 + sum_j log|A_j|
   //   r' V^-1 r     = (r'r - sum_j u_j' A_j^-1 u_j) / sigma^2
   // The blocks are 2 x 2, so |A_j| and u_j' A_j^-1 u_j are written out with
-  // S = Lambda Lambda' (the effects' covariance relative to sigma^2), one level j at a time in
-  // scalar arithmetic: no Cholesky factor, solve or log-determinant per level, and no vector
-  // expression on autodiff types for the compiler to instantiate.
+  // S = Lambda Lambda' (the effects' covariance relative to sigma^2, its entries as scalars) and
+  // held as length-G vectors: autodiff records a few vector operations per gradient instead of a
+  // Cholesky factor, two solves and a log-determinant per level of the grouping factor. (A loop
+  // over levels in scalar arithmetic compiles faster but samples 4x slower at G = 2000.)
   // With Z_j'Z_j = [ZtZ_11, ZtZ_12; ZtZ_12, ZtZ_22]_j (2 x 2: |I + B| = 1 + tr B + |B|,
   // adj(I + B) = I + adj(B), and u' adj(Lambda' M Lambda) u = |S| w' adj(M) w):
   //   |A_j|               = 1 + tr(S Z_j'Z_j) + |S| |Z_j'Z_j|               (1 + tr >= 1, |S| |M| >= 0)
@@ -28,33 +29,20 @@ functions {
                                  vector ZtZ_22, vector det_ZtZ, matrix ZtA_1, matrix ZtA_2,
                                  vector Zty_1, vector Zty_2, int N, vector beta, matrix Lambda,
                                  real sigma) {
-    int K = rows(beta);
+    int G = rows(ZtZ_11);
     real S11 = square(Lambda[1, 1]) + square(Lambda[1, 2]);
     real S12 = Lambda[1, 1] * Lambda[2, 1] + Lambda[1, 2] * Lambda[2, 2];
     real S22 = square(Lambda[2, 1]) + square(Lambda[2, 2]);
     real det_S = square(Lambda[1, 1] * Lambda[2, 2] - Lambda[1, 2] * Lambda[2, 1]);
-    real log_det_A = 0;
-    real quad_u = 0;  // sum_j u_j' A_j^-1 u_j
-    for (j in 1:rows(ZtZ_11)) {
-      real w1 = Zty_1[j];  // w_j = Z_j'(y - A beta)
-      real w2 = Zty_2[j];
-      for (k in 1:K) {
-        w1 -= ZtA_1[j, k] * beta[k];
-        w2 -= ZtA_2[j, k] * beta[k];
-      }
-      real det_A = 1 + S11 * ZtZ_11[j] + 2 * S12 * ZtZ_12[j] + S22 * ZtZ_22[j] + det_S * det_ZtZ[j];
-      log_det_A += log(det_A);
-      // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
-      quad_u += ((S11 + det_S * ZtZ_22[j]) * square(w1) + 2 * (S12 - det_S * ZtZ_12[j]) * w1 * w2
-                 + (S22 + det_S * ZtZ_11[j]) * square(w2)) / det_A;
-    }
-    real rtr = yty;  // r'r = y'y - 2 beta'A'y + beta'A'A beta
-    for (k in 1:K) {
-      rtr -= 2 * beta[k] * Aty[k];
-      for (l in 1:K) {
-        rtr += beta[k] * AtA[k, l] * beta[l];
-      }
-    }
+    vector[G] w1 = Zty_1 - ZtA_1 * beta;  // first entry of w_j = Z_j'(y - A beta), every j
+    vector[G] w2 = Zty_2 - ZtA_2 * beta;  // second entry
+    vector[G] det_A = 1 + S11 * ZtZ_11 + 2 * S12 * ZtZ_12 + S22 * ZtZ_22 + det_S * det_ZtZ;
+    real log_det_A = sum(log(det_A));
+    // w' S w + |S| w' adj(M) w, adj(M) = [ZtZ_22, -ZtZ_12; -ZtZ_12, ZtZ_11]
+    vector[G] num = (S11 + det_S * ZtZ_22) .* square(w1) + 2 * (S12 - det_S * ZtZ_12) .* (w1 .* w2)
+                    + (S22 + det_S * ZtZ_11) .* square(w2);
+    real quad_u = sum(num ./ det_A);  // sum_j u_j' A_j^-1 u_j
+    real rtr = yty - 2 * dot_product(beta, Aty) + quad_form(AtA, beta);  // r'r
     return -0.5 * (N * log(2 * pi() * square(sigma)) + log_det_A + (rtr - quad_u) / square(sigma));
   }
 }

@@ -11,44 +11,24 @@
 // draw, so all draws are exact posterior draws of brms's program (stanhier.bayes.marginal).
 // Group-level term k uses N_k, M_k, sd_k, L_k; in a block its M_k coefficients repeat R_k times from offset O_k.
 functions {
-  // Marginal log density of y from cross-products (REML == 0), the algebra of stanhier's
-  // lmer program. With V = sigma^2 * (I + Z Lambda Lambda' Z') and, per block,
-  // A = I + Lambda' Z'Z Lambda, u = Lambda' Z'(y - X beta):
+  // Marginal log density of y from cross-products, the algebra of stanhier's lmer program
+  // (maximum likelihood, no REML term). With V = sigma^2 * (I + Z Lambda Lambda' Z') and, per
+  // block, A = I + Lambda' Z'Z Lambda, u = Lambda' Z'(y - X beta):
   //   log|V|        = N log sigma^2 + sum_blocks log|A|
   //   r' V^-1 r     = (r'r - sum_blocks u' A^-1 u) / sigma^2
-  //   REML adds     log|X' V^-1 X| = log|X'X - sum_blocks (Lambda' Z'X)' A^-1 (Lambda' Z'X)| - K log sigma^2
   real marginal_gaussian_lpdf(real yty, vector Xty, matrix XtX, array[] matrix ZtZ,
-                              array[] matrix ZtX, array[] vector Zty, int N, int REML,
-                              vector beta, matrix Lambda, int lambda_diagonal, real sigma) {
-    int G = size(ZtZ);
+                              array[] matrix ZtX, array[] vector Zty, int N,
+                              vector beta, matrix Lambda, real sigma) {
     int q = rows(Lambda);
-    int K = rows(beta);
-    vector[q] lambda = diagonal(Lambda);
     real quad = yty - 2 * dot_product(beta, Xty) + quad_form(XtX, beta);  // r'r
     real log_det_A = 0;
-    matrix[K, K] XtVX = XtX;  // X' (I + Z Lambda Lambda' Z')^-1 X, for REML
-    for (g in 1:G) {
-      matrix[q, q] A;
-      if (lambda_diagonal) {
-        // cheaper O(q^2) product when Lambda is diagonal (scalar terms and `||` terms)
-        A = add_diag(diag_post_multiply(diag_pre_multiply(lambda, ZtZ[g]), lambda), 1);
-      } else {
-        A = add_diag(quad_form_sym(ZtZ[g], Lambda), 1);
-      }
-      matrix[q, q] L_A = cholesky_decompose(A);
+    for (g in 1:size(ZtZ)) {
+      matrix[q, q] L_A = cholesky_decompose(add_diag(quad_form_sym(ZtZ[g], Lambda), 1));
       vector[q] c = mdivide_left_tri_low(L_A, Lambda' * (Zty[g] - ZtX[g] * beta));
       quad -= dot_self(c);
       log_det_A += 2 * sum(log(diagonal(L_A)));
-      if (REML) {
-        XtVX -= crossprod(mdivide_left_tri_low(L_A, Lambda' * ZtX[g]));
-      }
     }
-    real n_eff = REML ? N - K : N;
-    real lp = -0.5 * (n_eff * log(2 * pi() * square(sigma)) + log_det_A + quad / square(sigma));
-    if (REML) {
-      lp -= 0.5 * log_determinant_spd(XtVX);
-    }
-    return lp;
+    return -0.5 * (N * log(2 * pi() * square(sigma)) + log_det_A + quad / square(sigma));
   }
 }
 data {
@@ -149,8 +129,7 @@ model {
     for (k in 2:K) {
       beta[k] = b[k - 1];
     }
-    target += marginal_gaussian_lpdf(yty | Aty, AtA, ZtZ, ZtA, Zty, N, 0,
-                                     beta, Lambda, 0, sigma);
+    target += marginal_gaussian_lpdf(yty | Aty, AtA, ZtZ, ZtA, Zty, N, beta, Lambda, sigma);
   }
   // priors (on sigma, as brms's: log_sigma adds the log Jacobian of sigma = exp(log_sigma))
   target += lprior + log_sigma;

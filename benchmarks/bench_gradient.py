@@ -1,0 +1,86 @@
+"""Time per gradient of stanhier's generated programs: what sampling costs, apart from how
+many steps NUTS takes. Changes to the generated Stan code (scalar loops instead of vector
+expressions, prior kernels) change the draws in floating point, so sampling seconds of two
+program versions are not comparable run by run; seconds per leapfrog step are.
+
+Each structure is fitted twice with one chain (no chains competing for the 2 cores), the same
+seed and warmup, and ``n`` then ``2 n`` iterations after warmup, keeping every ``n / 500``-th
+draw (so passing draws to Python costs little): the first ``n`` iterations of the two runs are
+the same (Stan's random numbers come in sequence), so the difference in sampling seconds,
+divided by the leapfrog steps of iterations ``n + 1 .. 2 n`` (one gradient each; estimated as
+``n`` times the mean over the kept draws), is the time per gradient, free of warmup and
+start-up. ``n`` is chosen per structure so that it takes a few seconds. Run it with
+two versions of stanhier to compare them (PYTHONPATH=<other checkout> python
+benchmarks/bench_gradient.py); the compile is not timed (bench_compile.py does that).
+
+    python benchmarks/bench_gradient.py [--scale 1] [--only sleepstudy] [--json out.json]
+
+Recorded runs are in benchmarks/results/compile.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+
+import stanhier as sh
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_compile import _cpu, cases  # noqa: E402  (the three structures of bench_compile)
+
+
+def _large_sleep(groups: int = 2000) -> pd.DataFrame:
+    """sleepstudy's design with many subjects: the marginal program's per-level loop dominates."""
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(groups), 10)
+    days = np.tile(np.arange(10), groups)
+    u = rng.multivariate_normal([0, 0], [[600, 10], [10, 35]], size=groups)
+    y = 251 + u[g, 0] + (10.5 + u[g, 1]) * days + rng.normal(0, 25.6, len(g))
+    return pd.DataFrame({"Reaction": y, "Days": days, "Subject": g})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies each structure's n")
+    parser.add_argument("--only", default="", help="run the structures whose name contains this")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    rows = []
+    structures = cases() + [("sleepstudy gaussian, 2000 subjects", "Reaction ~ Days + (Days | Subject)",
+                             _large_sleep(), "gaussian")]
+    iterations = (100_000, 50_000, 20_000, 2_000)  # n of each structure: a few seconds each
+    for (name, formula, data, family), n_base in zip(structures, iterations):
+        if args.only not in name:
+            continue
+        n = int(n_base * args.scale) // 500 * 500
+        runs = []
+        for iters in (n, 2 * n):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = sh.brm(formula, data=data, family=family, backend="pystan", chains=1, warmup=1000,
+                             iter=1000 + iters, thin=n // 500, seed=1, progress=False)
+            runs.append((fit.raw.seconds, np.asarray(fit.raw.stats["n_leapfrog__"]).ravel()))
+        (t1, s1), (t2, s2) = runs
+        assert np.array_equal(s1, s2[:len(s1)]), "the first draws of the two runs differ"
+        steps = int(round(n * s2[len(s1):].mean()))
+        rows.append({"model": name, "stanhier": sh.__file__.rsplit("/stanhier/", 1)[0],
+                     "n": n, "seconds, 2n - n": round(t2 - t1, 2), "leapfrog steps": steps,
+                     "us per gradient": round(1e6 * (t2 - t1) / steps, 2)})
+        print(rows[-1], file=sys.stderr, flush=True)
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\nmachine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}; one chain, "
+          f"1000 warmup iterations; load average {os.getloadavg()[0]:.1f} at the end")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
