@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import gc
 import glob
+import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,55 @@ def test_native_optimizer_reaches_the_optimum(both_tiny):
     assert np.max(np.abs(g)) < 1e-3 and x[3] == pytest.approx(10.0, abs=1e-3)
     y = TINY_DATA["y"]  # mu solves sum(y - mu)/sigma^2 + (one - mu) = 0 with one = mu at the optimum
     assert x[0] == pytest.approx(y.mean(), abs=1e-4)
+
+
+ONCE = """
+    import json, sys
+    import numpy as np
+    from stanhier import cache
+    from stanhier.backends import SampleSettings, get_backend
+    code, engines = {code!r}, {engines!r}
+    stamps, out = {{}}, {{}}
+    for engine in engines:
+        model = get_backend(engine).compile(code, progress=False)
+        stamps[engine] = sorted((str(p), p.stat().st_ino, p.stat().st_mtime_ns)
+                                for p in (cache.cache_dir() / "objects").glob("*/*.o"))
+        dens = model.log_density({data!r})
+        rows = [dens.log_prob_grad(x, jac) for x in np.random.default_rng(3).normal(size=(3, 4)) for jac in (0, 1)]
+        draws = model.sample({data!r}, SampleSettings(chains=2, iter=300, warmup=150, seed=11, progress=False)).draws
+        out[engine] = {{"exe": str(getattr(model, "exe", "")), "hit": model.cache_hit,
+                       "values": [[lp, *g] for lp, g in rows], "mu": np.asarray(draws["mu"]).tolist()}}
+    print(json.dumps({{"stamps": stamps, "out": out}}))
+"""
+
+
+@pytest.mark.cmdstan
+def test_one_compile_serves_both_engines(tmp_path):
+    """With CmdStan at httpstan's Stan release, CmdStan's executable is linked from the objects
+    the pystan backend compiled (toolchain.model_objects): the objects are not rebuilt. That
+    executable computes what one built by CmdStan's own make does (STANHIER_SHARED_OBJECTS=0):
+    the same log density and gradient, and the same draws for the same seed."""
+    from stanhier.backends import toolchain
+
+    (tmp_path / "pch").symlink_to(cache.cache_dir() / "pch", target_is_directory=True)  # header, main object
+    code = TINY + "// one compile for both engines\n"
+    data = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in TINY_DATA.items()}
+
+    def run(engines, shared):
+        env = {**os.environ, "STANHIER_CACHE_DIR": str(tmp_path), toolchain.SHARED_ENV: shared}
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(ONCE.format(code=code, engines=engines, data=data))],
+                              cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    linked = run(["pystan", "cmdstanpy"], "1")
+    assert linked["stamps"]["pystan"] and linked["stamps"]["cmdstanpy"] == linked["stamps"]["pystan"]
+    assert [linked["out"][e]["hit"] for e in ("pystan", "cmdstanpy")] == [False, False]
+    made = run(["cmdstanpy"], "0")["out"]["cmdstanpy"]
+    assert made["hit"] is False and made["exe"] != linked["out"]["cmdstanpy"]["exe"]
+    np.testing.assert_allclose(linked["out"]["cmdstanpy"]["values"], made["values"], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(linked["out"]["pystan"]["values"], made["values"], rtol=1e-13, atol=1e-13)
+    assert linked["out"]["cmdstanpy"]["mu"] == made["mu"]
 
 
 ML_CASES = [

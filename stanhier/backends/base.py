@@ -24,11 +24,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, StanCompileError
 
 __all__ = [
     "SampleSettings", "RawSample", "LogDensity", "CompiledModel", "Backend",
-    "reshape_flat", "fd_hessian", "code_line", "SAMPLER_STATS", "fresh_seed", "MAX_SEED",
+    "reshape_flat", "fd_hessian", "code_line", "compile_error", "SAMPLER_STATS", "fresh_seed", "MAX_SEED",
 ]
 
 #: seeds stanhier draws lie in [0, MAX_SEED): valid for Stan (unsigned 32-bit) and numpy
@@ -217,6 +217,11 @@ def code_line(message: str, code: str) -> str:
         n = int(match.group(1))
         return f"\nGenerated code, line {n}: {lines[n - 1].strip()}"
     return ""
+
+
+def compile_error(message: str, code: str) -> StanCompileError:
+    """The error for a program Stan rejects (stanc's message and the generated line it names)."""
+    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{code_line(message, code)}")
 
 
 def fd_hessian(value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray,

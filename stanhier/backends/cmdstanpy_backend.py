@@ -43,8 +43,9 @@ import numpy as np
 from .. import cache
 from ..progress import SamplingProgress, compiling, verbose
 from ..errors import BackendError, SamplingError, StanCompileError
+from . import toolchain
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
-                   code_line)
+                   code_line, compile_error)
 from .declarations import (Declaration, ParameterLayout, UnsupportedDeclaration, parse_declarations,
                            variables_from_columns)
 
@@ -480,12 +481,15 @@ class CmdStanPyBackend(Backend):
         return f"cmdstan-{self.release}"
 
     def compile(self, code: str, *, progress: bool = True, show_cached: bool = True) -> CompiledModel:
-        """Compile ``code`` with CmdStan's ``make`` (cached). CmdStan compiles every program
-        with its precompiled model header (``PRECOMPILED_HEADERS=true``, CmdStan's default
-        with g++ on Linux and macOS), built once per CmdStan tree."""
-        import cmdstanpy
-
-        key = cache.program_key(code, self.name, f"{self.stan_version}|{self.path}")
+        """Compile ``code`` into a CmdStan executable (cached). When this CmdStan has httpstan's
+        Stan release (:func:`toolchain.cmdstan_shares_objects`), the executable is linked from
+        the program's objects that the pystan backend links too (compiled once for both, with
+        the shared precompiled header) and CmdStan's main object compiled the same way;
+        otherwise CmdStan's ``make`` builds it with CmdStan's precompiled model header
+        (``PRECOMPILED_HEADERS=true``)."""
+        shared = toolchain.cmdstan_shares_objects(self.path)
+        how = toolchain.model_name_for(code) if shared else "make"
+        key = cache.program_key(code, self.name, f"{self.stan_version}|{self.path}|{how}")
         entry = cache.entry_dir(self.name, key)
         exe = entry / "model"
         with compiling(progress, show_cached=show_cached) as stage:
@@ -501,18 +505,56 @@ class CmdStanPyBackend(Backend):
                     cache.clear_entry(entry)  # stale: built against a CmdStan tree that is gone
                 stan_file = entry / "model.stan"
                 stan_file.write_text(code)
-                stage.building("CmdStan")
-                with _cmdstanpy_logging(progress):
-                    try:
-                        cmdstanpy.CmdStanModel(stan_file=str(stan_file), exe_file=None,
-                                               cpp_options=dict(CPP_OPTIONS))
-                    except (ValueError, RuntimeError) as exc:
-                        message = str(exc)
-                        raise StanCompileError(f"Stan could not compile the program:\n{message.strip()}"
-                                               f"{code_line(message, code)}") from None
+                if shared:
+                    self._link_from_objects(code, exe, stage)
+                else:
+                    self._make(stan_file, code, progress, stage)
                 if not _executable_runs(exe):
                     raise BackendError(f"CmdStan built {exe} but it does not run; check the CmdStan "
                                        f"installation at {self.path}.")
                 cache.mark_complete(entry)
             seconds = time.perf_counter() - start
         return _CmdStanModel(code, exe, False, seconds)
+
+    def _make(self, stan_file: Path, code: str, progress: bool, stage) -> None:
+        import cmdstanpy
+
+        stage.building("CmdStan")
+        with _cmdstanpy_logging(progress):
+            try:
+                cmdstanpy.CmdStanModel(stan_file=str(stan_file), exe_file=None, cpp_options=dict(CPP_OPTIONS))
+            except (ValueError, RuntimeError) as exc:
+                raise compile_error(str(exc), code) from None
+
+    def _link_from_objects(self, code: str, exe: Path, stage) -> None:
+        """stanc (httpstan's, the same release), the program's shared objects, CmdStan's main
+        object, link; the compilers' messages go to ``compiler.log`` beside the executable."""
+        import httpstan.compile
+
+        model_name = toolchain.model_name_for(code)
+        stage.building("stanc")
+        try:  # stanc first: its errors are the clearest
+            cpp, _ = httpstan.compile.compile(code, f"model_{model_name.split('/')[1]}")
+        except ValueError as exc:
+            raise compile_error(str(exc), code) from None
+        flags = toolchain.compile_flags()
+        stage.building("C++")
+        notes = []
+
+        def note(what: str):
+            def show() -> None:
+                notes.append(what)
+                stage.building("C++, and " + " and ".join(notes) + ", once per installation")
+            return show
+
+        try:
+            with toolchain.header_alongside(flags, on_build=note("the shared Stan header")) as header, \
+                    toolchain.cmdstan_main_alongside(self.path, flags, header,
+                                                     on_build=note("CmdStan's main program")) as main:
+                objects, output = toolchain.model_objects(code, model_name, flags, header, cpp=cpp)
+            if main.path is None:
+                raise RuntimeError(f"CmdStan's main object could not be compiled (see {main.log})")
+            toolchain.link_cmdstan(objects, main.path, exe)
+        except RuntimeError as exc:
+            raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}") from None
+        (exe.parent / "compiler.log").write_text(output)

@@ -26,7 +26,7 @@ from ..progress import SamplingProgress, compiling, verbose
 from ..errors import SamplingError, StanCompileError, StanhierError
 from . import toolchain
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
-                   code_line, reshape_flat)
+                   code_line, compile_error, reshape_flat)
 
 __all__ = ["PystanBackend", "STANC_TIMEOUT", "use_patient_stanc"]
 
@@ -292,10 +292,6 @@ def _fd_to_file(path: Path):
                 os.close(fd)
 
 
-def _compile_error(message: str, code: str) -> StanCompileError:
-    return StanCompileError(f"Stan could not compile the program:\n{message.strip()}{code_line(message, code)}")
-
-
 class _PystanDensity(LogDensity):
     def __init__(self, module, data: dict) -> None:
         self._module = module
@@ -527,7 +523,7 @@ class PystanBackend(Backend):
                 try:  # stanc first: its errors are the clearest
                     cpp, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
                 except ValueError as exc:
-                    raise _compile_error(str(exc), code) from None
+                    raise compile_error(str(exc), code) from None
                 flags = toolchain.compile_flags()
                 stage.building("C++")
                 header_note = "C++, and the shared Stan header, once per installation"
@@ -535,7 +531,7 @@ class PystanBackend(Backend):
                     # the compiler's messages go to the cache entry's log, never the terminal
                     with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry), \
                             toolchain.header_alongside(flags, on_build=lambda: stage.building(header_note)) as header:
-                        output = toolchain.build_services_module(code, model_name, entry, flags, header, cpp=cpp)
+                        output = toolchain.build_services_module(code, model_name, flags, header, cpp=cpp)
                 except Exception as exc:
                     log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
                     raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None

@@ -1,5 +1,6 @@
-"""How the pystan backend runs the C++ compiler: flags, the shared precompiled header,
-and a cache key that depends on what goes into the binary only.
+"""How stanhier runs the C++ compiler for both engines: flags, the shared precompiled
+header, one set of objects per program, and a cache key that depends on what goes into the
+binary only.
 
 Every program stanc generates starts with ``#include <stan/model/model_header.hpp>``,
 several hundred thousand lines of Stan Math, Eigen, Boost and TBB. Parsing them is the
@@ -15,14 +16,20 @@ compiling their first programs at the same time build it once. A failed header b
 not an error: programs are compiled without it.
 
 Each program is compiled as two translation units at once (:func:`split_program`: the
-reverse-mode log density in one, the rest in the other) and linked with httpstan's
-services object into the module httpstan imports (:func:`build_services_module`).
+reverse-mode log density in one, the rest in the other) into object files kept in
+``<cache>/objects/`` (:func:`model_objects`). Both engines link those same objects: with
+httpstan's services object into the module httpstan imports (:func:`build_services_module`),
+and with CmdStan's main object into a CmdStan executable (:func:`link_cmdstan`) when CmdStan
+has the same Stan release (:func:`cmdstan_shares_objects`). CmdStan's ``main.cpp`` is compiled
+the same way (macros, flags, headers) once per installation (:func:`cmdstan_main_alongside`).
+A program fitted with both engines is compiled once.
 
 Python's default CFLAGS include ``-g``: debug information for a Stan program costs
 more compile time than the program's optimisation, and no Stan user debugs the
 generated C++, so stanhier compiles with ``-g0`` (see :data:`CXXFLAGS`).
 
-``STANHIER_PCH=0`` switches the header off, ``STANHIER_SPLIT=0`` the two units;
+``STANHIER_PCH=0`` switches the header off, ``STANHIER_SPLIT=0`` the two units,
+``STANHIER_SHARED_OBJECTS=0`` the shared objects (CmdStan's ``make`` builds its programs);
 ``STANHIER_CXXFLAGS`` replaces stanhier's flags (e.g. ``"-O3 -g"``).
 
 Example
@@ -48,14 +55,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
 from .. import cache
 
-__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "compile_flags", "compiler_command",
-           "toolchain_id", "model_name_for", "precompiled_header", "header_alongside", "header_flags",
-           "split_program", "uses_propto", "build_services_module"]
+__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "SharedFile", "compile_flags",
+           "compiler_command", "toolchain_id", "model_name_for", "precompiled_header", "header_alongside",
+           "header_flags", "split_program", "uses_propto", "model_objects", "build_services_module",
+           "cmdstan_shares_objects", "cmdstan_main_alongside", "link_cmdstan"]
 
 logger = logging.getLogger("stanhier")
 
@@ -68,6 +77,8 @@ PCH_ENV = "STANHIER_PCH"
 CXXFLAGS_ENV = "STANHIER_CXXFLAGS"
 #: ``0``/``false`` compiles each program as one translation unit (see :func:`split_program`).
 SPLIT_ENV = "STANHIER_SPLIT"
+#: ``0``/``false``: CmdStan builds its executables with its own ``make`` (see :func:`cmdstan_shares_objects`).
+SHARED_ENV = "STANHIER_SHARED_OBJECTS"
 
 #: httpstan's macros for every program (httpstan/models.py, build_services_extension_module)
 _MACROS = ("-DBOOST_DISABLE_ASSERTS", "-DBOOST_PHOENIX_NO_VARIADIC_EXPRESSION", "-DSTAN_THREADS",
@@ -166,32 +177,21 @@ def _header_folder(flags: list[str]) -> Path:
     return cache.cache_dir() / "pch" / f"pystan-{_header_key(flags)}"
 
 
-def _ready_header(folder: Path) -> Path | None | bool:
-    """The header if built, False if the compiler rejected it before (do not retry), else None."""
-    if cache.is_complete(folder):
-        return folder / "stan_pch.hpp"
-    if (folder / "FAILED").is_file():
-        return False
-    return None
+class _SharedBuild:
+    """One build of a file every program shares (the precompiled header, CmdStan's main object)
+    under its lock: :meth:`start` runs the compiler, :meth:`finish` waits for it and publishes the
+    result (a temporary name renamed at the end, so a reader never sees half a file)."""
 
-
-class _HeaderBuild:
-    """One build of the header under its lock: :meth:`start` runs the compiler, :meth:`finish`
-    waits for it and publishes the result (a temporary name renamed at the end, so a reader
-    never sees half a file)."""
-
-    def __init__(self, folder: Path, flags: list[str]) -> None:
-        self.folder, self.flags = folder, flags
-        self.hpp = folder / "stan_pch.hpp"
-        self.tmp = folder / f".stan_pch.{os.getpid()}.gch"
+    def __init__(self, folder: Path, product: str, command: Callable[[Path], list[str]], what: str) -> None:
+        self.folder, self.product, self.command, self.what = folder, product, command, what
+        self.tmp = folder / f".{product}.{os.getpid()}"
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.hpp.write_text(_HEADER)
         self.started = time.perf_counter()
+        command = self.command(self.tmp)
         with open(self.folder / "build.log", "w") as log:  # a file, never a pipe nobody reads yet
-            self.proc = subprocess.Popen(_header_command(self.hpp, self.tmp, self.flags), stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
     def finish(self) -> Path | None:
         self.proc.wait()
@@ -201,16 +201,69 @@ class _HeaderBuild:
             self.tmp.unlink(missing_ok=True)
             if self.proc.returncode > 0:  # an error, not a signal (e.g. out of memory): remember it
                 (folder / "FAILED").write_text(output[-4000:])
-            logger.warning("stanhier: the precompiled Stan header could not be built (see %s); "
-                           "compiling without it", folder / "build.log")
+            logger.warning("stanhier: %s could not be built (see %s)", self.what, folder / "build.log")
             return None
-        os.replace(self.tmp, folder / "stan_pch.hpp.gch")
+        os.replace(self.tmp, folder / self.product)
         (folder / "seconds").write_text(f"{time.perf_counter() - self.started:.1f}\n")
         with open(folder / "builds", "a") as fh:  # an audit trail: one line per build
             fh.write(f"{os.getpid()} {time.time():.0f}\n")
         cache.mark_complete(folder)
-        logger.debug("built the precompiled Stan header in %s", folder)
-        return self.hpp
+        logger.debug("built %s in %s", self.what, folder)
+        return folder / self.product
+
+
+class SharedFile:
+    """A file shared by every program (see :func:`header_alongside`, :func:`cmdstan_main_alongside`):
+    ``path`` is the file once it exists (after the ``with`` block when it was built alongside),
+    None if it is not there or could not be built; ``log`` is its build's log."""
+
+    def __init__(self, folder: Path, path: Path | None = None) -> None:
+        self.path = path
+        self.log = folder / "build.log"
+
+
+def _ready(folder: Path, product: str) -> Path | None | bool:
+    """The product if built, False if the compiler rejected it before (do not retry), else None."""
+    if cache.is_complete(folder):
+        return folder / product
+    if (folder / "FAILED").is_file():
+        return False
+    return None
+
+
+@contextlib.contextmanager
+def _built_alongside(folder: Path, product: str, command: Callable[[Path], list[str]], what: str, *,
+                     on_build=None, wait: bool = False) -> Iterator[SharedFile]:
+    """Yields a :class:`SharedFile`: set if ``folder/product`` exists; if not, unset while it is
+    built (under ``folder``'s lock) alongside the caller's own compile, and set on exit. A process
+    that finds another one building it does not wait for it (unless ``wait``)."""
+    ready = _ready(folder, product)
+    if ready is not None:
+        yield SharedFile(folder, ready or None)
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder) + ".lock")
+    try:
+        lock.acquire(timeout=3600 if wait else 0)
+    except Timeout:  # another process is building it
+        yield SharedFile(folder)
+        return
+    try:
+        ready = _ready(folder, product)  # another process may have built it meanwhile
+        if ready is not None:
+            yield SharedFile(folder, ready or None)
+            return
+        if on_build is not None:
+            on_build()
+        build = _SharedBuild(folder, product, command, what)
+        build.start()
+        shared = SharedFile(folder)
+        try:
+            yield shared
+        finally:
+            shared.path = build.finish()
+    finally:
+        lock.release()
 
 
 def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path | None:
@@ -222,7 +275,8 @@ def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path
     flags = list(flags or compile_flags())
     with header_alongside(flags, on_build=on_build, wait=True):
         pass  # nothing to compile alongside: the build finishes on exit
-    return _ready_header(_header_folder(flags)) or None
+    ready = _ready(_header_folder(flags), "stan_pch.hpp.gch")
+    return _header_folder(flags) / "stan_pch.hpp" if ready else None
 
 
 @contextlib.contextmanager
@@ -233,33 +287,19 @@ def header_alongside(flags: list[str] | None = None, *, on_build=None, wait: boo
     for the header). A process that finds another one building it does not wait (unless
     ``wait``): it compiles without the header."""
     flags = list(flags or compile_flags())
-    folder = _header_folder(flags)
-    ready = _ready_header(folder) if pch_enabled() else False
-    if ready is not None:
-        yield ready or None
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder) + ".lock")
-    try:
-        lock.acquire(timeout=3600 if wait else 0)
-    except Timeout:  # another process is building it
+    if not pch_enabled():
         yield None
         return
-    try:
-        ready = _ready_header(folder)  # another process may have built it meanwhile
-        if ready is not None:
-            yield ready or None
-            return
-        if on_build is not None:
-            on_build()
-        build = _HeaderBuild(folder, flags)
-        build.start()
-        try:
-            yield None
-        finally:
-            build.finish()
-    finally:
-        lock.release()
+    folder = _header_folder(flags)
+    hpp = folder / "stan_pch.hpp"
+
+    def command(out: Path) -> list[str]:
+        hpp.write_text(_HEADER)
+        return _header_command(hpp, out, flags)
+
+    with _built_alongside(folder, "stan_pch.hpp.gch", command, "the precompiled Stan header (programs "
+                          "compile without it)", on_build=on_build, wait=wait) as shared:
+        yield hpp if shared.path else None
 
 
 def header_flags(hpp: Path | None) -> list[str]:
@@ -400,68 +440,104 @@ def _compile_units(sources: list[Path], flags: list[str], header: Path | None) -
     return objects, output
 
 
-def _undefined_model_symbols(module: Path, model_class: str) -> list[str]:
-    """The model's own symbols the module needs but does not define (a split that went wrong)."""
-    try:
-        proc = subprocess.run(["nm", "--undefined-only", str(module)], capture_output=True, text=True,
-                              timeout=120)
-    except (OSError, subprocess.SubprocessError):
-        return []  # no nm: the import would tell
-    return [line for line in proc.stdout.splitlines() if model_class in line]
+def _model_symbols(objects: list[Path], model_class: str) -> list[str]:
+    """The model's own symbols that ``objects`` need but none of them defines (a split that went
+    wrong), by ``nm``; none when nm is missing (the link or the import would tell)."""
+    defined: set[str] = set()
+    needed: set[str] = set()
+    for obj in objects:
+        try:
+            proc = subprocess.run(["nm", str(obj)], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return []
+        for line in proc.stdout.splitlines():
+            kind, _, name = line[17:].partition(" ") if len(line) > 17 else ("", "", "")
+            if kind == "U":
+                if model_class in name:
+                    needed.add(name)
+            elif name:
+                defined.add(name)
+    return sorted(needed - defined)
 
 
-def build_services_module(program_code: str, model_name: str, folder: Path, flags: list[str],
-                          header: Path | None, *, cpp: str | None = None) -> str:
+def model_objects(program_code: str, model_name: str, flags: list[str], header: Path | None, *,
+                  cpp: str | None = None) -> tuple[list[Path], str]:
+    """The compiled model of ``program_code``: object files both engines link (httpstan's
+    extension module, CmdStan's executable), compiled once per program and toolchain into
+    ``<cache>/objects/<id>/`` (``id`` from :func:`model_name_for`) beside their C++ sources,
+    under that entry's lock.
+
+    Two translation units compiled at once where :func:`split_program` can split stanc's output
+    (on two cores this takes about as long as the larger unit), else one. ``cpp``: stanc's output
+    if already made. Returns the objects and the compiler's messages (empty when cached); raises
+    RuntimeError when the compiler fails, ValueError when stanc does.
+    """
+    model_id = model_name.split("/")[1]
+    model_class = f"model_{model_id}"
+    with cache.locked_entry("objects", model_id) as entry:
+        if cache.is_complete(entry):
+            return sorted(entry.glob("*.o")), ""
+        if cpp is None:
+            import httpstan.compile
+
+            cpp, _ = httpstan.compile.compile(program_code, model_class)
+        units = split_program(cpp, model_class, propto=uses_propto(program_code)) if _switched_on(SPLIT_ENV) else None
+        attempts = ([list(units)] if units else []) + [[cpp]]
+        output = ""
+        for attempt, texts in enumerate(attempts):
+            sources = [entry / f"{model_class}_{i}.cpp" for i in range(len(texts))]
+            for src, text in zip(sources, texts):
+                src.write_text(text)
+            try:
+                objects, out = _compile_units(sources, flags, header)
+                output += out
+                missing = _model_symbols(objects, model_class)
+                if missing:
+                    raise RuntimeError("the objects lack " + "; ".join(missing[:3]))
+                cache.mark_complete(entry)
+                return objects, output
+            except RuntimeError as exc:
+                for src in sources:
+                    src.with_suffix(".o").unlink(missing_ok=True)
+                    src.unlink(missing_ok=True)
+                if attempt == len(attempts) - 1:
+                    raise
+                logger.debug("compiling %s in two units failed (%s); compiling it as one", model_name, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _libraries() -> tuple[list[str], Path]:
+    """The libraries every Stan program links (httpstan's SUNDIALS and TBB) and their folder."""
+    libraries = ["sundials_cvodes", "sundials_idas", "sundials_nvecserial", "tbb"]
+    if sys.platform == "darwin":  # pragma: no cover - as httpstan
+        libraries += ["tbbmalloc", "tbbmalloc_proxy"]
+    return libraries, _httpstan_dir() / "lib"
+
+
+def build_services_module(program_code: str, model_name: str, flags: list[str], header: Path | None, *,
+                          cpp: str | None = None) -> str:
     """Build httpstan's extension module for ``program_code`` (what
-    ``httpstan.models.build_services_extension_module`` does), in two translation units compiled
-    at once where :func:`split_program` can split stanc's output: on two cores the build takes
-    about as long as the larger unit. Sources and objects go to ``folder``; the module to
-    httpstan's model directory. ``cpp``: stanc's output if already made (for the class name
-    ``model_<id>``). Returns the compiler's messages; raises RuntimeError on failure.
+    ``httpstan.models.build_services_extension_module`` does): the model's objects
+    (:func:`model_objects`, shared with CmdStan) linked with httpstan's services object into
+    httpstan's model directory. Returns the compiler's messages; raises RuntimeError on failure.
     """
     import httpstan.cache
-    import httpstan.compile
 
     module_dir = httpstan.cache.model_directory(model_name)
     module_dir.mkdir(parents=True, exist_ok=True)
     model_class = f"model_{model_name.split('/')[1]}"
-    if cpp is None:
-        cpp, _ = httpstan.compile.compile(program_code, model_class)
-    pkg = _httpstan_dir()
-    libraries = ["sundials_cvodes", "sundials_idas", "sundials_nvecserial", "tbb"]
-    if sys.platform == "darwin":  # pragma: no cover - as httpstan
-        libraries += ["tbbmalloc", "tbbmalloc_proxy"]
+    objects, output = model_objects(program_code, model_name, flags, header, cpp=cpp)
     module = module_dir / f"stan_services_{model_class}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
-    units = split_program(cpp, model_class, propto=uses_propto(program_code)) if _switched_on(SPLIT_ENV) else None
-    attempts = ([list(units)] if units else []) + [[cpp]]
-    output = ""
-    for attempt, texts in enumerate(attempts):
-        sources = [folder / f"{model_class}_{i}.cpp" for i in range(len(texts))]
-        for src, text in zip(sources, texts):
-            src.write_text(text)
-        try:
-            objects, out = _compile_units(sources, flags, header)
-            output += out
-            tmp = module.with_name(f".{module.name}.{os.getpid()}")
-            _link(objects + [pkg / "stan_services.o"], tmp, libraries, pkg / "lib")
-            missing = _undefined_model_symbols(tmp, model_class)
-            if missing:
-                tmp.unlink(missing_ok=True)
-                raise RuntimeError("the module lacks " + "; ".join(missing[:3]))
-            os.replace(tmp, module)
-            return output
-        except RuntimeError as exc:
-            if attempt == len(attempts) - 1:
-                raise
-            logger.debug("compiling %s in two units failed (%s); compiling it as one", model_name, exc)
-        finally:
-            for src in sources:
-                src.with_suffix(".o").unlink(missing_ok=True)
-    raise AssertionError("unreachable")  # pragma: no cover
+    tmp = module.with_name(f".{module.name}.{os.getpid()}")
+    libraries, lib_dir = _libraries()
+    _link(objects + [_httpstan_dir() / "stan_services.o"], tmp, libraries, lib_dir)
+    os.replace(tmp, module)
+    return output
 
 
-def _link(objects: list[Path], out: Path, libraries: list[str], lib_dir: Path) -> None:
-    """Link an extension module as setuptools does for httpstan (C++ driver, rpath to httpstan's libs)."""
+def _link(objects: list[Path], out: Path, libraries: list[str], lib_dir: Path, *, executable: bool = False) -> None:
+    """Link an extension module as setuptools does for httpstan (C++ driver, rpath to httpstan's
+    libs), or with ``executable`` a program."""
     try:
         from setuptools._distutils.ccompiler import new_compiler
         from setuptools._distutils.sysconfig import customize_compiler
@@ -470,9 +546,82 @@ def _link(objects: list[Path], out: Path, libraries: list[str], lib_dir: Path) -
         from distutils.sysconfig import customize_compiler  # type: ignore[no-redef]
     compiler = new_compiler()
     customize_compiler(compiler)
+    link = compiler.link_executable if executable else compiler.link_shared_object
     try:
-        compiler.link_shared_object([str(o) for o in objects], str(out), libraries=libraries,
-                                    library_dirs=[str(lib_dir)], extra_postargs=[f"-Wl,-rpath,{lib_dir}"],
-                                    target_lang="c++")
+        link([str(o) for o in objects], str(out), libraries=libraries, library_dirs=[str(lib_dir)],
+             extra_postargs=[f"-Wl,-rpath,{lib_dir}"], target_lang="c++")
     except Exception as exc:  # distutils raises LinkError, DistutilsExecError, OSError...
         raise RuntimeError(f"linking failed: {exc}") from None
+
+
+# ------------------------------------------------------------------ CmdStan from the same objects
+_VERSION_MACROS = ("STAN_MAJOR", "STAN_MINOR", "STAN_PATCH", "STAN_MATH_MAJOR", "STAN_MATH_MINOR",
+                   "STAN_MATH_PATCH")
+
+
+def _stan_versions(*headers: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for header in headers:
+        with contextlib.suppress(OSError):
+            found.update(re.findall(r"#define\s+(STAN_(?:MATH_)?(?:MAJOR|MINOR|PATCH))\s+(\d+)", header.read_text()))
+    return found
+
+
+def cmdstan_shares_objects(cmdstan: Path) -> bool:
+    """Whether CmdStan at ``cmdstan`` has the Stan and Stan Math release httpstan has (their
+    version headers agree), so its executables can be linked from the objects pystan uses.
+    ``STANHIER_SHARED_OBJECTS=0`` says no (CmdStan's own ``make`` then builds every program).
+
+    >>> cmdstan_shares_objects(Path("/nonexistent"))
+    False
+    """
+    if not _switched_on(SHARED_ENV):
+        return False
+    try:
+        ours = _stan_versions(_httpstan_dir() / "include" / "stan" / "version.hpp",
+                              _httpstan_dir() / "include" / "stan" / "math" / "version.hpp")
+    except ImportError:
+        return False
+    theirs = _stan_versions(cmdstan / "stan" / "src" / "stan" / "version.hpp",
+                            cmdstan / "stan" / "src" / "stan" / "math" / "version.hpp",
+                            cmdstan / "stan" / "lib" / "stan_math" / "stan" / "math" / "version.hpp")
+    return (cmdstan / "src" / "cmdstan" / "main.cpp").is_file() and all(
+        ours.get(k) is not None and ours.get(k) == theirs.get(k) for k in _VERSION_MACROS)
+
+
+def _cmdstan_main_command(cmdstan: Path, out: Path, flags: list[str], header: Path | None) -> list[str]:
+    """CmdStan's ``main.cpp`` compiled as the model objects are (macros, flags, httpstan's headers
+    first, then CmdStan's own and CLI11)."""
+    extra = [f"-I{cmdstan / 'src'}"] + [f"-I{d}" for d in sorted((cmdstan / "lib").glob("CLI11*"))]
+    return [*compiler_command(), *_MACROS, *_includes(), *extra, *flags, *header_flags(header), "-c",
+            str(cmdstan / "src" / "cmdstan" / "main.cpp"), "-o", str(out)]
+
+
+def _cmdstan_main_folder(cmdstan: Path, flags: list[str]) -> Path:
+    key = hashlib.blake2b(f"{toolchain_id(flags)}\n{cmdstan.resolve()}".encode(), digest_size=8).hexdigest()
+    return cache.cache_dir() / "pch" / f"cmdstan-main-{key}"
+
+
+@contextlib.contextmanager
+def cmdstan_main_alongside(cmdstan: Path, flags: list[str], header: Path | None, *,
+                           on_build=None) -> Iterator[SharedFile]:
+    """CmdStan's main object for executables linked from :func:`model_objects` (compiled like
+    them, once per installation, in ``<cache>/pch/cmdstan-main-<key>/``): yields a
+    :class:`SharedFile`, built alongside the caller's compile when missing (waiting for another
+    process that is building it). Its ``path`` is None if the compiler rejected it."""
+    folder = _cmdstan_main_folder(cmdstan, flags)
+    with _built_alongside(folder, "main.o", lambda out: _cmdstan_main_command(cmdstan, out, flags, header),
+                          "CmdStan's main object", on_build=on_build, wait=True) as shared:
+        yield shared
+
+
+def link_cmdstan(objects: list[Path], main: Path, out: Path) -> None:
+    """A CmdStan executable at ``out`` from a model's objects and CmdStan's main object (written
+    to a temporary name, then renamed); raises RuntimeError when the linker fails."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    libraries, lib_dir = _libraries()
+    try:
+        _link([*objects, main], tmp, libraries, lib_dir, executable=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
