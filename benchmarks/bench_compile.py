@@ -11,13 +11,23 @@ cold), then samples 4 chains x 1000 iterations (500 warmup) with one seed. Confi
   two translation units compiled at once (``stanhier.backends.toolchain.split_program``);
 * ``pystan one unit`` (``--configs`` only): as ``after`` but one translation unit, to show
   what the split alone gains;
-* ``cmdstanpy``: CmdStan as stanhier runs it (its precompiled header, built once per CmdStan
-  tree, already exists).
+* ``cmdstanpy make``: CmdStan's own ``make`` (``STANHIER_SHARED_OBJECTS=0``; its precompiled
+  model header, built once per CmdStan tree, already exists);
+* ``cmdstanpy``: CmdStan as stanhier runs it: the program's objects compiled as for pystan
+  (``toolchain.model_objects``) and linked with CmdStan's main object, whose one-off build is
+  timed separately (``CmdStan main`` row);
+* ``both``: each structure fitted with pystan, then with CmdStan (which links the objects
+  pystan compiled).
+
+The shared files (precompiled header, CmdStan's main object) are built once per run, by the
+first configuration that needs them, in a row of their own; each configuration's programs
+compile into its own empty cache.
 
 Wall seconds depend on the machine's load; ``compile cpu s`` is the CPU time of the
 compiler processes (less sensitive to other jobs). Prints a table and the machine.
 
-    CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py [--configs before,after,"one unit",cmdstanpy]
+    CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py \
+        [--configs before,after,"one unit","cmdstanpy make",cmdstanpy,both]
 
 Recorded runs are in benchmarks/results/compile.md.
 """
@@ -83,13 +93,16 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-#: configuration -> (engine, environment for it)
+#: configuration -> (engines, environment for them)
 CONFIGS = {
-    "before": ("pystan", {"STANHIER_PCH": "0", "STANHIER_CXXFLAGS": "-O3 -std=c++14 -Wno-sign-compare",
-                          "STANHIER_SPLIT": "0"}),
-    "after": ("pystan", {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "1"}),
-    "one unit": ("pystan", {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "0"}),
-    "cmdstanpy": ("cmdstanpy", {}),
+    "before": (("pystan",), {"STANHIER_PCH": "0", "STANHIER_CXXFLAGS": "-O3 -std=c++14 -Wno-sign-compare",
+                             "STANHIER_SPLIT": "0"}),
+    "after": (("pystan",), {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "1"}),
+    "one unit": (("pystan",), {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "0"}),
+    "cmdstanpy make": (("cmdstanpy",), {"STANHIER_SHARED_OBJECTS": "0"}),
+    "cmdstanpy": (("cmdstanpy",), {"STANHIER_SHARED_OBJECTS": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "1"}),
+    "both": (("pystan", "cmdstanpy"), {"STANHIER_SHARED_OBJECTS": "1", "STANHIER_CXXFLAGS": "",
+                                       "STANHIER_SPLIT": "1"}),
 }
 
 
@@ -99,37 +112,61 @@ def _fresh_backends() -> None:
     _make_backend.cache_clear()  # a backend keeps the cache folder it was made with
 
 
-def run_config(config: str, iters: int) -> list[dict]:
-    """One configuration in this process (a fresh cache; the process must not have sampled
-    before: httpstan's chain processes keep the cache folder they were forked with)."""
+def _shared_files(config: str, engines: tuple[str, ...]) -> list[dict]:
+    """Build the precompiled header and CmdStan's main object now if this configuration uses
+    them and no earlier configuration of this run built them: one row each."""
+    from stanhier.backends import get_backend, toolchain
+
     rows = []
-    engine, env = CONFIGS[config]
-    cache = Path(tempfile.mkdtemp(prefix=f"stanhier-bench-{config}-"))
+    if config not in ("after", "one unit", "cmdstanpy", "both"):
+        return rows
+    flags = toolchain.compile_flags()
+    t0, c0 = time.perf_counter(), _children_cpu()
+    built = []
+    header = toolchain.precompiled_header(on_build=lambda: built.append(1))
+    if built:
+        rows.append({"config": config, "model": "header (once per installation)", "cache hit": False,
+                     "compile s": round(time.perf_counter() - t0, 1), "compile cpu s": round(_children_cpu() - c0, 1)})
+    if "cmdstanpy" in engines and toolchain.cmdstan_shares_objects(get_backend("cmdstanpy").path):
+        t0, c0, built = time.perf_counter(), _children_cpu(), []
+        with toolchain.cmdstan_main_alongside(get_backend("cmdstanpy").path, flags, header,
+                                              on_build=lambda: built.append(1)):
+            pass
+        if built:
+            rows.append({"config": config, "model": "CmdStan main (once per installation)", "cache hit": False,
+                         "compile s": round(time.perf_counter() - t0, 1),
+                         "compile cpu s": round(_children_cpu() - c0, 1)})
+    for row in rows:
+        print(row, file=sys.stderr, flush=True)
+    return rows
+
+
+def run_config(config: str, iters: int, shared: Path) -> list[dict]:
+    """One configuration in this process (a fresh cache, with ``shared`` as its folder of shared
+    files; the process must not have sampled before: httpstan's chain processes keep the cache
+    folder they were forked with)."""
+    engines, env = CONFIGS[config]
+    cache = Path(tempfile.mkdtemp(prefix=f"stanhier-bench-{config.replace(' ', '-')}-"))
+    (cache / "pch").symlink_to(shared, target_is_directory=True)
     os.environ.update({**env, "STANHIER_CACHE_DIR": str(cache)})
     _fresh_backends()
     try:
-        if config in ("after", "one unit"):
-            from stanhier.backends import toolchain
-
-            t0, c0 = time.perf_counter(), _children_cpu()
-            toolchain.precompiled_header()
-            rows.append({"config": config, "model": "header (once per installation)", "cache hit": False,
-                         "compile s": round(time.perf_counter() - t0, 1),
-                         "compile cpu s": round(_children_cpu() - c0, 1)})
-            print(rows[-1], file=sys.stderr, flush=True)
+        rows = _shared_files(config, engines)
         for name, formula, data, family in cases():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                t0, c0 = time.perf_counter(), _children_cpu()
-                fit = sh.brm(formula, data=data, family=family, backend=engine, chains=4, iter=iters,
-                             seed=1, progress=False)
-                total = time.perf_counter() - t0
-            rows.append({"config": config, "model": name, "cache hit": fit.cache_hit,
-                         "compile s": round(fit.compile_seconds, 1),
-                         "compile cpu s": round(_children_cpu() - c0, 1) if engine == "pystan" else None,
-                         "sampling s": round(fit.raw.seconds, 1), "total s": round(total, 1),
-                         "max Rhat": round(float(fit.summary_table()["Rhat"].max()), 3)})
-            print(rows[-1], file=sys.stderr, flush=True)
+            for engine in engines:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    t0, c0 = time.perf_counter(), _children_cpu()
+                    fit = sh.brm(formula, data=data, family=family, backend=engine, chains=4, iter=iters,
+                                 seed=1, progress=False)
+                    total = time.perf_counter() - t0
+                label = config if len(engines) == 1 else f"{config}: {engine}"
+                rows.append({"config": label, "model": name, "cache hit": fit.cache_hit,
+                             "compile s": round(fit.compile_seconds, 1),
+                             "compile cpu s": round(_children_cpu() - c0, 1) if engine == "pystan" else None,
+                             "sampling s": round(fit.raw.seconds, 1), "total s": round(total, 1),
+                             "max Rhat": round(float(fit.summary_table()["Rhat"].max()), 3)})
+                print(rows[-1], file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return rows
@@ -137,19 +174,24 @@ def run_config(config: str, iters: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="before,after" + (",cmdstanpy" if "cmdstanpy" in available_backends()
-                                                                 else ""))
+    parser.add_argument("--configs", default="before,after" + (",cmdstanpy make,cmdstanpy,both"
+                                                                 if "cmdstanpy" in available_backends() else ""))
     parser.add_argument("--iter", type=int, default=1000)
     parser.add_argument("--one-config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--shared", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_config:  # a child process: one configuration, rows as JSON on stdout
-        print(json.dumps(run_config(args.one_config, args.iter)))
+        print(json.dumps(run_config(args.one_config, args.iter, Path(args.shared))))
         return
     rows = []
-    for config in args.configs.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--one-config", config, "--iter", str(args.iter)],
-                              stdout=subprocess.PIPE, text=True, check=True)
-        rows += json.loads(proc.stdout.strip().splitlines()[-1])
+    shared = Path(tempfile.mkdtemp(prefix="stanhier-bench-shared-"))
+    try:
+        for config in args.configs.split(","):
+            proc = subprocess.run([sys.executable, __file__, "--one-config", config, "--iter", str(args.iter),
+                                   "--shared", str(shared)], stdout=subprocess.PIPE, text=True, check=True)
+            rows += json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
     print()
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))

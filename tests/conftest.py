@@ -57,6 +57,43 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+    if any(item.get_closest_marker("cmdstan") for item in keep):
+        _start_cmdstan_main()
+
+
+_MAIN_BUILD: list = []
+
+
+def _start_cmdstan_main() -> None:
+    """CmdStan's main object is compiled once per installation, when the first CmdStan program
+    needs it. Start it now, in a thread, so it compiles while the pystan half runs instead of
+    holding up the CmdStan half's first test; that test then finds it built (or waits for this
+    build under its lock)."""
+    import threading
+
+    ok, _ = cmdstan_available()
+    if not ok:
+        return
+    import cmdstanpy
+
+    from stanhier.backends import toolchain
+
+    path = Path(cmdstanpy.cmdstan_path()).resolve()  # as the backend finds it
+    if not toolchain.cmdstan_shares_objects(path):
+        return
+
+    def build() -> None:
+        with toolchain.cmdstan_main_alongside(path, toolchain.compile_flags(), None):
+            pass
+
+    thread = threading.Thread(target=build, name="cmdstan-main", daemon=True)
+    thread.start()
+    _MAIN_BUILD.append(thread)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for thread in _MAIN_BUILD:
+        thread.join()  # never leave the compiler running (nor its half-written object) behind
 
 
 def pytest_runtest_setup(item):
