@@ -159,6 +159,16 @@ def test_stan_errors_name_the_generated_code_line(tiny):
     assert "Lower bounded variable is -1" in str(err.value)
 
 
+def test_a_program_stanc_rejects_is_a_compile_error_naming_its_line(engine):
+    """Both engines run stanc before any C++: its message and the program line it names."""
+    bad = "data { int N; }\nparameters { real mu; }\nmodel { mu ~ normal(0, undefined_scale); }\n"
+    with pytest.raises(sh.StanCompileError) as err:
+        get_backend(engine).compile(bad, progress=False)
+    message = str(err.value)
+    assert message.startswith("Stan could not compile the program:") and "undefined_scale" in message
+    assert "Generated code, line 3: model { mu ~ normal(0, undefined_scale); }" in message
+
+
 # --------------------------------------------------------------------------- engines compared
 @pytest.fixture(scope="module")
 def both_tiny():

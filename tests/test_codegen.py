@@ -52,7 +52,7 @@ STRUCTURES = {
 def test_make_stancode_passes_stanc(family, structure):
     import httpstan.compile
 
-    from stanhier.backends.pystan_backend import use_patient_stanc
+    from stanhier.backends.toolchain import use_patient_stanc
 
     use_patient_stanc()  # as the pystan backend runs stanc: httpstan's 1 s limit is too tight under load
 

@@ -529,14 +529,9 @@ class CmdStanPyBackend(Backend):
     def _link_from_objects(self, code: str, exe: Path, stage) -> None:
         """stanc (httpstan's, the same release), the program's shared objects, CmdStan's main
         object, link; the compilers' messages go to ``compiler.log`` beside the executable."""
-        import httpstan.compile
-
         model_name = toolchain.model_name_for(code)
         stage.building("stanc")
-        try:  # stanc first: its errors are the clearest
-            cpp, _ = httpstan.compile.compile(code, f"model_{model_name.split('/')[1]}")
-        except ValueError as exc:
-            raise compile_error(str(exc), code) from None
+        cpp, _ = toolchain.stanc(code, model_name)  # stanc first: its errors are the clearest
         flags = toolchain.compile_flags()
         stage.building("C++")
         notes = []

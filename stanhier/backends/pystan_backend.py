@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import re
-import subprocess
 import time
 import types
 from pathlib import Path
@@ -26,39 +25,11 @@ from ..progress import SamplingProgress, compiling, verbose
 from ..errors import SamplingError, StanCompileError, StanhierError
 from . import toolchain
 from .base import (SAMPLER_STATS, Backend, CompiledModel, LogDensity, RawSample, SampleSettings,
-                   code_line, compile_error, reshape_flat)
+                   code_line, reshape_flat)
 
-__all__ = ["PystanBackend", "STANC_TIMEOUT", "use_patient_stanc"]
+__all__ = ["PystanBackend"]
 
 logger = logging.getLogger("stanhier")
-
-
-#: seconds stanc may take (httpstan allows 1 s, which larger programs exceed on a loaded machine)
-STANC_TIMEOUT = 120.0
-
-
-class _PatientSubprocess:
-    """``subprocess`` as httpstan.compile sees it, with a longer stanc timeout."""
-
-    def __getattr__(self, name: str):
-        return getattr(subprocess, name)
-
-    @staticmethod
-    def run(*args, **kwargs):
-        kwargs["timeout"] = max(kwargs.get("timeout") or 0, STANC_TIMEOUT)
-        return subprocess.run(*args, **kwargs)
-
-
-def use_patient_stanc() -> None:
-    """Let httpstan's stanc call run up to :data:`STANC_TIMEOUT` seconds (it allows 1 s: the
-    conditional programs take about 0.7 s on a quiet 2-core machine, more under load).
-
-    >>> use_patient_stanc(); import httpstan.compile; httpstan.compile.subprocess.run is _PatientSubprocess.run
-    True
-    """
-    import httpstan.compile
-
-    httpstan.compile.subprocess = _PatientSubprocess()
 
 
 def _point_httpstan_at(entry_root: Path) -> None:
@@ -72,7 +43,7 @@ def _point_httpstan_at(entry_root: Path) -> None:
     httpstan.cache.cache_directory = cache_directory
     # one key for a program whatever the interpreter's spelling (httpstan hashes sys.executable)
     httpstan.models.calculate_model_name = toolchain.model_name_for
-    use_patient_stanc()
+    toolchain.use_patient_stanc()
     _guard_progress_parser()
 
 
@@ -502,7 +473,6 @@ class PystanBackend(Backend):
 
     def compile(self, code: str, *, progress: bool = True, show_cached: bool = True) -> CompiledModel:
         import httpstan.cache
-        import httpstan.compile
         import httpstan.models
 
         model_name = httpstan.models.calculate_model_name(code)  # stanhier's key (see toolchain)
@@ -520,10 +490,7 @@ class PystanBackend(Backend):
                     stage.cached()
                     return _PystanModel(code, model_name, True, 0.0)
                 stage.building("stanc")
-                try:  # stanc first: its errors are the clearest
-                    cpp, stanc_warnings = httpstan.compile.compile(code, f"model_{model_id}")
-                except ValueError as exc:
-                    raise compile_error(str(exc), code) from None
+                cpp, stanc_warnings = toolchain.stanc(code, model_name)  # stanc first: its errors are the clearest
                 flags = toolchain.compile_flags()
                 stage.building("C++")
                 header_note = "C++, and the shared Stan header, once per installation"

@@ -61,10 +61,11 @@ from filelock import FileLock, Timeout
 
 from .. import cache
 
-__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "SharedFile", "compile_flags",
-           "compiler_command", "toolchain_id", "model_name_for", "precompiled_header", "header_alongside",
-           "header_flags", "split_program", "uses_propto", "model_objects", "build_services_module",
-           "cmdstan_shares_objects", "cmdstan_main_alongside", "link_cmdstan"]
+__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "STANC_TIMEOUT", "SharedFile",
+           "compile_flags", "compiler_command", "toolchain_id", "model_name_for", "precompiled_header",
+           "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "uses_propto",
+           "model_objects", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
+           "link_cmdstan"]
 
 logger = logging.getLogger("stanhier")
 
@@ -152,6 +153,49 @@ def model_name_for(program_code: str) -> str:
     h.update(b"\0")
     h.update(toolchain_id().encode())
     return "models/" + base64.b32encode(h.digest()).decode().lower()
+
+
+#: seconds stanc may take (httpstan allows 1 s, which larger programs exceed on a loaded machine)
+STANC_TIMEOUT = 120.0
+
+
+class _PatientSubprocess:
+    """``subprocess`` as httpstan.compile sees it, with a longer stanc timeout."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def run(*args, **kwargs):
+        kwargs["timeout"] = max(kwargs.get("timeout") or 0, STANC_TIMEOUT)
+        return subprocess.run(*args, **kwargs)
+
+
+def use_patient_stanc() -> None:
+    """Let httpstan's stanc call run up to :data:`STANC_TIMEOUT` seconds (it allows 1 s: the
+    conditional programs take about 0.7 s on a quiet 2-core machine, more under load).
+
+    >>> use_patient_stanc(); import httpstan.compile; httpstan.compile.subprocess.run is _PatientSubprocess.run
+    True
+    """
+    import httpstan.compile
+
+    httpstan.compile.subprocess = _PatientSubprocess()
+
+
+def stanc(program_code: str, model_name: str) -> tuple[str, str]:
+    """httpstan's stanc on ``program_code``: the C++ of class ``model_<id>`` (``id`` of
+    ``model_name``) and stanc's warnings. A program stanc rejects raises
+    :class:`~stanhier.errors.StanCompileError` with stanc's message and the line it names."""
+    import httpstan.compile
+
+    from .base import compile_error
+
+    use_patient_stanc()
+    try:
+        return httpstan.compile.compile(program_code, f"model_{model_name.split('/')[1]}")
+    except ValueError as exc:
+        raise compile_error(str(exc), program_code) from None
 
 
 def _header_key(flags: list[str]) -> str:
@@ -470,7 +514,7 @@ def model_objects(program_code: str, model_name: str, flags: list[str], header: 
     Two translation units compiled at once where :func:`split_program` can split stanc's output
     (on two cores this takes about as long as the larger unit), else one. ``cpp``: stanc's output
     if already made. Returns the objects and the compiler's messages (empty when cached); raises
-    RuntimeError when the compiler fails, ValueError when stanc does.
+    RuntimeError when the compiler fails, StanCompileError when stanc does.
     """
     model_id = model_name.split("/")[1]
     model_class = f"model_{model_id}"
@@ -478,9 +522,7 @@ def model_objects(program_code: str, model_name: str, flags: list[str], header: 
         if cache.is_complete(entry):
             return sorted(entry.glob("*.o")), ""
         if cpp is None:
-            import httpstan.compile
-
-            cpp, _ = httpstan.compile.compile(program_code, model_class)
+            cpp, _ = stanc(program_code, model_name)
         units = split_program(cpp, model_class, propto=uses_propto(program_code)) if _switched_on(SPLIT_ENV) else None
         attempts = ([list(units)] if units else []) + [[cpp]]
         output = ""
