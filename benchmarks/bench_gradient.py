@@ -15,7 +15,7 @@ times (interleaved) and the fastest of each is used. Run it with
 two versions of stanhier to compare them (PYTHONPATH=<other checkout> python
 benchmarks/bench_gradient.py); the compile is not timed (bench_compile.py does that).
 
-    python benchmarks/bench_gradient.py [--scale 1] [--reps 3] [--only sleepstudy] [--json out.json]
+    python benchmarks/bench_gradient.py [--scale 1] [--reps 3] [--only sleepstudy] [--json out.json] [--backend cmdstanpy]
 
 Recorded runs are in benchmarks/results/compile.md.
 """
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each run (the fastest counts)")
     parser.add_argument("--only", default="", help="run the structures whose name contains this")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--backend", default="pystan", help="the engine (cmdstanpy: with STANHIER_SHARED_OBJECTS=0 "
+                        "the executables CmdStan's make builds, else the ones linked from the shared objects)")
     args = parser.parse_args()
     rows = []
     structures = cases() + [("sleepstudy gaussian, 2000 subjects", "Reaction ~ Days + (Days | Subject)",
@@ -68,7 +70,7 @@ def main() -> None:
             for iters in (n, 2 * n):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    fit = sh.brm(formula, data=data, family=family, backend="pystan", chains=1, warmup=1000,
+                    fit = sh.brm(formula, data=data, family=family, backend=args.backend, chains=1, warmup=1000,
                                  iter=1000 + iters, thin=n // 500, seed=1, progress=False)
                 runs.setdefault(iters, []).append(
                     (fit.raw.seconds, np.asarray(fit.raw.stats["n_leapfrog__"]).ravel()))
@@ -76,7 +78,10 @@ def main() -> None:
         t2, s2 = min(runs[2 * n], key=lambda r: r[0])
         assert np.array_equal(s1, s2[:len(s1)]), "the first draws of the two runs differ"
         steps = int(round(n * s2[len(s1):].mean()))
-        rows.append({"model": name, "stanhier": sh.__file__.rsplit("/stanhier/", 1)[0],
+        build = "" if args.backend == "pystan" else (
+            " (make)" if os.environ.get("STANHIER_SHARED_OBJECTS", "1").strip() in ("0", "false", "no", "off")
+            else " (linked)")
+        rows.append({"model": name, "engine": args.backend + build, "stanhier": sh.__file__.rsplit("/stanhier/", 1)[0],
                      "n": n, "seconds, 2n - n": round(t2 - t1, 2), "leapfrog steps": steps,
                      "us per gradient": round(1e6 * (t2 - t1) / steps, 2)})
         print(rows[-1], file=sys.stderr, flush=True)
