@@ -250,6 +250,43 @@ def test_one_compile_serves_both_engines(tmp_path):
     assert linked["out"]["cmdstanpy"]["mu"] == made["mu"]
 
 
+FALLBACK = """
+    import json, logging
+    from stanhier.backends import get_backend
+    notes = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())
+    logging.getLogger("stanhier").addHandler(handler)
+    model = get_backend("cmdstanpy").compile({code!r}, progress=False)
+    print(json.dumps({{"lp": model.log_density({{"N": 2, "y": [1.0, 3.0]}}).log_prob([2.0]), "notes": notes,
+                      "log": (model.exe.parent / "compiler.log").is_file()}}))
+"""
+
+
+@pytest.mark.cmdstan
+def test_cmdstan_falls_back_to_make_when_its_main_object_cannot_be_built(tmp_path):
+    """A CmdStan main object the compiler rejected (its folder marked FAILED) is not retried on
+    every compile: the program is built by CmdStan's make instead, with one warning."""
+    get_backend("cmdstanpy").compile(TINY, progress=False)  # the session's main object exists
+    pch = tmp_path / "pch"
+    pch.mkdir()
+    for shared in (cache.cache_dir() / "pch").iterdir():
+        if shared.name.startswith("pystan-") and shared.is_dir():  # the session's header
+            (pch / shared.name).symlink_to(shared, target_is_directory=True)
+        elif shared.name.startswith("cmdstan-main-") and shared.is_dir():  # its main object, as rejected
+            (pch / shared.name).mkdir()
+            (pch / shared.name / "FAILED").write_text("error: (a compiler that rejected main.cpp)\n")
+    assert list(pch.glob("cmdstan-main-*/FAILED"))
+    code = "data { int N; vector[N] y; } parameters { real mu; } model { y ~ normal(mu, 1); } // fallback\n"
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(FALLBACK.format(code=code))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "STANHIER_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["lp"] == pytest.approx(-1.0) and out["log"] is False  # make's build, not the linked one
+    assert [n for n in out["notes"] if "main object could not be compiled" in n and "make builds" in n]
+
+
 ML_CASES = [
     ("lmer", "Reaction ~ Days + (Days | Subject)", "sleepstudy", {"REML": False}),
     ("lmer", "Reaction ~ 1 + (1 | Subject)", "sleepstudy", {}),  # size-1 theta and beta

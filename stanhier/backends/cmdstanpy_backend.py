@@ -51,6 +51,8 @@ from .declarations import (Declaration, ParameterLayout, UnsupportedDeclaration,
 
 __all__ = ["CmdStanPyBackend", "cmdstan_release", "adopt_cmdstanpy_tmpdir"]
 
+logger = logging.getLogger("stanhier")
+
 #: ``make`` variables for every program: CmdStan's precompiled model header stays on (it is
 #: CmdStan's default with g++; an environment that turned it off would double compile times).
 CPP_OPTIONS = {"PRECOMPILED_HEADERS": "true"}
@@ -505,9 +507,7 @@ class CmdStanPyBackend(Backend):
                     cache.clear_entry(entry)  # stale: built against a CmdStan tree that is gone
                 stan_file = entry / "model.stan"
                 stan_file.write_text(code)
-                if shared:
-                    self._link_from_objects(code, exe, stage)
-                else:
+                if not (shared and self._link_from_objects(code, exe, stage)):
                     self._make(stan_file, code, progress, stage)
                 if not _executable_runs(exe):
                     raise BackendError(f"CmdStan built {exe} but it does not run; check the CmdStan "
@@ -526,9 +526,11 @@ class CmdStanPyBackend(Backend):
             except (ValueError, RuntimeError) as exc:
                 raise compile_error(str(exc), code) from None
 
-    def _link_from_objects(self, code: str, exe: Path, stage) -> None:
+    def _link_from_objects(self, code: str, exe: Path, stage) -> bool:
         """stanc (httpstan's, the same release), the program's shared objects, CmdStan's main
-        object, link; the compilers' messages go to ``compiler.log`` beside the executable."""
+        object, link; the compilers' messages go to ``compiler.log`` beside the executable.
+        False when CmdStan's main object cannot be compiled here (CmdStan's make then builds
+        the program)."""
         model_name = toolchain.model_name_for(code)
         stage.building("stanc")
         cpp, _ = toolchain.stanc(code, model_name)  # stanc first: its errors are the clearest
@@ -548,8 +550,11 @@ class CmdStanPyBackend(Backend):
                                                      on_build=note("CmdStan's main program")) as main:
                 objects, output = toolchain.model_objects(code, model_name, flags, header, cpp=cpp)
             if main.path is None:
-                raise RuntimeError(f"CmdStan's main object could not be compiled (see {main.log})")
+                logger.warning("stanhier: CmdStan's main object could not be compiled (see %s); CmdStan's "
+                               "make builds the program instead", main.log)
+                return False
             toolchain.link_cmdstan(objects, main.path, exe)
         except RuntimeError as exc:
             raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}") from None
         (exe.parent / "compiler.log").write_text(output)
+        return True
