@@ -6,4 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup-venv.sh "test,docs"
 source scripts/ensure-cmdstan.sh
-exec .venv/bin/python -m pytest "$@"
+# The tests run in parallel worker processes, one per core up to 4 (each compile uses up to
+# ~3 GB); arguments after the command win (`bash scripts/test.sh -n 0` runs them in one process).
+workers=$(nproc 2>/dev/null || echo 2)
+[ "$workers" -gt 4 ] && workers=4
+exec .venv/bin/python -m pytest -n "$workers" --dist worksteal "$@"

@@ -79,8 +79,8 @@ def write_stan_data(data: Mapping[str, Any], path: str | Path) -> Path:
     """Write a Stan data dict as JSON readable by CmdStan, cmdstanpy, pystan and BridgeStan.
 
     >>> import tempfile, os
-    >>> p = write_stan_data({"N": 1, "y": np.array([0.5])}, os.path.join(tempfile.mkdtemp(), "d.json"))
-    >>> p.read_text()
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     write_stan_data({"N": 1, "y": np.array([0.5])}, os.path.join(folder, "d.json")).read_text()
     '{"N": 1, "y": [0.5]}'
     """
     path = Path(path)

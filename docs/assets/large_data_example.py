@@ -33,7 +33,11 @@ def main() -> None:
     import stanhier as sh
     from distributed import Client, LocalCluster
 
-    folder = Path(tempfile.mkdtemp(prefix="stanhier-large-"))
+    with tempfile.TemporaryDirectory(prefix="stanhier-large-") as tmp:  # removed afterwards
+        run(Path(tmp), sh, Client, LocalCluster)
+
+
+def run(folder: Path, sh, Client, LocalCluster) -> None:
     df = simulate(2_000_000, 1000)
     for i, rows in enumerate(np.array_split(np.arange(len(df)), 20)):
         df.iloc[rows].to_parquet(folder / f"part-{i:02d}.parquet")
