@@ -7,7 +7,9 @@ reach a backend (``ENGINE_FREE``) run once. Fixtures that fit a model and are sc
 module or the session must request ``engine`` so they are made once per engine. The
 CmdStan runs carry the ``cmdstan`` marker (``-m cmdstan`` selects them); without CmdStan
 they are skipped, except under ``CI=true``, where the session fails instead. A test
-marked ``cmdstan`` explicitly compares the engines itself and runs once.
+marked ``cmdstan`` explicitly compares the engines itself and runs once; a test marked
+``pystan`` names the pystan engine itself (a Stan program checked against numpy, say) and
+runs once, in the pystan half.
 
 Compiled programs are cached by stanhier (``STANHIER_CACHE_DIR`` or the user cache),
 so each model structure compiles at most once per machine and engine.
@@ -50,6 +52,9 @@ def pytest_collection_modifyitems(config, items):
             continue
         if engine == "pystan" and item.get_closest_marker("cmdstan"):
             dropped.append(item)  # compares the engines itself: one run (the CmdStan half) is enough
+            continue
+        if engine == "cmdstanpy" and item.get_closest_marker("pystan"):
+            dropped.append(item)  # names the pystan engine itself: the CmdStan half would rerun it as is
             continue
         if engine == "cmdstanpy":
             item.add_marker(pytest.mark.cmdstan)

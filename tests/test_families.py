@@ -232,6 +232,7 @@ def harness():
     return get_backend("pystan").compile(harness_program(), progress=False)
 
 
+@pytest.mark.pystan  # names pystan: runs once
 @pytest.mark.parametrize("name,link", COMBOS)
 def test_stan_likelihood_matches_numpy(name, link, harness):
     """Each family's Stan likelihood statements at each of its links (the link's Stan inverse,
@@ -367,6 +368,7 @@ def test_beta_predictions_and_loo(beta_fit):
     assert lpd - res.elpd_loo == pytest.approx(res.p_loo, rel=1e-6)
 
 
+@pytest.mark.pystan  # names pystan: runs once
 def test_beta_brm_program_likelihood_matches_numpy(beta_fit):
     """In the real brm program of the fit (cached: no compile): log density minus the one with
     prior_only = 1 is the likelihood alone (priors and Jacobian cancel) = the numpy sum."""

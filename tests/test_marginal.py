@@ -43,6 +43,7 @@ def _dense_marginal_loglik(spec, p: dict) -> float:
     ("Reaction ~ Days + (1 | Subject)", "sleep", "marginal_gaussian_q1_lpdf"),  # 1 x 1 blocks: closed form
     ("Reaction ~ Days + (Days + D2 | Subject)", "sleep", "marginal_gaussian_lpdf"),  # 3 x 3 blocks: the loop
     (PEN_F, "penicillin", "marginal_gaussian_lpdf")])  # dense layout, diagonal Lambda: the loop
+@pytest.mark.pystan  # names pystan: runs once
 def test_log_density_is_the_exact_marginal(formula, fixture, function, request):
     data = request.getfixturevalue(fixture)
     if "D2" in formula:

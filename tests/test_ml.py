@@ -43,6 +43,7 @@ EXTRA = {
 }
 
 BACKEND = "pystan"
+pytestmark = pytest.mark.pystan  # every fit names BACKEND: the module runs once
 
 
 def data(name: str) -> pd.DataFrame:

@@ -138,6 +138,7 @@ def test_conditional_modes_solve_the_penalized_least_squares():
     ("y ~ x + (x | a) + (1 | b)", True),
     ("y ~ x + (1 | a) + (x | b)", False),
 ])
+@pytest.mark.pystan  # names pystan: runs once
 def test_stan_program_equals_evaluator_small(formula, REML):
     rng = np.random.default_rng(1)
     df = pd.DataFrame({"a": rng.integers(0, 40, 800), "b": rng.integers(0, 15, 800), "x": rng.normal(size=800)})
@@ -147,6 +148,7 @@ def test_stan_program_equals_evaluator_small(formula, REML):
     assert stan_lp == pytest.approx(ours, rel=1e-8)
 
 
+@pytest.mark.pystan  # names pystan: runs once
 def test_stan_program_equals_evaluator_insteval(insteval):
     fit = lmer("y ~ service + (1 | s) + (1 | d)", insteval, REML=False)
     stan_lp, ours = fit.stan_check("pystan")

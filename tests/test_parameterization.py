@@ -135,6 +135,7 @@ def _conditional_log_density(spec, p: dict) -> tuple[float, list[np.ndarray]]:
     # code) anchoring the other, M = 1 anchoring nothing
     "y ~ x + x2 + (1 | g1) + (x || g2) + (x + x2 | g3) + (1 | g4)",
     "fish_num ~ 1 + temperature + (temperature | weather)"])  # M = 2 correlated anchoring both
+@pytest.mark.pystan  # names pystan: runs once
 def test_conditional_log_density_is_the_general_change_of_variables(formula, fish):
     """The program writes terms of 1 or 2 coefficients per level as scalar arithmetic; its log density
     and r equal numpy's general-form change of variables at random unconstrained points. The program's
