@@ -66,7 +66,8 @@ def _binaries(entry: Path) -> list[Path]:
 def test_two_processes_compile_one_program(private_cache, tmp_path, engine):
     """Both processes start at once: one compiles under the lock, the other waits and reuses it.
     Nothing is written to the working directory (the compiler's build folder stays in the cache).
-    With pystan the cache has no precompiled header yet: one process builds it, once."""
+    With pystan this is the cache's first program: it compiles without building the shared header
+    (test_toolchain checks the header's build by two processes)."""
     env = {**os.environ, "STANHIER_CACHE_DIR": str(private_cache)}
     code = textwrap.dedent(COMPILE.format(code=TINY))
     workdir = tmp_path / "work"
@@ -79,12 +80,8 @@ def test_two_processes_compile_one_program(private_cache, tmp_path, engine):
     # log density of y = (1, 3) at mu = 2 under normal(mu, 1), Jacobian off, constants dropped by ~
     assert all(r["lp"] == pytest.approx(-1.0) for r in results)
     assert list(workdir.iterdir()) == []
-    if engine == "pystan":  # there was no precompiled header yet: exactly one was built, once
-        headers = [p for p in (private_cache / "pch").iterdir() if p.is_dir()]
-        assert len(headers) == 1, headers
-        assert (headers[0] / "COMPLETE").is_file() and (headers[0] / "stan_pch.hpp.gch").is_file()
-        assert len((headers[0] / "builds").read_text().splitlines()) == 1
-        assert not [p.name for p in headers[0].iterdir() if p.name.startswith(".")]  # no temporary file left
+    if engine == "pystan":  # the first program: no header was built
+        assert not list(private_cache.glob("pch/pystan-*/builds"))
 
 
 def test_partial_cache_entry_is_rebuilt(private_cache, engine):

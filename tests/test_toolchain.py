@@ -73,15 +73,19 @@ FIRST = """
 
 
 @pytest.mark.slow
-def test_two_processes_compile_their_first_programs_at_once(tmp_path):
-    """Two processes start with an empty cache (no precompiled header) and compile a program
-    each at the same moment: both succeed, and the header is built once (by the process that
-    took its lock, while its program compiled; the other compiled without it), leaving no
-    temporary file. A third program then compiles with the header."""
+def test_first_program_skips_the_header_then_two_processes_build_it_once(tmp_path):
+    """In an empty cache the installation's first program compiles without building the shared
+    header (a one-model user never pays for it). Then two processes compile a program each at the
+    same moment, with no header yet: both succeed, and the header is built once (by the process
+    that took its lock, while its program compiled; the other compiled without it), leaving no
+    temporary file. The next program compiles with the header."""
     env = {**os.environ, "STANHIER_CACHE_DIR": str(tmp_path)}
-    programs = [TINY.replace("// toolchain", f"// toolchain, first program {i}") for i in range(3)]
+    programs = [TINY.replace("// toolchain", f"// toolchain, program {i}") for i in range(4)]
+    first = _run(sys.executable, FIRST.format(code=programs[0]), {"STANHIER_CACHE_DIR": str(tmp_path)})
+    assert first["hit"] is False and first["header"] == ["None"] and first["lp"] == pytest.approx(-1.0)
+    assert not list((tmp_path / "pch").glob("pystan-*/builds"))  # no header was built
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(FIRST.format(code=code))], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for code in programs[:2]]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for code in programs[1:3]]
     outs = [p.communicate(timeout=1800) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
@@ -94,8 +98,8 @@ def test_two_processes_compile_their_first_programs_at_once(tmp_path):
     assert len((folder / "builds").read_text().splitlines()) == 1
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert sorted(r["header"] == ["None"] for r in results) == [True, True]  # neither waited for it
-    third = _run(sys.executable, FIRST.format(code=programs[2]), {"STANHIER_CACHE_DIR": str(tmp_path)})
-    assert third["hit"] is False and third["header"] == [str(folder / "stan_pch.hpp")]
+    last = _run(sys.executable, FIRST.format(code=programs[3]), {"STANHIER_CACHE_DIR": str(tmp_path)})
+    assert last["hit"] is False and last["header"] == [str(folder / "stan_pch.hpp")]
     assert len((folder / "builds").read_text().splitlines()) == 1
 
 

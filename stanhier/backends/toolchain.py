@@ -5,15 +5,18 @@ binary only.
 Every program stanc generates starts with ``#include <stan/model/model_header.hpp>``,
 several hundred thousand lines of Stan Math, Eigen, Boost and TBB. Parsing them is the
 same work for every program, so it is done once per installation: the header is
-precompiled (``stan_pch.hpp.gch``) into ``<cache>/pch/pystan-<key>/`` the first time a
+precompiled (``stan_pch.hpp.gch``) into ``<cache>/pch/pystan-<key>/`` when a second
 program is compiled, and every compile after that starts with ``-include stan_pch.hpp``.
+The first program of an installation does not build it: the header costs about a minute
+of CPU and 2 GB of memory once, which pays off from the second program on, and a user
+who fits one model (the main job) never needs it.
 ``key`` hashes the compiler's identity (its ``--version``), the full compile command
 (Python's CFLAGS, Stan's macros, stanhier's flags) and httpstan's version and location,
-so a change in any of them builds a new header. The header is built while the first
+so a change in any of them builds a new header. The header is built while the second
 program compiles (without it), under a file lock, written to a temporary name and
 renamed; a process that finds it being built compiles without it, so two processes
-compiling their first programs at the same time build it once. A failed header build is
-not an error: programs are compiled without it.
+compiling programs at the same time build it once. A failed header build is not an
+error: programs are compiled without it.
 
 Each program is compiled as two translation units at once (:func:`split_program`: the
 reverse-mode log density in one, the rest in the other) into object files kept in
@@ -64,7 +67,7 @@ from .. import cache
 __all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "STANC_TIMEOUT", "SharedFile",
            "compile_flags", "compiler_command", "toolchain_id", "model_name_for", "precompiled_header",
            "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "uses_propto",
-           "model_objects", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
+           "model_objects", "compiled_before", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
            "link_cmdstan"]
 
 logger = logging.getLogger("stanhier")
@@ -326,16 +329,21 @@ def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path
 @contextlib.contextmanager
 def header_alongside(flags: list[str] | None = None, *, on_build=None, wait: bool = False):
     """The shared header for a compile that is about to start: yields it if it exists; if not,
-    yields None and builds it while the caller compiles its program without it, finishing on
-    exit (the header and the program's units share the cores instead of the program waiting
-    for the header). A process that finds another one building it does not wait (unless
-    ``wait``): it compiles without the header."""
+    yields None and, unless this is the installation's first program (:func:`compiled_before`),
+    builds it while the caller compiles its program without it, finishing on exit (the header
+    and the program's units share the cores instead of the program waiting for the header). A
+    process that finds another one building it does not wait (unless ``wait``): it compiles
+    without the header."""
     flags = list(flags or compile_flags())
     if not pch_enabled():
         yield None
         return
     folder = _header_folder(flags)
     hpp = folder / "stan_pch.hpp"
+    if not wait and _ready(folder, "stan_pch.hpp.gch") is None and not compiled_before():
+        logger.debug("the first program of this installation: compiled without building the shared header")
+        yield None
+        return
 
     def command(out: Path) -> list[str]:
         hpp.write_text(_HEADER)
@@ -344,6 +352,13 @@ def header_alongside(flags: list[str] | None = None, *, on_build=None, wait: boo
     with _built_alongside(folder, "stan_pch.hpp.gch", command, "the precompiled Stan header (programs "
                           "compile without it)", on_build=on_build, wait=wait) as shared:
         yield hpp if shared.path else None
+
+
+def compiled_before() -> bool:
+    """Some program's objects are in the cache already (:func:`model_objects`): the header,
+    built alongside the next one, will be used again."""
+    objects = cache.cache_dir() / "objects"
+    return objects.is_dir() and any(cache.is_complete(p) for p in objects.iterdir() if p.is_dir())
 
 
 def header_flags(hpp: Path | None) -> list[str]:
