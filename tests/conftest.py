@@ -9,7 +9,8 @@ CmdStan runs carry the ``cmdstan`` marker (``-m cmdstan`` selects them); without
 they are skipped, except under ``CI=true``, where the session fails instead. A test
 marked ``cmdstan`` explicitly compares the engines itself and runs once; a test marked
 ``pystan`` names the pystan engine itself (a Stan program checked against numpy, say) and
-runs once, in the pystan half.
+runs once, in the pystan half; so does a test marked ``engine_free`` (it never reaches an
+engine, in a module that does).
 
 Compiled programs are cached by stanhier (``STANHIER_CACHE_DIR`` or the user cache),
 so each model structure compiles at most once per machine and engine.
@@ -32,7 +33,7 @@ DATA = Path(__file__).parent / "data"
 REF = Path(__file__).parent / "reference"
 ENGINES = ("pystan", "cmdstanpy")
 #: Test modules that never compile or run Stan: run once, not once per engine.
-ENGINE_FREE = {"test_formula.py", "test_design.py", "test_priors.py", "test_codegen.py"}
+ENGINE_FREE = {"test_formula.py", "test_design.py", "test_priors.py", "test_codegen.py", "test_architecture.py"}
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -47,7 +48,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         callspec = getattr(item, "callspec", None)
         engine = callspec.params.get("engine") if callspec else None
-        if engine == "cmdstanpy" and Path(str(item.fspath)).name in ENGINE_FREE:
+        if engine == "cmdstanpy" and (Path(str(item.fspath)).name in ENGINE_FREE
+                                      or item.get_closest_marker("engine_free")):
             dropped.append(item)
             continue
         if engine == "pystan" and item.get_closest_marker("cmdstan"):

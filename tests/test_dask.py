@@ -70,6 +70,7 @@ def test_lmer_two_million_rows_matches_pandas(big):
 
 
 @pytest.mark.slow
+@pytest.mark.engine_free  # brm's data dict only: no program runs
 def test_brm_data_identical_to_pandas(big):
     df, ddf = big
     formula = "y ~ x1 + x2 + (x1 | g)"
