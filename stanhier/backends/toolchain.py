@@ -67,7 +67,7 @@ from .. import cache
 __all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "STANC_TIMEOUT", "SharedFile",
            "compile_flags", "compiler_command", "toolchain_id", "model_name_for", "precompiled_header",
            "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "uses_propto",
-           "model_objects", "compiled_before", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
+           "model_objects", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
            "link_cmdstan"]
 
 logger = logging.getLogger("stanhier")
@@ -329,7 +329,7 @@ def precompiled_header(flags: list[str] | None = None, *, on_build=None) -> Path
 @contextlib.contextmanager
 def header_alongside(flags: list[str] | None = None, *, on_build=None, wait: bool = False):
     """The shared header for a compile that is about to start: yields it if it exists; if not,
-    yields None and, unless this is the installation's first program (:func:`compiled_before`),
+    yields None and, unless this is the installation's first program (:func:`_compiled_before`),
     builds it while the caller compiles its program without it, finishing on exit (the header
     and the program's units share the cores instead of the program waiting for the header). A
     process that finds another one building it does not wait (unless ``wait``): it compiles
@@ -340,7 +340,7 @@ def header_alongside(flags: list[str] | None = None, *, on_build=None, wait: boo
         return
     folder = _header_folder(flags)
     hpp = folder / "stan_pch.hpp"
-    if not wait and _ready(folder, "stan_pch.hpp.gch") is None and not compiled_before():
+    if not wait and _ready(folder, "stan_pch.hpp.gch") is None and not _compiled_before():
         logger.debug("the first program of this installation: compiled without building the shared header")
         yield None
         return
@@ -354,7 +354,7 @@ def header_alongside(flags: list[str] | None = None, *, on_build=None, wait: boo
         yield hpp if shared.path else None
 
 
-def compiled_before() -> bool:
+def _compiled_before() -> bool:
     """Some program's objects are in the cache already (:func:`model_objects`): the header,
     built alongside the next one, will be used again."""
     objects = cache.cache_dir() / "objects"
