@@ -29,6 +29,12 @@ compiler processes (less sensitive to other jobs). Prints a table and the machin
     CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_compile.py \
         [--configs before,after,"one unit","cmdstanpy make",cmdstanpy,both]
 
+``--units``: instead, the first translation unit of each structure's program compiled twice,
+alternately, as ``split_program`` writes it now and as it wrote it before it evaluated the
+log density on doubles through reverse mode and ``write_array`` on Eigen copies (stanc's
+double ``log_prob_impl`` and its two ``write_array_impl`` instantiations compiled), with the
+precompiled header: the compiler's CPU seconds of each, and of the gradient's unit for scale.
+
 Recorded runs are in benchmarks/results/compile.md.
 """
 
@@ -172,6 +178,42 @@ def run_config(config: str, iters: int, shared: Path) -> list[dict]:
     return rows
 
 
+def compare_units(repeats: int = 2) -> None:
+    """``--units``: CPU seconds of the compiler on each structure's first unit, as
+    ``split_program`` writes it now and before (see the module docstring)."""
+    from stanhier.backends import toolchain
+
+    flags = toolchain.compile_flags()
+    header = toolchain.precompiled_header()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stanhier-bench-units-") as tmp:
+        for name, formula, data, family in cases():
+            code = sh.make_stancode(formula, data=data, family=family)
+            model_name = toolchain.model_name_for(code)
+            model_class = f"model_{model_name.split('/')[1]}"
+            cpp, _ = toolchain.stanc(code, model_name)
+            main_unit, grad_unit = toolchain.split_program(cpp, model_class, propto=toolchain.uses_propto(code))
+            before = (main_unit.replace("return log_prob_reverse<", "return log_prob_impl<")
+                      .replace(toolchain._EIGEN_WRITE_ARRAY, toolchain._VECTOR_WRITE_ARRAY))
+            variants = {"first unit now": main_unit, "first unit before": before, "gradient unit": grad_unit}
+            cpu = {v: [] for v in variants}
+            for _ in range(repeats):
+                for variant, text in variants.items():
+                    src = Path(tmp) / f"{model_class}_{len(cpu[variant])}_{variant.split()[0]}.cpp"
+                    src.write_text(text)
+                    c0 = _children_cpu()
+                    toolchain._compile_units([src], flags, header)
+                    cpu[variant].append(_children_cpu() - c0)
+            row = {"model": name, **{f"{v} cpu s": round(float(np.mean(c)), 1) for v, c in cpu.items()}}
+            row["first unit now/before"] = round(row["first unit now cpu s"] / row["first unit before cpu s"], 2)
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+    print()
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\nmean of {repeats} compiles each, alternating; with the precompiled header; "
+          f"machine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="before,after" + (",cmdstanpy make,cmdstanpy,both"
@@ -179,7 +221,11 @@ def main() -> None:
     parser.add_argument("--iter", type=int, default=1000)
     parser.add_argument("--one-config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--shared", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--units", action="store_true", help="compare the first unit's compile (see above)")
     args = parser.parse_args()
+    if args.units:
+        compare_units()
+        return
     if args.one_config:  # a child process: one configuration, rows as JSON on stdout
         print(json.dumps(run_config(args.one_config, args.iter, Path(args.shared))))
         return

@@ -129,14 +129,17 @@ EVAL = """
     dens = model.log_density({{"N": 3, "y": [0.5, 1.5, -0.2]}})
     thetas = np.random.default_rng(4).normal(size=(5, 5))
     print(json.dumps({{"name": model.model_name, "values": [[dens.log_prob_grad(t, jac)[0], *dens.log_prob_grad(t, jac)[1]]
-                                                        for t in thetas for jac in (False, True)]}}))
+                                                        for t in thetas for jac in (False, True)],
+                      "constrained": [np.concatenate([np.ravel(v) for _, v in sorted(dens.constrain(t).items())]).tolist()
+                                      for t in thetas]}}))
 """
 
 
 def test_split_module_computes_what_one_unit_does(tmp_path):
     """Two translation units compiled at once (toolchain.split_program) give the module the single
     unit stanc wrote gives: the same log density and gradient, with and without the Jacobian,
-    through a user-defined density, constrained parameters and a generated quantity."""
+    through a user-defined density, constrained parameters and a generated quantity; and the
+    same constrained values and generated quantity (write_array on Eigen copies in the split)."""
     from stanhier import cache
 
     folders = {}
@@ -152,6 +155,7 @@ def test_split_module_computes_what_one_unit_does(tmp_path):
     assert len(units["1"]) == 2 and len(units["0"]) == 1
     assert "defined in the gradient's translation unit" in next(folders["1"].rglob("model_*_0.cpp")).read_text()
     np.testing.assert_allclose(results["1"]["values"], results["0"]["values"], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(results["1"]["constrained"], results["0"]["constrained"], rtol=1e-13, atol=1e-13)
 
 
 def test_propto_detection_reads_statements_not_comments():
