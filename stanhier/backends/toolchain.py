@@ -468,8 +468,8 @@ def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[s
     * the log density on doubles (only Stan's check of an initial value asks for it) is the
       value of the reverse-mode one, so stanc's double ``log_prob_impl`` is never compiled.
 
-    With the last two, the first unit compiles in 16-23% less CPU time (``python
-    benchmarks/bench_compile.py --units``).
+    The last rewrite and ``write_array``'s copy make the first unit compile in 16-23% less CPU
+    time (``python benchmarks/bench_compile.py --units``).
 
     Returns None where stanc's output does not have the expected shape (the program is then
     compiled as stanc wrote it, in one unit).
