@@ -20,13 +20,18 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, memory_limit="1.5GiB")
-    cl = distributed.Client(cluster)
-    yield cl
-    cl.close()
-    cluster.close()
+def client(tmp_path_factory):
+    import dask
+
+    # the cluster's scratch space (dask-scratch-space) in the test's folder, not left behind in
+    # the system's temporary folder
+    with dask.config.set({"temporary-directory": str(tmp_path_factory.mktemp("dask"))}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, memory_limit="1.5GiB")
+        cl = distributed.Client(cluster)
+        yield cl
+        cl.close()
+        cluster.close()
 
 
 def simulate(n: int, groups: int, seed: int = 1) -> pd.DataFrame:
