@@ -123,6 +123,18 @@ def engine(request) -> str:
         os.environ[ENGINE_ENV] = saved
 
 
+#: Lines for a test's child-process script (indented 4 spaces, as those scripts are before
+#: textwrap.dedent): the stanhier log's messages, DEBUG and up, collect in ``notes``.
+LOG_NOTES = """
+    import logging
+    notes = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())
+    logging.getLogger("stanhier").addHandler(handler)
+    logging.getLogger("stanhier").setLevel(logging.DEBUG)
+"""
+
+
 def load(name: str) -> pd.DataFrame:
     return pd.read_csv(DATA / f"{name}.csv")
 

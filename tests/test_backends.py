@@ -24,7 +24,7 @@ import pytest
 
 import stanhier as sh
 from stanhier import cache
-from conftest import quiet_brm
+from conftest import LOG_NOTES, quiet_brm
 from stanhier.backends import ENGINE_ENV, SampleSettings, cmdstan_available, get_backend
 from stanhier.backends.base import fd_hessian
 
@@ -250,13 +250,9 @@ def test_one_compile_serves_both_engines(tmp_path):
     assert linked["out"]["cmdstanpy"]["mu"] == made["mu"]
 
 
-FALLBACK = """
-    import json, logging
+FALLBACK = LOG_NOTES + """
+    import json
     from stanhier.backends import get_backend
-    notes = []
-    handler = logging.Handler()
-    handler.emit = lambda record: notes.append(record.getMessage())
-    logging.getLogger("stanhier").addHandler(handler)
     model = get_backend("cmdstanpy").compile({code!r}, progress=False)
     print(json.dumps({{"lp": model.log_density({{"N": 2, "y": [1.0, 3.0]}}).log_prob([2.0]), "notes": notes,
                       "log": (model.exe.parent / "compiler.log").is_file()}}))

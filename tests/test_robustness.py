@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import stanhier as sh
-from conftest import quiet_brm
+from conftest import LOG_NOTES, quiet_brm
 
 ROOT = Path(__file__).resolve().parents[1]
 # a program no other test uses, so that these tests really compile it
@@ -31,12 +31,13 @@ def run_py(code: str, env: dict | None = None, timeout: float = 600) -> subproce
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-COMPILE = """
+COMPILE = LOG_NOTES + """
     import json, sys
     from stanhier.backends import get_backend
     model = get_backend("auto").compile(sys.argv[1] if len(sys.argv) > 1 else {code!r}, progress=False)
     d = model.log_density({{"N": 2, "y": [1.0, 3.0]}})
-    print(json.dumps({{"hit": model.cache_hit, "lp": d.log_prob([2.0])}}))
+    print(json.dumps({{"hit": model.cache_hit, "lp": d.log_prob([2.0]),
+                      "built_header": any(n.startswith("built the precompiled Stan header") for n in notes)}}))
 """
 
 
@@ -67,7 +68,9 @@ def _binaries(entry: Path) -> list[Path]:
 
 def test_two_processes_compile_one_program(private_cache, tmp_path, engine):
     """Both processes start at once: one compiles under the lock, the other waits and reuses it.
-    Nothing is written to the working directory (the compiler's build folder stays in the cache)."""
+    Nothing is written to the working directory (the compiler's build folder stays in the cache).
+    This is the cache's first program: neither process builds the shared header (it uses the
+    session's if that exists; test_toolchain checks the header's build by two processes)."""
     env = {**os.environ, "STANHIER_CACHE_DIR": str(private_cache)}
     code = textwrap.dedent(COMPILE.format(code=TINY))
     workdir = tmp_path / "work"
@@ -80,6 +83,7 @@ def test_two_processes_compile_one_program(private_cache, tmp_path, engine):
     # log density of y = (1, 3) at mu = 2 under normal(mu, 1), Jacobian off, constants dropped by ~
     assert all(r["lp"] == pytest.approx(-1.0) for r in results)
     assert list(workdir.iterdir()) == []
+    assert not any(r["built_header"] for r in results)  # the first program: no header was built
 
 
 def test_partial_cache_entry_is_rebuilt(private_cache, engine):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import LOG_NOTES
 from stanhier.backends import get_backend, toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,14 +57,9 @@ def test_key_ignores_interpreter_spelling(tmp_path):
     assert result["lp"] == pytest.approx(-1.0)
 
 
-FIRST = """
-    import json, logging, time
+FIRST = LOG_NOTES + """
+    import json, time
     from stanhier.backends import get_backend
-    notes = []
-    handler = logging.Handler()
-    handler.emit = lambda record: notes.append(record.getMessage())
-    logging.getLogger("stanhier").addHandler(handler)
-    logging.getLogger("stanhier").setLevel(logging.DEBUG)
     t0 = time.time()
     model = get_backend("pystan").compile({code!r}, progress=False)
     lp = model.log_density({{"N": 2, "y": [1.0, 3.0]}}).log_prob([2.0])
