@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup-venv.sh "test,docs"
 source scripts/ensure-cmdstan.sh
+# What every Stan program shares (the precompiled Stan header, CmdStan's main object) is
+# compiled once per installation, as CmdStan's own `make build` does: a no-op once built.
+.venv/bin/stanhier prepare
 # The tests run in parallel worker processes, one per core up to 4 (each compile uses up to
 # ~3 GB); arguments after the command win (`bash scripts/test.sh -n 0` runs them in one process).
 workers=$(nproc 2>/dev/null || echo 2)

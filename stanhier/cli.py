@@ -30,6 +30,7 @@ import json
 import re
 import shlex
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -528,6 +529,22 @@ def cli_wording(text: str) -> str:
     return text
 
 
+_SHARED_FILES = {"header": "the precompiled Stan header", "cmdstan_main": "CmdStan's main object"}
+
+
+def _prepare(out: TextIO) -> int:
+    """``stanhier prepare``: build the shared files (:func:`stanhier.backends.build_shared`)."""
+    from .backends import build_shared
+
+    print("Compiling what every Stan program shares, once per installation (1-3 minutes)...", file=out, flush=True)
+    start = time.perf_counter()
+    built = build_shared()
+    for key, path in built.items():
+        print(f"  {_SHARED_FILES[key]}: {path if path else 'not built (programs compile without it)'}", file=out)
+    print(f"done in {time.perf_counter() - start:.0f} s", file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``stanhier`` command.
 
@@ -566,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-new-levels", action="store_true")
     p.add_argument("--seed", type=int, default=None, help="seed for --type predict")
     p.add_argument("--out", default=None, help="CSV file to write (default: standard output)")
+
+    sub.add_parser("prepare", help="compile now, once per installation, what every Stan program shares "
+                   "(the precompiled Stan header; CmdStan's main object), instead of alongside the first programs")
 
     p = sub.add_parser("example", help="run a shipped example: fish (the seed's model)")
     p.add_argument("name", choices=("fish",))
@@ -608,6 +628,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
                 return _summary(args, out)
             if args.command == "predict":
                 return _predict(args, out)
+            if args.command == "prepare":
+                return _prepare(out)
     except StanhierError as exc:
         if args.debug:
             traceback.print_exc(file=err)

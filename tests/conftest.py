@@ -72,21 +72,17 @@ _MAIN_BUILD: list = []
 
 
 def _start_cmdstan_main() -> None:
-    """CmdStan's main object is compiled once per installation, when the first CmdStan program
-    needs it. Start it now, in a thread, so it compiles while the pystan half runs instead of
-    holding up the CmdStan half's first test; that test then finds it built (or waits for this
-    build under its lock)."""
+    """CmdStan's main object is compiled once per installation (``stanhier prepare``, which the
+    test command runs first, or when the first CmdStan program needs it). If it is missing,
+    start it now, in a thread, so it compiles while the pystan half runs instead of holding up
+    the CmdStan half's first test; that test then finds it built (or waits for this build under
+    its lock)."""
     import threading
 
-    ok, _ = cmdstan_available()
-    if not ok:
-        return
-    import cmdstanpy
+    from stanhier.backends import shared_cmdstan, toolchain
 
-    from stanhier.backends import toolchain
-
-    path = Path(cmdstanpy.cmdstan_path()).resolve()  # as the backend finds it
-    if not toolchain.cmdstan_shares_objects(path):
+    path = shared_cmdstan()
+    if path is None:
         return
 
     def build() -> None:

@@ -318,3 +318,23 @@ def test_cli_messages_name_flags(fish_fit, fish, tmp_path):
     assert code == 1 and "--allow-new-levels" in err and "allow_new_levels=True" not in err, err
     code, _, err = run(["predict", str(folder), "--newdata", str(tmp_path / "new.csv"), "--allow-new-levels"])
     assert code == 0, err
+
+
+@pytest.mark.cmdstan  # builds (or finds) the files both engines share: once
+def test_prepare_builds_the_shared_files_once():
+    """``stanhier prepare`` (the test command runs it first) leaves the precompiled header and,
+    for a CmdStan that links stanhier's objects, CmdStan's main object: run again, it finds
+    them and builds nothing."""
+    from stanhier.backends import shared_cmdstan
+
+    code, out, _ = run(["prepare"])
+    assert code == 0, out
+    files = dict(line.strip().split(": ", 1) for line in out.splitlines() if line.startswith("  "))
+    expected = ["the precompiled Stan header"] + (["CmdStan's main object"] if shared_cmdstan() else [])
+    assert list(files) == expected
+    paths = [Path(p) for p in files.values()]
+    assert (paths[0].parent / "stan_pch.hpp.gch").is_file() and all(p.parent.joinpath("COMPLETE").is_file()
+                                                                    for p in paths)
+    builds = [p.parent.joinpath("builds").read_text() for p in paths]
+    assert run(["prepare"])[1] == out.replace(out.splitlines()[-1], "done in 0 s")
+    assert [p.parent.joinpath("builds").read_text() for p in paths] == builds

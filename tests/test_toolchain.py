@@ -69,19 +69,30 @@ FIRST = LOG_NOTES + """
 
 
 @pytest.mark.slow
-def test_first_program_skips_the_header_then_two_processes_build_it_once(tmp_path):
+def test_first_program_skips_the_header_then_two_processes_build_it_once(tmp_path, monkeypatch, caplog):
     """In an empty cache the installation's first program compiles without building the shared
-    header (a one-model user never pays for it). Then two processes compile a program each at the
-    same moment, with no header yet: both succeed, and the header is built once (by the process
-    that took its lock, while its program compiled; the other compiled without it), leaving no
-    temporary file. The next program compiles with the header."""
+    header (a one-model user never pays for it). In a cache that has compiled a program before,
+    two processes compile a program each at the same moment, with no header yet: both succeed,
+    and the header is built once (by the process that took its lock, while its program compiled;
+    the other compiled without it), leaving no temporary file. The next program finds it."""
+    import shutil
+
+    from stanhier import cache
+
+    flags = toolchain.compile_flags()
+    get_backend("pystan").compile(TINY, progress=False)  # in the session's cache
+    compiled = cache.cache_dir() / "objects" / toolchain.model_name_for(TINY).split("/")[1]
+    monkeypatch.setenv("STANHIER_CACHE_DIR", str(tmp_path / "empty"))
+    with caplog.at_level("DEBUG", logger="stanhier"), toolchain.header_alongside(flags) as header:
+        assert header is None  # the decision only: what a first program compiles with
+    assert "the first program of this installation" in caplog.text
+    assert not list((tmp_path / "empty").glob("pch/pystan-*"))  # no header build started
+    # a cache that has compiled a program before: a copy of one the session compiled
+    shutil.copytree(compiled, tmp_path / "objects" / compiled.name)
     env = {**os.environ, "STANHIER_CACHE_DIR": str(tmp_path)}
-    programs = [TINY.replace("// toolchain", f"// toolchain, program {i}") for i in range(4)]
-    first = _run(sys.executable, FIRST.format(code=programs[0]), {"STANHIER_CACHE_DIR": str(tmp_path)})
-    assert first["hit"] is False and first["header"] == ["None"] and first["lp"] == pytest.approx(-1.0)
-    assert not list((tmp_path / "pch").glob("pystan-*/builds"))  # no header was built
+    programs = [TINY.replace("// toolchain", f"// toolchain, program {i}") for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(FIRST.format(code=code))], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for code in programs[1:3]]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for code in programs]
     outs = [p.communicate(timeout=1800) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
@@ -94,8 +105,9 @@ def test_first_program_skips_the_header_then_two_processes_build_it_once(tmp_pat
     assert len((folder / "builds").read_text().splitlines()) == 1
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert sorted(r["header"] == ["None"] for r in results) == [True, True]  # neither waited for it
-    last = _run(sys.executable, FIRST.format(code=programs[3]), {"STANHIER_CACHE_DIR": str(tmp_path)})
-    assert last["hit"] is False and last["header"] == [str(folder / "stan_pch.hpp")]
+    monkeypatch.setenv("STANHIER_CACHE_DIR", str(tmp_path))
+    with toolchain.header_alongside(flags) as header:  # the next program compiles with it
+        assert header == folder / "stan_pch.hpp"
     assert len((folder / "builds").read_text().splitlines()) == 1
 
 

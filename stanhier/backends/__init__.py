@@ -27,12 +27,14 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import ArgumentError, BackendError
+from . import toolchain
 from .base import Backend, CompiledModel, LogDensity, RawSample, SampleSettings
 from .cmdstanpy_backend import CmdStanPyBackend, adopt_cmdstanpy_tmpdir
 from .pystan_backend import PystanBackend
 
-__all__ = ["get_backend", "available_backends", "cmdstan_available", "default_engine", "ENGINE_ENV",
-           "BACKENDS", "Backend", "CompiledModel", "LogDensity", "RawSample", "SampleSettings"]
+__all__ = ["get_backend", "available_backends", "cmdstan_available", "default_engine", "build_shared",
+           "shared_cmdstan", "ENGINE_ENV", "BACKENDS", "Backend", "CompiledModel", "LogDensity", "RawSample",
+           "SampleSettings"]
 
 BACKENDS = ("auto", "pystan", "cmdstanpy")
 #: Environment variable naming the engine ``backend="auto"`` uses (``pystan`` or ``cmdstanpy``).
@@ -74,6 +76,28 @@ def _locate_cmdstan() -> tuple[bool, str]:
 def cmdstan_available() -> tuple[bool, str]:
     """Whether cmdstanpy can find a CmdStan installation, and why not."""
     return _locate_cmdstan()
+
+
+def shared_cmdstan() -> Path | None:
+    """The CmdStan cmdstanpy finds, if its executables are linked from stanhier's objects
+    (:func:`toolchain.cmdstan_shares_objects`), else None."""
+    if not cmdstan_available()[0]:
+        return None
+    import cmdstanpy
+
+    path = Path(cmdstanpy.cmdstan_path()).resolve()  # as the backend finds it
+    return path if toolchain.cmdstan_shares_objects(path) else None
+
+
+def build_shared() -> dict[str, Path | None]:
+    """Compile now, once per installation, what every program shares (the precompiled Stan
+    header; CmdStan's main object if a CmdStan shares stanhier's objects) instead of alongside
+    the first programs (:func:`toolchain.build_shared`). ``stanhier prepare`` runs it.
+
+    >>> build_shared()   # doctest: +SKIP
+    {'header': PosixPath('.../pch/pystan-.../stan_pch.hpp'), 'cmdstan_main': PosixPath('.../main.o')}
+    """
+    return toolchain.build_shared(shared_cmdstan())
 
 
 def _pystan_available() -> bool:

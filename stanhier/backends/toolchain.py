@@ -68,7 +68,7 @@ __all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "ST
            "compile_flags", "compiler_command", "toolchain_id", "model_name_for", "precompiled_header",
            "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "uses_propto",
            "model_objects", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
-           "link_cmdstan"]
+           "link_cmdstan", "build_shared"]
 
 logger = logging.getLogger("stanhier")
 
@@ -727,3 +727,26 @@ def link_cmdstan(objects: list[Path], main: Path, out: Path) -> None:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def build_shared(cmdstan: Path | None = None, flags: list[str] | None = None) -> dict[str, Path | None]:
+    """Compile now, once per installation, what every program shares: the precompiled Stan
+    header and, given a CmdStan that shares stanhier's objects (:func:`cmdstan_shares_objects`),
+    CmdStan's main object: the two files CmdStan's own ``make build`` compiles at install time.
+    Both compile at once, each in its own compiler process, under the same locks as when they are
+    built alongside a program; what is built already is kept. Returns each file's path (None:
+    switched off, or the compiler rejected it; see its ``build.log``).
+
+    >>> build_shared()   # doctest: +SKIP
+    {'header': PosixPath('/root/.cache/stanhier/pch/pystan-6f0c1d2e3a4b5c6d/stan_pch.hpp')}
+    """
+    flags = list(flags or compile_flags())
+    with contextlib.ExitStack() as stack:
+        header = stack.enter_context(header_alongside(flags, wait=True))  # None while it is being built
+        main = stack.enter_context(cmdstan_main_alongside(cmdstan, flags, header)) if cmdstan else None
+    folder = _header_folder(flags)
+    built = {"header": folder / "stan_pch.hpp" if pch_enabled() and _ready(folder, "stan_pch.hpp.gch") else None}
+    if main is not None:
+        built["cmdstan_main"] = main.path
+    return built
+
