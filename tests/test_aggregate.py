@@ -85,6 +85,7 @@ def test_binomial_trials_aggregated_equal_raw():
     assert agg.fixef().to_numpy() == pytest.approx(raw.fixef().to_numpy(), rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_no_aggregation_when_it_does_not_shrink(counts):
     rng = np.random.default_rng(0)
     df = counts.assign(x=rng.normal(size=len(counts)))  # a continuous predictor: every row its own pattern

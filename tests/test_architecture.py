@@ -303,3 +303,18 @@ def test_every_public_name_exists():
         module = importlib.import_module(info.name)
         missing += [f"{info.name}.{name}" for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
     assert not missing, missing
+
+
+def test_import_leaves_the_slow_libraries_for_later():
+    """``import stanhier`` (every command-line call, every child process) does not import what a
+    call imports when it needs it: scipy.stats (most of the import time otherwise), ArviZ,
+    xarray, matplotlib, the engines, Dask."""
+    import json
+    import subprocess
+    import sys
+
+    later = ["scipy.stats", "arviz", "xarray", "matplotlib", "cmdstanpy", "stan", "httpstan", "dask"]
+    code = f"import json, sys, stanhier; print(json.dumps([m for m in {later!r} if m in sys.modules]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []

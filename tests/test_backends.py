@@ -135,6 +135,29 @@ def test_shapes_of_every_variable(tiny):
     np.testing.assert_array_equal(raw.draws["one_copy"], raw.draws["one"])
 
 
+@pytest.mark.pystan  # httpstan's fit files
+def test_sampling_leaves_other_processes_fits_alone(tiny):
+    """httpstan stores each seeded fit on disk, and stanhier drops them before and after sampling:
+    only this process's, never a fit another process is writing for the same program (two
+    processes sampling one program at once failed with 'Fit ... not found' when they shared the
+    program's fit folder). Another process says where it keeps a fit of this program; a fit
+    there outlives this process's sampling."""
+    code = ("import httpstan.cache\nfrom stanhier.backends import get_backend\n"
+            f"model = get_backend('pystan').compile({TINY!r}, progress=False)\n"
+            "print(httpstan.cache.fit_path(model.model_name + '/fits/abcdefgh'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    other = Path(proc.stdout.strip().splitlines()[-1])
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_bytes(b"another process's fit")
+    try:
+        raw = tiny.sample(TINY_DATA, SampleSettings(chains=2, iter=200, seed=4, init=0, progress=False))
+        assert raw.draws["mu"].shape == (2, 100)
+        assert other.read_bytes() == b"another process's fit"
+    finally:
+        other.unlink(missing_ok=True)
+
+
 def test_init_decides_the_mode(tiny):
     """``x`` has modes at -10 and 10 that NUTS does not cross: the start decides."""
     for start in (-10.0, 10.0):

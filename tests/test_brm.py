@@ -148,11 +148,13 @@ def test_crossed_terms_against_lme4(penicillin, ml_ref):
     (dict(control={"adapt_deltaa": 0.9}), "adapt_deltaa"),
     (dict(backend="stanx"), "stanx"),
 ])
+@pytest.mark.engine_free  # no Stan program runs
 def test_bad_arguments_fail_before_compiling(sleep, kwargs, match):
     with pytest.raises(sh.StanhierError, match=match):
         sh.brm("Reaction ~ Days + (Days | Subject)", data=sleep, progress=False, **kwargs)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_sufficient_statistics_only_where_exact(fish):
     with pytest.raises(sh.ArgumentError, match="sufficient_stats"):
         sh.brm("fish_num ~ temperature + (1 | weather)", data=fish, family="poisson",

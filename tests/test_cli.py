@@ -36,6 +36,7 @@ def fish_csv(fish, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_parse_prior():
     assert parse_prior("normal(0,1):b:temperature") == sh.prior("normal(0, 1)", class_="b", coef="temperature")
     assert parse_prior("student_t(3, 0, 5):sd::weather") == sh.prior("student_t(3,0,5)", class_="sd", group="weather")
@@ -47,6 +48,7 @@ def test_parse_prior():
         parse_prior("normal(0,1):bogus")
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_usage_errors_exit_2(capsys):
     assert main([]) == 2
     assert main(["fit", "y ~ x"]) == 2  # --data missing
@@ -56,6 +58,7 @@ def test_usage_errors_exit_2(capsys):
     assert "stanhier" in capsys.readouterr().out
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_user_errors_exit_1_one_line(fish_csv):
     code, out, err = run(["stancode", "y ~ x", "--data", "no/such/file.csv"])
     lines = err.strip().splitlines()
@@ -82,6 +85,7 @@ def test_console_script_exit_codes(fish_csv):
     assert res.returncode == 2 and "usage:" in res.stderr
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_stancode_prints_and_writes(fish, fish_csv, tmp_path):
     code, out, _ = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson"])
     assert code == 0 and out == sh.make_stancode(FISH_FORMULA, fish, "poisson")
@@ -99,6 +103,7 @@ def test_stancode_prints_and_writes(fish, fish_csv, tmp_path):
     assert isinstance(data["X"][0], list)  # matrices as lists of rows
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_family_flag_takes_a_link(fish, fish_csv):
     """--family with R's link syntax (quoted or not) reaches the program; a bad link is one error line."""
     code, out, _ = run(["stancode", FISH_FORMULA, "--data", str(fish_csv), "--family", "poisson(link=sqrt)"])
@@ -158,6 +163,7 @@ def test_example_fish_ships_and_runs(fish_fit, tmp_path):
     assert build_parser().parse_args(["example", "fish"]).seed == 1
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_fit_ml_path(fish_csv, tmp_path):
     code, out, err = run(["fit", "fish_num ~ 1 + temperature + (1 | weather)", "--data", str(fish_csv),
                           "--family", "poisson", "--method", "ml", "--out", str(tmp_path / "ml")])
@@ -200,6 +206,7 @@ def test_predict_types_and_population_level(fish_fit, fish, tmp_path):
     assert len(pred) == 4 and (pred["Estimate"] >= 0).all()
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_sampler_defaults_are_brms_and_shared():
     """brms's defaults (chains = 4, iter = 2000, warmup = iter / 2, thin = 1, adapt_delta = 0.8,
     max_treedepth = 10) in the CLI, in brm's signature and in the settings made from them."""
@@ -223,6 +230,7 @@ def _fit_parser() -> argparse.ArgumentParser:
     return sub.choices["fit"]
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_every_keyword_of_brm_lmer_glmer_has_a_flag():
     """Each keyword argument of the Python functions is a CLI flag, or is listed as Python-only
     with a reason; every flag named exists in ``stanhier fit``."""
@@ -239,6 +247,7 @@ def test_every_keyword_of_brm_lmer_glmer_has_a_flag():
                 assert flag == "FORMULA" or flag in options, f"{name}({param}=...): no {flag} in stanhier fit"
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_flags_reach_brm(tmp_path):
     inits = tmp_path / "inits.json"
     inits.write_text('{"sigma": 1.0}')
@@ -268,6 +277,7 @@ def test_flags_reach_brm(tmp_path):
     assert not {"parameterization", "na_action", "collinear", "marginalize", "sufficient_stats"} & set(plain)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_flags_reach_lmer_and_glmer():
     base = ["fit", "y ~ x + (1 | g)", "--data", "d.csv", "--method", "ml"]
     which, kwargs = ml_kwargs(build_parser().parse_args(
@@ -289,6 +299,7 @@ def test_flags_reach_lmer_and_glmer():
         ml_kwargs(build_parser().parse_args(base + ["--family", "poisson", "--no-REML"]))
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_flags_of_the_other_method_are_errors(fish_csv):
     code, _, err = run(["fit", FISH_FORMULA, "--data", str(fish_csv), "--method", "ml", "--chains", "2"])
     assert code == 1 and "--chains applies to --method bayes only" in err
@@ -296,6 +307,7 @@ def test_flags_of_the_other_method_are_errors(fish_csv):
     assert code == 1 and "--nAGQ applies to --method ml only" in err
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_ml_flags_change_the_fit(sleep, tmp_path):
     """--no-REML gives lme4's ML fit of sleepstudy, the default its REML fit (lme4's numbers)."""
     csv = tmp_path / "sleepstudy.csv"

@@ -193,6 +193,7 @@ def ml_pair(sleep):
             _lmer("Reaction ~ Days + (Days | Subject)", sleep, False))
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_anova_lrt_matches_lme4(ml_pair, ml_ref):
     m_int, m_corr = ml_pair
     ll_int, ll_corr = ml_ref["sleepstudy_int_ML"]["logLik"], ml_ref["sleepstudy_corr_ML"]["logLik"]
@@ -210,6 +211,7 @@ def test_anova_lrt_matches_lme4(ml_pair, ml_ref):
     assert tab.attrs["refitted"] == []
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_anova_refits_reml_with_ml(sleep, ml_ref):
     m_int = _lmer("Reaction ~ Days + (1 | Subject)", sleep, True)
     m_corr = _lmer("Reaction ~ Days + (Days | Subject)", sleep, True)

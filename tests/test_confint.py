@@ -57,6 +57,7 @@ def test_profile_intervals_correlated_slope(sleep, engine):
 BOOT = json.loads((Path(__file__).parent / "reference" / "lme4_confint_boot_sleepstudy.json").read_text())
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_percentile_interval_is_boot_ci_perc():
     """boot.ci(type = "perc")'s interpolation between order statistics (boot:::norm.inter), on
     values and levels where it interpolates, hits an order statistic exactly, and runs off the

@@ -58,6 +58,7 @@ def big(client):
 
 # --------------------------------------------------------------------------- acceptance
 @pytest.mark.slow
+@pytest.mark.engine_free  # no Stan program runs
 def test_lmer_two_million_rows_matches_pandas(big):
     df, ddf = big
     formula = "y ~ x1 + x2 + (x1 | g)"
@@ -105,6 +106,7 @@ def test_brm_same_draws_for_same_seed(client):
 
 
 # --------------------------------------------------------------------------- inputs
+@pytest.mark.engine_free  # no Stan program runs
 def test_parquet_path_and_glob(client, tmp_path):
     df = simulate(4000, 20, seed=2)
     for i, rows in enumerate(np.array_split(np.arange(len(df)), 3)):
@@ -115,6 +117,7 @@ def test_parquet_path_and_glob(client, tmp_path):
         assert rel(m_pd.fixef(), m.fixef()) < 1e-8 and rel(m_pd.logLik(), m.logLik()) < 1e-8
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_level_in_one_partition_and_factor_predictor(client):
     df = simulate(3000, 10, seed=3)
     df["h"] = np.where(np.arange(len(df)) % 3 == 0, "p", "q")
@@ -132,6 +135,7 @@ def test_level_in_one_partition_and_factor_predictor(client):
     assert str(m_pd).replace("Data: df", "Data: ddf") == str(m_dk)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_interaction_groups_and_crossed_terms(client):
     df = simulate(2000, 6, seed=5)
     rng = np.random.default_rng(0)
@@ -144,6 +148,7 @@ def test_interaction_groups_and_crossed_terms(client):
         assert rel(m_pd.fixef(), m_dk.fixef()) < 1e-8 and rel(m_pd.logLik(), m_dk.logLik()) < 1e-8
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_predictions_are_lazy_dask_series(client):
     df = simulate(2000, 8, seed=6)
     ddf = dd.from_pandas(df, npartitions=3)
@@ -161,6 +166,7 @@ def _error(exc_type, fit, data):
     return str(info.value)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_same_errors_as_pandas(client):
     df = simulate(600, 6, seed=7)
     ddf = dd.from_pandas(df, npartitions=3)
@@ -180,6 +186,7 @@ def test_same_errors_as_pandas(client):
         _error(DataError, fit("y ~ x1 + (1 | g)"), dd.from_pandas(inf, npartitions=3))
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_missing_values_counted_as_in_pandas(client):
     df = simulate(600, 6, seed=8)
     df.loc[[3, 250, 251, 590], "x1"] = np.nan
@@ -196,6 +203,7 @@ def test_missing_values_counted_as_in_pandas(client):
         _error(DataError, lambda d: sh.lmer("y ~ x1 + (1 | g)", d, na_action="raise"), ddf)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_unsupported_cases_are_clear(client):
     df = simulate(500, 5, seed=9)
     ddf = dd.from_pandas(df, npartitions=2)

@@ -65,6 +65,7 @@ def test_initialisation_failure_shows_stans_message_and_code_line(sleep, sleep_f
                   init={"sigma": -1.0})
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_ml_diagnostics_report(fish, sleep):
     import warnings
 
@@ -80,6 +81,7 @@ def test_ml_diagnostics_report(fish, sleep):
     assert m.diagnostics()["max_abs_gradient"] < 1e-3
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_ml_collinear_dropped_as_lme4(sleep):
     df = sleep.assign(Days2=2 * sleep["Days"])
     with pytest.warns(sh.StanhierWarning, match="'Days2'"):

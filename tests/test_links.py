@@ -116,6 +116,7 @@ def test_bernoulli_rows_aggregate_at_a_link(engine):
     np.testing.assert_allclose(fit.VarCorr()["sdcor"].to_numpy()[:1], [ref["sd"]], rtol=2e-3)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_brm_default_priors_at_links():
     """brms 2.18's get_prior (Rscript on the development machine): at the identity, log, inverse
     and sqrt links the Intercept's student_t is centred at the median of link(y)."""
@@ -159,6 +160,7 @@ def test_glmer_scale_family_against_lme4(case, engine):
     np.testing.assert_allclose(fit.fitted()[:5], ref["fitted_head"], rtol=1e-4)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_glmer_unsupported_links_and_families():
     df = dataset("fish")
     with pytest.raises(ValueError, match="supported links: log, identity, sqrt"):

@@ -61,6 +61,7 @@ def test_log_density_is_the_exact_marginal(formula, fixture, function, request):
         assert lp - float(p["lprior"]) - np.log(float(p["sigma"])) == pytest.approx(_dense_marginal_loglik(spec, p), rel=1e-9, abs=1e-6)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_conditional_draws_match_the_gaussian_posterior(sleep):
     """One parameter value repeated 20,000 times: sample moments of r vs (Z'Z/s^2 + Sigma^-1)^-1."""
     spec = build_model(SLEEP_F, sleep)
@@ -91,6 +92,7 @@ def test_conditional_draws_match_the_gaussian_posterior(sleep):
     assert not np.array_equal(draw_group_effects(spec, draws, seed=4)["r_1"].reshape(S, -1), r)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_program_choice(sleep, penicillin, fish):
     assert build_model(SLEEP_F, sleep).structure.marginal == "blocks"
     assert build_model(PEN_F, penicillin).structure.marginal == "dense"

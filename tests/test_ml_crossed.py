@@ -49,6 +49,7 @@ def _check_against(fit, ref: dict, *, ll_tol=1e-3, fe_rel=1e-4, sd_rel=1e-3, se_
 
 
 # --------------------------------------------------------------------------- InstEval (acceptance)
+@pytest.mark.engine_free  # no Stan program runs
 def test_insteval_ML_matches_lme4(insteval):
     start = time.perf_counter()
     fit = lmer("y ~ service + (1 | s) + (1 | d)", insteval, REML=False)
@@ -63,6 +64,7 @@ def test_insteval_ML_matches_lme4(insteval):
     assert seconds < 60  # lme4: ~20 s on the reference machine; ours ~5-12 s
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_insteval_REML_matches_lme4(insteval):
     fit = lmer("y ~ service + (1 | s) + (1 | d)", insteval, REML=True)
     ref = INSTEVAL_REML_REF
@@ -86,6 +88,7 @@ INSTEVAL_REML_REF = {
     ("penicillin_ML", "diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),
     ("pastes_ML", "strength ~ 1 + (1 | batch/cask)", "Pastes"),
 ])
+@pytest.mark.engine_free  # no Stan program runs
 def test_small_crossed_and_nested_match_lme4(case, formula, name):
     """The blocked evaluator on designs the stacked layout also handles (nested: Pastes)."""
     fit = lmer_crossed(formula, pd.read_csv(HERE / "data" / f"{name}.csv"), REML=False)
@@ -96,6 +99,7 @@ def test_small_crossed_and_nested_match_lme4(case, formula, name):
         assert np.all(frame.attrs["postVar"] > 0)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_conditional_modes_solve_the_penalized_least_squares():
     """b = Lambda u with u minimizing |y - X beta - Z Lambda u|^2 + |u|^2 (checked densely),
     and the conditional covariances are sigma^2 diag-blocks of Lambda (Lambda'Z'Z Lambda + I)^-1 Lambda'."""
@@ -157,6 +161,7 @@ def test_stan_program_equals_evaluator_insteval(insteval):
 
 
 # --------------------------------------------------------------------------- limits
+@pytest.mark.engine_free  # no Stan program runs
 def test_schur_limit_names_the_limit_and_the_alternatives(monkeypatch):
     rng = np.random.default_rng(2)
     df = pd.DataFrame({"a": rng.integers(0, 300, 3000), "b": rng.integers(0, 200, 3000)})
@@ -166,6 +171,7 @@ def test_schur_limit_names_the_limit_and_the_alternatives(monkeypatch):
         lmer_crossed("y ~ 1 + (1 | a) + (1 | b)", df, REML=False)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_needs_crossed_is_the_stacked_limit():
     """needs_crossed: beyond the stacked limit (the Stan program ml_lmm.stan defines models below it)."""
     pen = pd.read_csv(HERE / "data" / "Penicillin.csv")
@@ -200,6 +206,7 @@ def poisson_fit():
     return glmer_crossed("y ~ x + (1 | a) + (1 | b)", poisson_crossed(), family="poisson")
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_crossed_poisson_laplace_matches_lme4(poisson_fit):
     fit = poisson_fit
     assert fit.converged
@@ -231,6 +238,7 @@ def test_crossed_poisson_equals_stan_glmm_program(poisson_fit):
     assert lp == pytest.approx(fit.logLik(), rel=1e-8)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_glmer_dispatches_large_crossed_poisson():
     from stanhier.ml.api import glmer
     from stanhier.ml.crossed_glmm import CrossedGlmerFit
@@ -309,6 +317,7 @@ def test_stan_program_read_in_the_blocked_order(kind):
     assert np.max(np.abs(grad)) < 1e-2
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_grouseticks_glmer_on_numpy_matches_lme4():
     """Three nested/crossed intercepts (403 + 118 + 63 levels): PIRLS on the blocked factorization,
     lme4's two stages; SEs from the finite-difference Hessian of the deviance, as lme4."""
@@ -364,6 +373,7 @@ def test_vector_term_glmer_runs_on_numpy_and_its_stan_program_agrees(formula, na
     assert stan_lp == pytest.approx(ours, rel=1e-10)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_uncorrelated_slope_glmer_on_numpy_matches_lme4():
     """(cHEIGHT || LOCATION), Poisson: lme4's numbers. The likelihood is flat along the slope's SD;
     lme4 stops 6e-5 below our optimum (its logLik also carries its PIRLS tolerance: its deviance

@@ -71,23 +71,27 @@ def _no_warnings():
         yield
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_sleepstudy_reml_printout_is_lme4s(sleepstudy, engine):
     m = sh.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)
     assert m.data_name == "sleepstudy"  # the caller's name for the data frame, as R's Data: line
     compare_printout(str(m), "sleepstudy_REML", rtol=1e-4)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_sleepstudy_ml_printout_is_lme4s(sleepstudy, engine):
     m = sh.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, REML=False)
     compare_printout(str(m), "sleepstudy_ML", rtol=2e-4)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_uncorrelated_printout_is_lme4s(sleepstudy, engine):
     """`||`: lme4 prints the expanded formula and one group per coefficient (Subject.1)."""
     m = sh.lmer("Reaction ~ Days + (Days || Subject)", sleepstudy)
     compare_printout(str(m), "sleepstudy_uncorrelated", rtol=1e-4)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_glmer_printout_is_lme4s(engine):
     """p-values, significance stars and the wrapped title. Standard errors come from another
     Hessian approximation than lme4's (0.05% apart here), so the z and p columns are compared
@@ -107,6 +111,7 @@ def test_glmer_scale_family_printout_is_lme4s(engine):
     compare_printout(str(m), "fish_gaussian_log", rtol=2e-4)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_r_format_rules():
     """R's format(): decimals from the entry needing most, common width, scientific when narrower."""
     assert r_format([251.405, 10.467, 6.825, 1.546], 4) == ["251.405", " 10.467", "  6.825", "  1.546"]

@@ -22,6 +22,7 @@ def _poisson(n_groups: int, per: int, sd: float, seed: int = 1) -> pd.DataFrame:
     return pd.DataFrame({"y": rng.poisson(np.exp(0.5 + u[g])), "g": g})
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_rule_follows_the_information_ratio():
     # the centred / non-centred rule decides where the conditional treatment is unavailable: here the
     # intercept belongs to no group-level term ('one' is a column of ones, a random intercept by another name)
@@ -41,6 +42,7 @@ def test_rule_follows_the_information_ratio():
         build_model("y ~ 1 + (1 | g)", _poisson(8, 30, 0.5), "poisson", parameterization="partial")
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_conditional_where_the_link_allows_it():
     df = _poisson(8, 30, 0.5)
     df["x"] = np.random.default_rng(3).normal(size=len(df))
@@ -55,6 +57,7 @@ def test_conditional_where_the_link_allows_it():
         build_model("y ~ 1 + (1 | g)", df, "gaussian", parameterization="conditional", marginalize=False)
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_conditional_pilot_is_each_levels_likelihood():
     """The data of the conditional program: for a Poisson intercept term, level j's likelihood in
     its log mean beta_j is approximated by N(s_j / I_j, 1 / I_j): I_j = sum(mu) over its rows at the

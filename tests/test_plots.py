@@ -123,6 +123,7 @@ def test_ranef_caterpillar_bayes(sleep_fit, tmp_path):
     np.testing.assert_allclose(pts, np.sort(re[("Days", "Estimate")]))
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_ranef_caterpillar_ml(sleep, tmp_path):
     from stanhier.ml.api import lmer
 
@@ -139,6 +140,7 @@ def test_ranef_caterpillar_ml(sleep, tmp_path):
         plot_ranef(m, group="Plant")
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_conditional_effects_ml_point_line(sleep):
     from stanhier.ml.api import lmer
 
@@ -150,6 +152,7 @@ def test_conditional_effects_ml_point_line(sleep):
     np.testing.assert_allclose(line.get_ydata(), m.fixef()["(Intercept)"] + m.fixef()["Days"] * np.linspace(0, 9, 5))
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_conditional_effects_many_levels_says_so_and_keeps_lines_visible(sleep, tmp_path):
     """18 subjects, 12 drawn by default: a warning and the legend's title say so and name how to
     choose; every drawn level has its own colour; the legend sits beside the axes (no line is

@@ -97,6 +97,7 @@ def test_import_shows_no_future_warning(tmp_path, engine):
     assert "FutureWarning" in proc.stderr
 
 
+@pytest.mark.engine_free  # no Stan program runs
 def test_spinner_appears_only_after_its_delay(capfd, engine):
     """The ML spinner: nothing for a quick optimization, the evaluation count for a slow one."""
     if engine != "pystan":

@@ -45,13 +45,17 @@ COMPILE = LOG_NOTES + """
 def private_cache(tmp_path_factory, engine) -> Path:
     """An empty cache with the shared files (precompiled header, CmdStan's main object) of the
     session's cache, which are built once per installation, not per cache (test_toolchain
-    checks how the header is built)."""
+    checks how the header is built), and its program objects, which both engines link (so the
+    second engine's compile of TINY only links, as for a user; test_backends checks that)."""
     from stanhier import cache
+    from stanhier.backends import toolchain
 
+    toolchain.precompiled_header()  # the session's, if `stanhier prepare` has not built it
     path = tmp_path_factory.mktemp(f"cache-{engine}")
-    shared = cache.cache_dir() / "pch"
-    shared.mkdir(parents=True, exist_ok=True)
-    (path / "pch").symlink_to(shared, target_is_directory=True)
+    for name in ("pch", "objects"):
+        shared = cache.cache_dir() / name
+        shared.mkdir(parents=True, exist_ok=True)
+        (path / name).symlink_to(shared, target_is_directory=True)
     return path
 
 
@@ -69,8 +73,8 @@ def _binaries(entry: Path) -> list[Path]:
 def test_two_processes_compile_one_program(private_cache, tmp_path, engine):
     """Both processes start at once: one compiles under the lock, the other waits and reuses it.
     Nothing is written to the working directory (the compiler's build folder stays in the cache).
-    This is the cache's first program: neither process builds the shared header (it uses the
-    session's if that exists; test_toolchain checks the header's build by two processes)."""
+    Neither process builds the shared header: they use the session's (test_toolchain checks the
+    header's build by two processes)."""
     env = {**os.environ, "STANHIER_CACHE_DIR": str(private_cache)}
     code = textwrap.dedent(COMPILE.format(code=TINY))
     workdir = tmp_path / "work"
@@ -83,7 +87,7 @@ def test_two_processes_compile_one_program(private_cache, tmp_path, engine):
     # log density of y = (1, 3) at mu = 2 under normal(mu, 1), Jacobian off, constants dropped by ~
     assert all(r["lp"] == pytest.approx(-1.0) for r in results)
     assert list(workdir.iterdir()) == []
-    assert not any(r["built_header"] for r in results)  # the first program: no header was built
+    assert not any(r["built_header"] for r in results)  # the session's header is found (same key), not rebuilt
 
 
 def test_partial_cache_entry_is_rebuilt(private_cache, engine):

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import time
 import types
 from pathlib import Path
@@ -41,10 +42,19 @@ def _point_httpstan_at(entry_root: Path) -> None:
         return entry_root
 
     httpstan.cache.cache_directory = cache_directory
+    # fits (models/<id>/fits/<fit>) in this process's own folder
+    httpstan.cache.fit_path = lambda name: _fits_folder(entry_root) / (name.replace("/", "-") + ".jsonlines.gz")
     # one key for a program whatever the interpreter's spelling (httpstan hashes sys.executable)
     httpstan.models.calculate_model_name = toolchain.model_name_for
     toolchain.use_patient_stanc()
     _guard_progress_parser()
+
+
+def _fits_folder(entry_root: Path) -> Path:
+    """Where httpstan keeps this process's fits (it writes, reads and deletes them in the process
+    that asked for them): one folder per process, so that clearing its own fits never deletes a
+    fit another process is writing for the same program."""
+    return entry_root / "fits" / str(os.getpid())
 
 
 class _ProgressPattern:
@@ -403,13 +413,11 @@ class _PystanModel(CompiledModel):
         return RawSample(draws=draws, stats=stats, settings=settings, seconds=seconds, seed_drawn=seed_drawn)
 
     def _drop_cached_fits(self) -> None:
-        """httpstan stores every seeded fit on disk; stanhier keeps draws itself."""
+        """httpstan stores every seeded fit on disk; stanhier keeps draws itself. Only this
+        process's fits are dropped (:func:`_fits_folder`)."""
         import httpstan.cache
 
-        folder = httpstan.cache.model_directory(self.model_name)
-        for path in folder.glob("**/*.jsonlines.gz"):
-            with contextlib.suppress(OSError):
-                path.unlink()
+        shutil.rmtree(_fits_folder(httpstan.cache.cache_directory()), ignore_errors=True)
 
 
 def _numeric(data: dict) -> dict:

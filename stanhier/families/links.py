@@ -25,11 +25,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 __all__ = ["Link", "LINKS", "get_link"]
 
 Array = Callable[[np.ndarray], np.ndarray]
+
+
+def _stats():
+    """scipy.stats, imported when a link first needs it (it takes most of stanhier's import time)."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ LINKS: dict[str, Link] = {link.name: link for link in (
          inverse=special.expit, link=special.logit, mu_eta=lambda e: special.expit(e) * special.expit(-e),
          mu_range=(0.0, 1.0), log_inverse=lambda e: -np.logaddexp(0, -e), log1m_inverse=lambda e: -np.logaddexp(0, e)),
     Link("probit", 4, "Phi({x})", "exp(-0.5 * square({x})) / sqrt(2 * pi())",
-         inverse=special.ndtr, link=special.ndtri, mu_eta=stats.norm.pdf, mu_range=(0.0, 1.0),
+         inverse=special.ndtr, link=special.ndtri, mu_eta=lambda e: _stats().norm.pdf(e), mu_range=(0.0, 1.0),
          log_inverse=special.log_ndtr, log1m_inverse=lambda e: special.log_ndtr(-np.asarray(e, float))),
     Link("cloglog", 5, "inv_cloglog({x})", "exp({x} - exp({x}))",
          inverse=lambda e: -np.expm1(-np.exp(e)), link=lambda m: np.log(-np.log1p(-np.asarray(m, float))),
@@ -103,7 +110,7 @@ LINKS: dict[str, Link] = {link.name: link for link in (
     Link("cauchit", 6, "atan({x}) / pi() + 0.5", "inv(pi() * (1 + square({x})))",
          inverse=lambda e: np.arctan(e) / np.pi + 0.5, link=lambda m: np.tan(np.pi * (np.asarray(m, float) - 0.5)),
          mu_eta=lambda e: 1 / (np.pi * (1 + np.square(e))), mu_range=(0.0, 1.0),
-         log_inverse=stats.cauchy.logcdf, log1m_inverse=stats.cauchy.logsf),
+         log_inverse=lambda e: _stats().cauchy.logcdf(e), log1m_inverse=lambda e: _stats().cauchy.logsf(e)),
     Link("sqrt", 7, "square({x})", "2 * {x}",
          inverse=np.square, link=np.sqrt, mu_eta=lambda e: 2 * np.asarray(e, float), mu_range=(0.0, np.inf)),
     Link("inverse", 8, "inv({x})", "-inv(square({x}))",

@@ -11,7 +11,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..errors import ArgumentError, DataError, StanhierWarning
 from .api import fit_ml
@@ -98,9 +97,16 @@ def anova(*fits: "MerFit", names: Sequence[str] | None = None, refit: bool = Tru
             df = int(npar[i] - npar[prev])
             row["Chisq"] = max(float(chisq), 0.0)
             row["Df"] = df
-            row["Pr(>Chisq)"] = float(stats.chi2.sf(row["Chisq"], df)) if df > 0 else np.nan
+            row["Pr(>Chisq)"] = float(_chi2_sf(row["Chisq"], df)) if df > 0 else np.nan
         rows.append(row)
         prev = i
     out = pd.DataFrame(rows, index=[names[i] for i in order])
     out.attrs["refitted"] = refitted
     return out
+
+
+def _chi2_sf(x: float, df: int) -> float:
+    from scipy import stats  # on first use: slow to import
+
+    return stats.chi2.sf(x, df)
+

@@ -31,7 +31,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..backends.base import fresh_seed
 from ..errors import ArgumentError, SamplingError, StanhierWarning, user_stacklevel
@@ -132,6 +131,7 @@ def percentile_interval(t: np.ndarray, level: float) -> tuple[float, float]:
         elif k >= R:
             out.append(float(t[-1]))
         else:
+            from scipy import stats  # on first use: slow to import
             q, qk, qk1 = stats.norm.ppf([alpha, k / (R + 1), (k + 1) / (R + 1)])
             out.append(float(t[k - 1] + (q - qk) / (qk1 - qk) * (t[k] - t[k - 1])))
     return out[0], out[1]

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import special
 
 from ..backends.base import CompiledModel, LogDensity
 from ..errors import ArgumentError
@@ -347,6 +347,7 @@ class MerFit:
             tab["t value"] = est / se
         else:  # lme4 labels the ratio "t value" when the family has a scale (its p-value is still z's)
             tab["t value" if self.has_scale else "z value"] = est / se
+            from scipy import stats  # on first use: slow to import
             tab["Pr(>|z|)"] = 2 * stats.norm.sf(np.abs(est / se))
         return tab
 
@@ -383,6 +384,7 @@ class MerFit:
                                 "'boot' or 'Wald'.")
         if not 0 < level < 1:
             raise ArgumentError(f"level must be between 0 and 1, got {level!r}.")
+        from scipy import stats  # on first use: slow to import
         z = stats.norm.ppf(0.5 + level / 2)
         lo, hi = f"{100 * (1 - level) / 2:.3g} %", f"{100 * (1 + level) / 2:.3g} %"
         se = self._se()

@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from scipy import optimize as sopt
-from scipy import stats
 
 from ..errors import ArgumentError
 
@@ -237,6 +236,7 @@ def profile_confint(fit: Any, level: float = 0.95, parm: Sequence[str] | None = 
     if -1 in wanted:
         bad = [p for p, w in zip(parm or [], wanted) if w == -1]
         raise ArgumentError(f"Unknown parameter(s) {bad}; profile intervals are for {rp.names}.")
+    from scipy import stats  # on first use: slow to import
     z = float(stats.norm.ppf(0.5 + level / 2))
     se = np.sqrt(np.diag(ml.vcov().to_numpy(float)))
     rows = []
