@@ -535,10 +535,18 @@ _SHARED_FILES = {"header": "the precompiled Stan header", "cmdstan_main": "CmdSt
 def _prepare(out: TextIO) -> int:
     """``stanhier prepare``: build the shared files (:func:`stanhier.backends.build_shared`)."""
     from .backends import build_shared
+    from .progress import compiling
 
     print("Compiling what every Stan program shares, once per installation (1-3 minutes)...", file=out, flush=True)
     start = time.perf_counter()
-    built = build_shared()
+    building: list[str] = []
+
+    with compiling(True, "Compiling the shared Stan files") as stage:
+        def show(what: str) -> None:
+            building.append(what)
+            stage.building(" and ".join(building))
+
+        built = build_shared(on_build=show)
     for key, path in built.items():
         print(f"  {_SHARED_FILES[key]}: {path if path else 'not built (programs compile without it)'}", file=out)
     print(f"done in {time.perf_counter() - start:.0f} s", file=out)

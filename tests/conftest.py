@@ -33,7 +33,8 @@ DATA = Path(__file__).parent / "data"
 REF = Path(__file__).parent / "reference"
 ENGINES = ("pystan", "cmdstanpy")
 #: Test modules that never compile or run Stan: run once, not once per engine.
-ENGINE_FREE = {"test_formula.py", "test_design.py", "test_priors.py", "test_codegen.py", "test_architecture.py"}
+ENGINE_FREE = {"test_formula.py", "test_design.py", "test_priors.py", "test_codegen.py", "test_architecture.py",
+               "test_docs.py"}
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
