@@ -755,4 +755,3 @@ def build_shared(cmdstan: Path | None = None, flags: list[str] | None = None, *,
     if main is not None:
         built["cmdstan_main"] = main.path
     return built
-

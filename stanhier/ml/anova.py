@@ -109,4 +109,3 @@ def _chi2_sf(x: float, df: int) -> float:
     from scipy import stats  # on first use: slow to import
 
     return stats.chi2.sf(x, df)
-
