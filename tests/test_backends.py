@@ -156,6 +156,7 @@ def test_sampling_leaves_other_processes_fits_alone(tiny):
         assert other.read_bytes() == b"another process's fit"
     finally:
         other.unlink(missing_ok=True)
+        other.parent.rmdir()  # the other process's (it has ended): empty again
 
 
 def test_init_decides_the_mode(tiny):
