@@ -149,7 +149,7 @@ def _poll_chains_briefly() -> None:
     event loop in ``select`` for up to 10 ms at a time. Meanwhile no other chain's output is read,
     so a chain whose socket buffer fills up waits, and chains sampled at once take turns instead
     of running side by side. With waits of at most 1 ms (an idle reader then yields through
-    httpstan's own ``asyncio.sleep(0.001)``), 4 chains on 2 cores sample about 30% faster
+    httpstan's own ``asyncio.sleep(0.001)``), 2 or 4 chains on 2 cores sample in two thirds of the time
     (``benchmarks/bench_pystan_chains.py``, recorded in ``benchmarks/results/pystan_chains.txt``);
     the draws are the same."""
     import select
