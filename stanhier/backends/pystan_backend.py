@@ -131,17 +131,18 @@ def _guard_progress_parser() -> _ProgressPattern:
 
 class _BriefSelect:
     """The ``select`` module as httpstan's chain readers see it: a wait is at most
-    :data:`POLL_SECONDS` (see :func:`_poll_chains_briefly`)."""
+    :data:`_POLL_SECONDS` (see :func:`_poll_chains_briefly`)."""
 
     def __init__(self, module) -> None:
         self.module = module
 
     def select(self, rlist, wlist, xlist, timeout=None):
-        return self.module.select(rlist, wlist, xlist, POLL_SECONDS if timeout is None else min(timeout, POLL_SECONDS))
+        wait = _POLL_SECONDS if timeout is None else min(timeout, _POLL_SECONDS)
+        return self.module.select(rlist, wlist, xlist, wait)
 
 
 #: the longest a chain reader blocks the event loop in ``select`` (httpstan's own: 10 ms)
-POLL_SECONDS = 0.001
+_POLL_SECONDS = 0.001
 
 
 def _poll_chains_briefly() -> None:
@@ -149,9 +150,9 @@ def _poll_chains_briefly() -> None:
     event loop in ``select`` for up to 10 ms at a time. Meanwhile no other chain's output is read,
     so a chain whose socket buffer fills up waits, and chains sampled at once take turns instead
     of running side by side. With waits of at most 1 ms (an idle reader then yields through
-    httpstan's own ``asyncio.sleep(0.001)``), 2 or 4 chains on 2 cores sample in two thirds of the time
-    (``benchmarks/bench_pystan_chains.py``, recorded in ``benchmarks/results/pystan_chains.txt``);
-    the draws are the same."""
+    httpstan's own ``asyncio.sleep(0.001)``), 2 or 4 chains on 2 cores sample in two thirds of
+    the time (``benchmarks/bench_pystan_chains.py``, recorded in
+    ``benchmarks/results/pystan_chains.txt``); the draws are the same."""
     import select
 
     import httpstan.services_stub as stub
