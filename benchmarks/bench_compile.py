@@ -5,12 +5,13 @@ Each configuration compiles into a fresh, empty ``STANHIER_CACHE_DIR`` (so every
 cold), then samples 4 chains x 1000 iterations (500 warmup) with one seed. Configurations:
 
 * ``pystan before``: httpstan's own build (Python's CFLAGS with ``-g``; no precompiled header;
-  one translation unit);
+  one translation unit, as stanc wrote it);
 * ``pystan after``: stanhier's flags (``-g0``), the shared precompiled header, whose
   one-off build is timed separately (``header`` row) before the first program compiles, and
   two translation units compiled at once (``stanhier.backends.toolchain.split_program``);
-* ``pystan one unit`` (``--configs`` only): as ``after`` but one translation unit, to show
-  what the split alone gains;
+* ``pystan one unit`` (``--configs`` only): as ``after`` but one translation unit
+  (``toolchain.one_unit``, what stanhier compiles when no core is idle), to show what the
+  split gains in wall time and costs in CPU time;
 * ``cmdstanpy make``: CmdStan's own ``make`` (``STANHIER_SHARED_OBJECTS=0``; its precompiled
   model header, built once per CmdStan tree, already exists);
 * ``cmdstanpy``: CmdStan as stanhier runs it: the program's objects compiled as for pystan
@@ -155,6 +156,10 @@ def run_config(config: str, iters: int, shared: Path) -> list[dict]:
     cache = Path(tempfile.mkdtemp(prefix=f"stanhier-bench-{config.replace(' ', '-')}-"))
     (cache / "pch").symlink_to(shared, target_is_directory=True)
     os.environ.update({**env, "STANHIER_CACHE_DIR": str(cache)})
+    if config == "before":
+        from stanhier.backends import toolchain
+
+        toolchain.one_unit = lambda cpp, propto=True: None  # stanc's text as it wrote it, as httpstan compiles it
     _fresh_backends()
     try:
         rows = _shared_files(config, engines)

@@ -143,27 +143,55 @@ EVAL = """
 """
 
 
-def test_split_module_computes_what_one_unit_does(tmp_path):
-    """Two translation units compiled at once (toolchain.split_program) give the module the single
-    unit stanc wrote gives: the same log density and gradient, with and without the Jacobian,
-    through a user-defined density, constrained parameters and a generated quantity; and the
-    same constrained values and generated quantity (write_array on Eigen copies in the split)."""
+#: the child's compile sees stanc's text as it wrote it (the rewrites of split_program and
+#: one_unit do not apply): the reference the rewritten units are checked against
+AS_WRITTEN = """
+    from stanhier.backends import toolchain
+    toolchain.one_unit = lambda cpp, propto=True: None
+"""
+
+
+def test_rewritten_units_compute_what_stancs_unit_does(tmp_path):
+    """Two translation units compiled at once (toolchain.split_program) and one rewritten unit
+    (toolchain.one_unit) give the module stanc's own unit gives: the same log density and
+    gradient, with and without the Jacobian, through a user-defined density, constrained
+    parameters and a generated quantity; and the same constrained values and generated quantity
+    (write_array on Eigen copies)."""
     from stanhier import cache
 
-    folders = {}
-    for split in ("1", "0"):
-        folders[split] = tmp_path / split
-        folders[split].mkdir()
-        (folders[split] / "pch").symlink_to(cache.cache_dir() / "pch", target_is_directory=True)
-    results = {split: _run(sys.executable, EVAL.format(code=SPLIT), {"STANHIER_CACHE_DIR": str(folder),
-                                                                     toolchain.SPLIT_ENV: split})
-               for split, folder in folders.items()}
-    assert results["1"]["name"] == results["0"]["name"]
-    units = {split: sorted(p.name for p in folder.rglob("model_*.cpp")) for split, folder in folders.items()}
-    assert len(units["1"]) == 2 and len(units["0"]) == 1
-    assert "defined in the gradient's translation unit" in next(folders["1"].rglob("model_*_0.cpp")).read_text()
-    np.testing.assert_allclose(results["1"]["values"], results["0"]["values"], rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(results["1"]["constrained"], results["0"]["constrained"], rtol=1e-13, atol=1e-13)
+    configs = {"two": ("1", ""), "one": ("0", ""), "stanc": ("0", AS_WRITTEN)}
+    folders, results = {}, {}
+    for label, (split, patch) in configs.items():
+        folders[label] = tmp_path / label
+        folders[label].mkdir()
+        (folders[label] / "pch").symlink_to(cache.cache_dir() / "pch", target_is_directory=True)
+        results[label] = _run(sys.executable, patch + EVAL.format(code=SPLIT),
+                              {"STANHIER_CACHE_DIR": str(folders[label]), toolchain.SPLIT_ENV: split})
+    assert len({r["name"] for r in results.values()}) == 1
+    units = {label: [p.read_text() for p in sorted(folder.rglob("model_*.cpp"))] for label, folder in folders.items()}
+    assert [len(u) for u in units.values()] == [2, 1, 1]
+    assert "defined in the gradient's translation unit" in units["two"][0]
+    assert "log_prob_reverse" in units["one"][0] and "log_prob_reverse" not in units["stanc"][0]
+    for label in ("two", "one"):
+        np.testing.assert_allclose(results[label]["values"], results["stanc"]["values"], rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(results[label]["constrained"], results["stanc"]["constrained"], rtol=1e-13,
+                                   atol=1e-13)
+
+
+@pytest.mark.engine_free  # no Stan program runs
+def test_two_units_only_when_a_core_is_idle(monkeypatch):
+    monkeypatch.setenv(toolchain.SPLIT_ENV, "1")
+    assert toolchain.two_units_pay()
+    monkeypatch.setenv(toolchain.SPLIT_ENV, "0")
+    assert not toolchain.two_units_pay()
+    monkeypatch.setenv(toolchain.SPLIT_ENV, "auto")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    for load, two in ((0.4, True), (1.0, True), (1.9, False), (3.0, False)):
+        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+        assert toolchain.two_units_pay() is two, load
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert not toolchain.two_units_pay()  # one core: never
 
 
 def test_propto_detection_reads_statements_not_comments():

@@ -18,9 +18,11 @@ renamed; a process that finds it being built compiles without it, so two process
 compiling programs at the same time build it once. A failed header build is not an
 error: programs are compiled without it.
 
-Each program is compiled as two translation units at once (:func:`split_program`: the
-reverse-mode log density in one, the rest in the other) into object files kept in
-``<cache>/objects/`` (:func:`model_objects`). Both engines link those same objects: with
+Each program is compiled into object files kept in ``<cache>/objects/``
+(:func:`model_objects`): as two translation units at once (:func:`split_program`: the
+reverse-mode log density in one, the rest in the other) when a second core is idle, else as
+one (:func:`one_unit`; two units cost 20-40% more CPU time, which only pays when the two
+compilers run side by side, see :func:`two_units_pay`). Both engines link those same objects: with
 httpstan's services object into the module httpstan imports (:func:`build_services_module`),
 and with CmdStan's main object into a CmdStan executable (:func:`link_cmdstan`) when CmdStan
 has the same Stan release (:func:`cmdstan_shares_objects`). CmdStan's ``main.cpp`` is compiled
@@ -31,7 +33,8 @@ Python's default CFLAGS include ``-g``: debug information for a Stan program cos
 more compile time than the program's optimisation, and no Stan user debugs the
 generated C++, so stanhier compiles with ``-g0`` (see :data:`CXXFLAGS`).
 
-``STANHIER_PCH=0`` switches the header off, ``STANHIER_SPLIT=0`` the two units,
+``STANHIER_PCH=0`` switches the header off, ``STANHIER_SPLIT=0`` (``=1``) compiles every program
+as one unit (as two),
 ``STANHIER_SHARED_OBJECTS=0`` the shared objects (CmdStan's ``make`` builds its programs);
 ``STANHIER_CXXFLAGS`` replaces stanhier's flags (e.g. ``"-O3 -g"``).
 
@@ -66,7 +69,8 @@ from .. import cache
 
 __all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "STANC_TIMEOUT", "SharedFile",
            "compile_flags", "compiler_command", "toolchain_id", "model_name_for", "precompiled_header",
-           "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "uses_propto",
+           "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "one_unit",
+           "two_units_pay", "uses_propto",
            "model_objects", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
            "link_cmdstan", "build_shared"]
 
@@ -79,7 +83,8 @@ CXXFLAGS = ("-O3", "-g0", "-std=c++14", "-Wno-sign-compare")
 PCH_ENV = "STANHIER_PCH"
 #: Replaces :data:`CXXFLAGS` (split like a shell command line).
 CXXFLAGS_ENV = "STANHIER_CXXFLAGS"
-#: ``0``/``false`` compiles each program as one translation unit (see :func:`split_program`).
+#: ``0``/``false`` compiles each program as one translation unit, ``1``/``true`` as two
+#: (:func:`split_program`); unset or ``auto``: two when a core is idle (:func:`two_units_pay`).
 SPLIT_ENV = "STANHIER_SPLIT"
 #: ``0``/``false``: CmdStan builds its executables with its own ``make`` (see :func:`cmdstan_shares_objects`).
 SHARED_ENV = "STANHIER_SHARED_OBJECTS"
@@ -450,6 +455,45 @@ def _closing_brace(text: str, open_at: int) -> int:
     raise ValueError("unbalanced braces")
 
 
+def _recognised(cpp: str) -> tuple[int, int, int] | None:
+    """Where the reverse-mode ``log_prob_impl`` starts, where its body opens and closes in
+    stanc's C++; None where the output does not have the shape the rewrites expect."""
+    start, boiler = cpp.find(_GRAD_MARK), cpp.find(_BOILERPLATE)
+    if (start < 0 or boiler < 0 or cpp.count(_GRAD_MARK) != 1 or cpp.count(_EIGEN_FORWARDER) != 1
+            or cpp.count(_VECTOR_FORWARDER) != 1 or cpp.count(_PROFILES) != 1 or cpp.count(_EIGEN_LOG_PROB) != 1):
+        return None
+    signature_end = cpp.find(") const {", start)
+    if signature_end < 0:
+        return None
+    body = signature_end + len(") const ")
+    try:
+        end = _closing_brace(cpp, body)
+    except ValueError:
+        return None
+    if "  inline stan::scalar_type_t<VecR>\n" not in cpp[start:body]:
+        return None
+    return start, body, end
+
+
+def _forward(text: str, propto: bool) -> str:
+    """stanc's boilerplate with the three rewrites of :func:`split_program` (fewer instantiations)."""
+    propto_arg = "propto__" if propto else "false"
+    forwarders = {_VECTOR_WRITE_ARRAY: _EIGEN_WRITE_ARRAY,  # where stanc wrote it so (else both are compiled)
+                  _EIGEN_LOG_PROB: _REVERSE_ON_DOUBLES + _EIGEN_LOG_PROB,
+                  _EIGEN_FORWARDER: _EIGEN_TO_REVERSE.replace("{propto}", propto_arg),
+                  _VECTOR_FORWARDER: _VECTOR_TO_EIGEN.replace("{propto}", propto_arg)}
+    for old, new in forwarders.items():
+        text = text.replace(old, new)
+    return text
+
+
+def one_unit(cpp: str, *, propto: bool = True) -> str | None:
+    """stanc's C++ for one program as one translation unit with the rewrites of
+    :func:`split_program` (which cut what is instantiated); None where stanc's output does not
+    have the expected shape (it is then compiled as stanc wrote it)."""
+    return _forward(cpp, propto) if _recognised(cpp) else None
+
+
 def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[str, str] | None:
     """stanc's C++ for one program as two translation units that compile in parallel.
 
@@ -457,7 +501,8 @@ def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[s
     on autodiff types, the most expensive part to compile) goes in one unit, everything else in
     the other. The first unit keeps the class with that member declared, not defined; the second
     defines it, instantiates it explicitly for the ways the model calls it, and leaves out the
-    module's entry points. Three rewrites of stanc's boilerplate cut what is instantiated:
+    module's entry points. Three rewrites of stanc's boilerplate cut what is instantiated
+    (:func:`one_unit` makes them too):
 
     * the ``std::vector`` overloads of ``log_prob`` and ``write_array`` copy their arguments into
       Eigen vectors (Stan's samplers use the Eigen ones; the copies are of the parameter and
@@ -474,36 +519,15 @@ def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[s
     Returns None where stanc's output does not have the expected shape (the program is then
     compiled as stanc wrote it, in one unit).
     """
-    start, boiler = cpp.find(_GRAD_MARK), cpp.find(_BOILERPLATE)
-    if (start < 0 or boiler < 0 or cpp.count(_GRAD_MARK) != 1 or cpp.count(_EIGEN_FORWARDER) != 1
-            or cpp.count(_VECTOR_FORWARDER) != 1 or cpp.count(_PROFILES) != 1 or cpp.count(_EIGEN_LOG_PROB) != 1):
+    where = _recognised(cpp)
+    if where is None:
         return None
-    signature_end = cpp.find(") const {", start)
-    if signature_end < 0:
-        return None
-    body = signature_end + len(") const ")
-    try:
-        end = _closing_brace(cpp, body)
-    except ValueError:
-        return None
-    inline = "  inline stan::scalar_type_t<VecR>\n"
-    declaration = cpp[start:body].rstrip()
-    if inline not in declaration:
-        return None
-    declaration = declaration.replace(inline, "  stan::scalar_type_t<VecR>\n")
-    propto_arg = "propto__" if propto else "false"
-    forwarders = {_VECTOR_WRITE_ARRAY: _EIGEN_WRITE_ARRAY,  # where stanc wrote it so (else both are compiled)
-                  _EIGEN_LOG_PROB: _REVERSE_ON_DOUBLES + _EIGEN_LOG_PROB,
-                  _EIGEN_FORWARDER: _EIGEN_TO_REVERSE.replace("{propto}", propto_arg),
-                  _VECTOR_FORWARDER: _VECTOR_TO_EIGEN.replace("{propto}", propto_arg)}
-
-    def forward(text: str) -> str:
-        for old, new in forwarders.items():
-            text = text.replace(old, new)
-        return text
-
-    main = forward(cpp[:start] + declaration + ";  // defined in the gradient's translation unit\n"
-                   + cpp[end + 1:])
+    start, body, end = where
+    declaration = cpp[start:body].rstrip().replace("  inline stan::scalar_type_t<VecR>\n",
+                                                    "  stan::scalar_type_t<VecR>\n")
+    boiler = cpp.find(_BOILERPLATE)
+    main = _forward(cpp[:start] + declaration + ";  // defined in the gradient's translation unit\n"
+                    + cpp[end + 1:], propto)
     vec_r, vec_i = "Eigen::Matrix<stan::math::var,-1,1>", "Eigen::Matrix<int,-1,1>"
     lines = [f"namespace {model_class}_namespace {{"]
     for p in (("false", "true") if propto else ("false",)):
@@ -511,10 +535,35 @@ def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[s
             lines.append(f"template stan::math::var {model_class}::log_prob_impl<{p}, {jacobian}, {vec_r}, "
                          f"{vec_i}>({vec_r}&, {vec_i}&, std::ostream*) const;")
     lines.append("}")
-    grad = (forward(cpp[:boiler]).replace(_PROFILES, "\nextern " + _PROFILES[1:-1] + "  // defined in the other unit\n")
+    grad = (_forward(cpp[:boiler], propto).replace(_PROFILES, "\nextern " + _PROFILES[1:-1]
+                                                   + "  // defined in the other unit\n")
             + "\n// the reverse-mode log density, instantiated as the model calls it\n"
             + "\n".join(lines) + "\n")
     return main, grad
+
+
+def two_units_pay() -> bool:
+    """Whether to compile the next program as two translation units at once: ``$STANHIER_SPLIT``
+    when set (``1`` two, ``0`` one), else whether a second core is idle: at least two cores and a
+    one-minute load average of at most one less (the test GNU make's ``--load-average`` makes).
+
+    Two units finish sooner only when both compilers get a core: they cost 20-40% more CPU time
+    than one (each instantiates much of what the other does; more for the ML programs, whose
+    generated quantities rerun the model's Newton solver). On a busy machine (parallel jobs,
+    test workers, the shared header compiling alongside) one unit finishes first.
+
+    >>> isinstance(two_units_pay(), bool)
+    True
+    """
+    setting = os.environ.get(SPLIT_ENV, "auto").strip().lower()
+    if setting not in ("", "auto"):
+        return _switched_on(SPLIT_ENV)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average on this platform
+        return cores >= 2
+    return cores >= 2 and load <= cores - 1
 
 
 def _compile_command(source: Path, obj: Path, flags: list[str], header: Path | None) -> list[str]:
@@ -571,8 +620,9 @@ def model_objects(program_code: str, model_name: str, flags: list[str], header: 
     ``<cache>/objects/<id>/`` (``id`` from :func:`model_name_for`) beside their C++ sources,
     under that entry's lock.
 
-    Two translation units compiled at once where :func:`split_program` can split stanc's output
-    (on two cores this takes about as long as the larger unit), else one. ``cpp``: stanc's output
+    Two translation units compiled at once when a core is idle (:func:`two_units_pay`; on two
+    cores this takes about as long as the larger unit), else one (:func:`one_unit`); stanc's
+    text as it wrote it where a rewrite does not apply or does not compile. ``cpp``: stanc's output
     if already made. Returns the objects and the compiler's messages (empty when cached); raises
     RuntimeError when the compiler fails, StanCompileError when stanc does.
     """
@@ -583,8 +633,13 @@ def model_objects(program_code: str, model_name: str, flags: list[str], header: 
             return sorted(entry.glob("*.o")), ""
         if cpp is None:
             cpp, _ = stanc(program_code, model_name)
-        units = split_program(cpp, model_class, propto=uses_propto(program_code)) if _switched_on(SPLIT_ENV) else None
-        attempts = ([list(units)] if units else []) + [[cpp]]
+        propto = uses_propto(program_code)
+        units = split_program(cpp, model_class, propto=propto) if two_units_pay() else None
+        single = None if units else one_unit(cpp, propto=propto)
+        # stanc's text as it wrote it, the fallback when a rewrite does not compile
+        attempts = [list(units)] if units else [[single]] if single else []
+        attempts.append([cpp])
+        logger.debug("compiling %s as %d translation unit(s)", model_name, len(attempts[0]))
         output = ""
         for attempt, texts in enumerate(attempts):
             sources = [entry / f"{model_class}_{i}.cpp" for i in range(len(texts))]
@@ -604,7 +659,7 @@ def model_objects(program_code: str, model_name: str, flags: list[str], header: 
                     src.unlink(missing_ok=True)
                 if attempt == len(attempts) - 1:
                     raise
-                logger.debug("compiling %s in two units failed (%s); compiling it as one", model_name, exc)
+                logger.debug("compiling %s as rewritten failed (%s); compiling stanc's text", model_name, exc)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
