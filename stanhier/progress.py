@@ -79,6 +79,21 @@ def _console_stream():
     return os.fdopen(os.dup(fd), "w", buffering=1)
 
 
+#: Seconds between redraws of a display nobody watches live (stderr redirected to a file, as in
+#: CI logs): a few lines a minute instead of several a second.
+LOG_INTERVAL = 30.0
+
+
+def _watched(tqdm_class, file) -> bool:
+    """Whether a display goes to a person: a notebook widget or a terminal."""
+    if tqdm_class.__module__.startswith("tqdm.notebook"):
+        return True
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _tqdm(**kwargs):
     from tqdm.auto import tqdm
 
@@ -86,6 +101,8 @@ def _tqdm(**kwargs):
         kwargs["file"] = sys.stderr  # bound now: later redirections of sys.stderr do not move the bar
     kwargs.setdefault("leave", True)
     kwargs.setdefault("dynamic_ncols", True)
+    if not _watched(tqdm, kwargs["file"]):
+        kwargs["mininterval"] = LOG_INTERVAL
     return tqdm(**kwargs)
 
 
@@ -93,7 +110,8 @@ class CompileStage:
     """The display of one compile; :func:`compiling` makes it.
 
     Shows ``Compiling Stan program: 00:12`` (ticking every half second while the compiler
-    runs) and ends with ``00:41, done``; :meth:`cached` ends it at once with ``cached``.
+    runs; every :data:`LOG_INTERVAL` seconds where stderr is a file) and ends with
+    ``00:41, done``; :meth:`cached` ends it at once with ``cached``.
     """
 
     def __init__(self, enabled: bool, desc: str, show_cached: bool = True) -> None:
@@ -117,7 +135,7 @@ class CompileStage:
         self._thread.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(self._bar.mininterval if self._bar is not None else 0.5):
             bar = self._bar
             if bar is not None:
                 bar.refresh()

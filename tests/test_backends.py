@@ -225,7 +225,7 @@ def test_native_optimizer_reaches_the_optimum(both_tiny):
     assert x[0] == pytest.approx(y.mean(), abs=1e-4)
 
 
-ONCE = """
+ONCE = LOG_NOTES + """
     import json, sys
     import numpy as np
     from stanhier import cache
@@ -241,55 +241,39 @@ ONCE = """
         draws = model.sample({data!r}, SampleSettings(chains=2, iter=300, warmup=150, seed=11, progress=False)).draws
         out[engine] = {{"exe": str(getattr(model, "exe", "")), "hit": model.cache_hit,
                        "values": [[lp, *g] for lp, g in rows], "mu": np.asarray(draws["mu"]).tolist()}}
-    print(json.dumps({{"stamps": stamps, "out": out}}))
+    print(json.dumps({{"stamps": stamps, "out": out, "notes": notes}}))
 """
 
 
 @pytest.mark.cmdstan
-def test_one_compile_serves_both_engines(tmp_path):
+def test_one_compile_serves_both_engines_and_make_is_the_fallback(tmp_path, monkeypatch):
     """With CmdStan at httpstan's Stan release, CmdStan's executable is linked from the objects
-    the pystan backend compiled (toolchain.model_objects): the objects are not rebuilt. That
-    executable computes what one built by CmdStan's own make does (STANHIER_SHARED_OBJECTS=0):
-    the same log density and gradient, and the same draws for the same seed."""
+    the pystan backend compiled (toolchain.model_objects): the objects are not rebuilt. Where
+    CmdStan's main object was rejected by the compiler (its folder marked FAILED), it is not
+    retried: CmdStan's own make builds the program instead, with one warning. That executable
+    computes what the linked one does: the same log density and gradient, and the same draws
+    for the same seed. ``STANHIER_SHARED_OBJECTS=0`` sends every program to make."""
     from stanhier.backends import toolchain
 
-    (tmp_path / "pch").symlink_to(cache.cache_dir() / "pch", target_is_directory=True)  # header, main object
     code = TINY + "// one compile for both engines\n"
     data = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in TINY_DATA.items()}
 
-    def run(engines, shared):
-        env = {**os.environ, "STANHIER_CACHE_DIR": str(tmp_path), toolchain.SHARED_ENV: shared}
+    def run(folder, engines):
+        env = {**os.environ, "STANHIER_CACHE_DIR": str(folder)}
         proc = subprocess.run([sys.executable, "-c", textwrap.dedent(ONCE.format(code=code, engines=engines, data=data))],
                               cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    linked = run(["pystan", "cmdstanpy"], "1")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "pch").symlink_to(cache.cache_dir() / "pch", target_is_directory=True)
+    linked = run(tmp_path / "linked", ["pystan", "cmdstanpy"])  # the session's header and main object
     assert linked["stamps"]["pystan"] and linked["stamps"]["cmdstanpy"] == linked["stamps"]["pystan"]
     assert [linked["out"][e]["hit"] for e in ("pystan", "cmdstanpy")] == [False, False]
-    made = run(["cmdstanpy"], "0")["out"]["cmdstanpy"]
-    assert made["hit"] is False and made["exe"] != linked["out"]["cmdstanpy"]["exe"]
-    np.testing.assert_allclose(linked["out"]["cmdstanpy"]["values"], made["values"], rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(linked["out"]["pystan"]["values"], made["values"], rtol=1e-13, atol=1e-13)
-    assert linked["out"]["cmdstanpy"]["mu"] == made["mu"]
+    assert (Path(linked["out"]["cmdstanpy"]["exe"]).parent / "compiler.log").is_file()  # the linked build's
 
-
-FALLBACK = LOG_NOTES + """
-    import json
-    from stanhier.backends import get_backend
-    model = get_backend("cmdstanpy").compile({code!r}, progress=False)
-    print(json.dumps({{"lp": model.log_density({{"N": 2, "y": [1.0, 3.0]}}).log_prob([2.0]), "notes": notes,
-                      "log": (model.exe.parent / "compiler.log").is_file()}}))
-"""
-
-
-@pytest.mark.cmdstan
-def test_cmdstan_falls_back_to_make_when_its_main_object_cannot_be_built(tmp_path):
-    """A CmdStan main object the compiler rejected (its folder marked FAILED) is not retried on
-    every compile: the program is built by CmdStan's make instead, with one warning."""
-    get_backend("cmdstanpy").compile(TINY, progress=False)  # the session's main object exists
-    pch = tmp_path / "pch"
-    pch.mkdir()
+    pch = tmp_path / "made" / "pch"
+    pch.mkdir(parents=True)
     for shared in (cache.cache_dir() / "pch").iterdir():
         if shared.name.startswith("pystan-") and shared.is_dir():  # the session's header
             (pch / shared.name).symlink_to(shared, target_is_directory=True)
@@ -297,14 +281,18 @@ def test_cmdstan_falls_back_to_make_when_its_main_object_cannot_be_built(tmp_pat
             (pch / shared.name).mkdir()
             (pch / shared.name / "FAILED").write_text("error: (a compiler that rejected main.cpp)\n")
     assert list(pch.glob("cmdstan-main-*/FAILED"))
-    code = "data { int N; vector[N] y; } parameters { real mu; } model { y ~ normal(mu, 1); } // fallback\n"
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(FALLBACK.format(code=code))], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "STANHIER_CACHE_DIR": str(tmp_path)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["lp"] == pytest.approx(-1.0) and out["log"] is False  # make's build, not the linked one
-    assert [n for n in out["notes"] if "main object could not be compiled" in n and "make builds" in n]
+    made = run(tmp_path / "made", ["cmdstanpy"])
+    assert [n for n in made["notes"] if "main object could not be compiled" in n and "make builds" in n]
+    made = made["out"]["cmdstanpy"]
+    assert made["hit"] is False and not (Path(made["exe"]).parent / "compiler.log").is_file()  # make's build
+    np.testing.assert_allclose(linked["out"]["cmdstanpy"]["values"], made["values"], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(linked["out"]["pystan"]["values"], made["values"], rtol=1e-13, atol=1e-13)
+    assert linked["out"]["cmdstanpy"]["mu"] == made["mu"]
+
+    cmdstan = get_backend("cmdstanpy").path
+    assert toolchain.cmdstan_shares_objects(cmdstan)
+    monkeypatch.setenv(toolchain.SHARED_ENV, "0")
+    assert not toolchain.cmdstan_shares_objects(cmdstan)
 
 
 ML_CASES = [

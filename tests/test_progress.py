@@ -98,13 +98,16 @@ def test_import_shows_no_future_warning(tmp_path, engine):
 
 
 @pytest.mark.engine_free  # no Stan program runs
-def test_spinner_appears_only_after_its_delay(capfd, engine):
-    """The ML spinner: nothing for a quick optimization, the evaluation count for a slow one."""
+def test_spinner_appears_only_after_its_delay(capfd, engine, monkeypatch):
+    """The ML spinner on a terminal: nothing for a quick optimization, the evaluation count for a slow one."""
     if engine != "pystan":
         pytest.skip("engine-independent: runs once")
     import time
 
+    from stanhier import progress
     from stanhier.progress import Spinner
+
+    monkeypatch.setattr(progress, "_watched", lambda tqdm_class, file: True)  # as on a terminal
 
     with Spinner(delay=1.0) as quick:
         quick.tick(5)
@@ -115,3 +118,20 @@ def test_spinner_appears_only_after_its_delay(capfd, engine):
         slow.tick(4)
     err = capfd.readouterr().err
     assert "ML optimization" in err and "7 evaluations" in err, err
+
+
+@pytest.mark.engine_free  # no Stan program runs
+def test_display_in_a_log_file_is_drawn_when_it_starts_and_ends(capfd):
+    """stderr to a file (a CI log; capfd is one): no redraw per update, which would fill the log."""
+    import time
+
+    from stanhier.progress import LOG_INTERVAL, SamplingProgress
+
+    assert LOG_INTERVAL >= 10
+    bar = SamplingProgress(chains=2, iter=100, warmup=50)
+    for done in range(0, 201, 10):
+        bar.update(done)
+        time.sleep(0.05)
+    bar.close()
+    err = capfd.readouterr().err
+    assert err.count("Sampling 2 chains") == 2 and "(done)" in err and "200/200" in err, err

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -165,14 +166,23 @@ def test_ctrl_c_stops_sampling_without_orphans(sleep_fit):
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SAMPLE.format(iter=200000, progress=True))],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(12)  # imports, cache lookup, and sampling under way
-    assert proc.poll() is None, proc.stdout.read()
+    # wait for the sampling display (iterations of 2 x 200000): imports and cache lookup done, chains running
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while "/400000" not in "".join(seen) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # a second into sampling
+    assert proc.poll() is None and "/400000" in "".join(seen), "".join(seen)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
     try:
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("sampling did not stop within 60 s of Ctrl-C")
+    reader.join(timeout=10)
+    out = "".join(seen)
     assert proc.returncode != 0 and "FINISHED-SAMPLING" not in out
     assert "KeyboardInterrupt" in out or "interrupted" in out.lower()
     time.sleep(1)
