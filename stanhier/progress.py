@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 __all__ = ["compiling", "CompileStage", "SamplingProgress", "TaskProgress", "Spinner", "verbose", "verbose_output", "VERBOSE_ENV",
-           "logger"]
+           "LOG_INTERVAL", "logger"]
 
 #: Environment variable that turns the engines' own console output back on (``1``/``true``).
 VERBOSE_ENV = "STANHIER_VERBOSE"
