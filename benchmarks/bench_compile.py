@@ -36,6 +36,12 @@ log density on doubles through reverse mode and ``write_array`` on Eigen copies 
 double ``log_prob_impl`` and its two ``write_array_impl`` instantiations compiled), with the
 precompiled header: the compiler's CPU seconds of each, and of the gradient's unit for scale.
 
+``--split``: instead, each structure's program and the three generic ML programs (``lmer``,
+``glmer``, ``lmer`` on crossed factors) compiled as two units at once (``split_program``) and as
+one rewritten unit (``one_unit``, what stanhier compiles when no core is idle), one after the
+other, with the precompiled header: wall and compiler CPU seconds of each. Run it on an
+otherwise idle machine (the wall time of two units assumes both get a core).
+
 Recorded runs are in benchmarks/results/compile.md.
 """
 
@@ -219,6 +225,51 @@ def compare_units(repeats: int = 2) -> None:
           f"machine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}")
 
 
+def compare_split(repeats: int = 2) -> None:
+    """``--split``: two units at once against one rewritten unit (see the module docstring)."""
+    from stanhier.backends import toolchain
+    from stanhier.ml.crossed import crossed_stan_program
+    from stanhier.ml.problem import stan_program
+
+    flags = toolchain.compile_flags()
+    header = toolchain.precompiled_header()
+    programs = [(name, sh.make_stancode(formula, data=data, family=family)) for name, formula, data, family in cases()]
+    programs += [("lmer (ML)", stan_program("lmm")), ("glmer (ML)", stan_program("glmm")),
+                 ("lmer, crossed factors (ML)", crossed_stan_program())]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stanhier-bench-split-") as tmp:
+        for name, code in programs:
+            model_name = toolchain.model_name_for(code)
+            model_class = f"model_{model_name.split('/')[1]}"
+            cpp, _ = toolchain.stanc(code, model_name)
+            propto = toolchain.uses_propto(code)
+            variants = {"two units": list(toolchain.split_program(cpp, model_class, propto=propto)),
+                        "one unit": [toolchain.one_unit(cpp, propto=propto)]}
+            wall = {v: [] for v in variants}
+            cpu = {v: [] for v in variants}
+            for i in range(repeats):
+                for variant, texts in variants.items():
+                    sources = [Path(tmp) / f"{model_class}_{variant[:3]}_{i}_{k}.cpp" for k in range(len(texts))]
+                    for src, text in zip(sources, texts):
+                        src.write_text(text)
+                    t0, c0 = time.perf_counter(), _children_cpu()
+                    toolchain._compile_units(sources, flags, header)
+                    wall[variant].append(time.perf_counter() - t0)
+                    cpu[variant].append(_children_cpu() - c0)
+            row = {"program": name}
+            for v in variants:
+                row[f"{v} wall s"] = round(float(np.mean(wall[v])), 1)
+                row[f"{v} cpu s"] = round(float(np.mean(cpu[v])), 1)
+            row["cpu two/one"] = round(row["two units cpu s"] / row["one unit cpu s"], 2)
+            row["wall two/one"] = round(row["two units wall s"] / row["one unit wall s"], 2)
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+    print()
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\nmean of {repeats} compiles each, alternating; with the precompiled header; load average "
+          f"{os.getloadavg()[0]:.1f} at the end; machine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="before,after" + (",cmdstanpy make,cmdstanpy,both"
@@ -227,9 +278,13 @@ def main() -> None:
     parser.add_argument("--one-config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--shared", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--units", action="store_true", help="compare the first unit's compile (see above)")
+    parser.add_argument("--split", action="store_true", help="two units against one, per program (see above)")
     args = parser.parse_args()
     if args.units:
         compare_units()
+        return
+    if args.split:
+        compare_split()
         return
     if args.one_config:  # a child process: one configuration, rows as JSON on stdout
         print(json.dumps(run_config(args.one_config, args.iter, Path(args.shared))))
