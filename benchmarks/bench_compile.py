@@ -279,12 +279,13 @@ def main() -> None:
     parser.add_argument("--shared", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--units", action="store_true", help="compare the first unit's compile (see above)")
     parser.add_argument("--split", action="store_true", help="two units against one, per program (see above)")
+    parser.add_argument("--repeats", type=int, default=2, help="compiles of each variant (--units, --split)")
     args = parser.parse_args()
     if args.units:
-        compare_units()
+        compare_units(args.repeats)
         return
     if args.split:
-        compare_split()
+        compare_split(args.repeats)
         return
     if args.one_config:  # a child process: one configuration, rows as JSON on stdout
         print(json.dumps(run_config(args.one_config, args.iter, Path(args.shared))))

@@ -21,7 +21,7 @@ error: programs are compiled without it.
 Each program is compiled into object files kept in ``<cache>/objects/``
 (:func:`model_objects`): as two translation units at once (:func:`split_program`: the
 reverse-mode log density in one, the rest in the other) when a second core is idle, else as
-one (:func:`one_unit`; two units cost 20-40% more CPU time, which only pays when the two
+one (:func:`one_unit`; two units cost 16-50% more CPU time, which only pays when the two
 compilers run side by side, see :func:`two_units_pay`). Both engines link those same objects: with
 httpstan's services object into the module httpstan imports (:func:`build_services_module`),
 and with CmdStan's main object into a CmdStan executable (:func:`link_cmdstan`) when CmdStan
@@ -547,10 +547,11 @@ def two_units_pay() -> bool:
     when set (``1`` two, ``0`` one), else whether a second core is idle: at least two cores and a
     one-minute load average of at most one less (the test GNU make's ``--load-average`` makes).
 
-    Two units finish sooner only when both compilers get a core: they cost 20-40% more CPU time
-    than one (each instantiates much of what the other does; more for the ML programs, whose
-    generated quantities rerun the model's Newton solver). On a busy machine (parallel jobs,
-    test workers, the shared header compiling alongside) one unit finishes first.
+    Two units finish sooner only when both compilers get a core: they cost 16-50% more CPU time
+    than one, as each instantiates much of what the other does (``python
+    benchmarks/bench_compile.py --split``: a brms program's two units finish in 0.65-0.79 of one
+    unit's time on an idle machine, an ML program's in 0.88-0.95). On a busy machine (parallel
+    jobs, test workers, the shared header compiling alongside) one unit finishes first.
 
     >>> isinstance(two_units_pay(), bool)
     True
