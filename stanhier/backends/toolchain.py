@@ -636,10 +636,11 @@ def model_objects(program_code: str, model_name: str, flags: list[str], header: 
             cpp, _ = stanc(program_code, model_name)
         propto = uses_propto(program_code)
         units = split_program(cpp, model_class, propto=propto) if two_units_pay() else None
-        single = None if units else one_unit(cpp, propto=propto)
-        # stanc's text as it wrote it, the fallback when a rewrite does not compile
-        attempts = [list(units)] if units else [[single]] if single else []
-        attempts.append([cpp])
+        if not units:
+            single = one_unit(cpp, propto=propto)
+            units = (single,) if single else None
+        # stanc's text as it wrote it: the fallback when a rewritten text does not compile
+        attempts = ([list(units)] if units else []) + [[cpp]]
         logger.debug("compiling %s as %d translation unit(s)", model_name, len(attempts[0]))
         output = ""
         for attempt, texts in enumerate(attempts):
