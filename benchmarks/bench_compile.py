@@ -189,40 +189,64 @@ def run_config(config: str, iters: int, shared: Path) -> list[dict]:
     return rows
 
 
+def _stanc(code: str) -> tuple[str, str]:
+    """The model class stanhier names ``code``'s C++ with, and stanc's C++."""
+    from stanhier.backends import toolchain
+
+    model_name = toolchain.model_name_for(code)
+    return f"model_{model_name.split('/')[1]}", toolchain.stanc(code, model_name)[0]
+
+
+def _time_variants(folder: str, model_class: str, variants: dict[str, list[str]],
+                   repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Compile each variant (its translation units at once, with the precompiled header)
+    ``repeats`` times, alternating: mean wall and compiler CPU seconds per variant."""
+    from stanhier.backends import toolchain
+
+    flags = toolchain.compile_flags()
+    header = toolchain.precompiled_header()
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    for i in range(repeats):
+        for v, (variant, texts) in enumerate(variants.items()):
+            sources = [Path(folder) / f"{model_class}_{v}_{i}_{k}.cpp" for k in range(len(texts))]
+            for src, text in zip(sources, texts):
+                src.write_text(text)
+            t0, c0 = time.perf_counter(), _children_cpu()
+            toolchain._compile_units(sources, flags, header)
+            wall[variant].append(time.perf_counter() - t0)
+            cpu[variant].append(_children_cpu() - c0)
+    return ({v: round(float(np.mean(t)), 1) for v, t in wall.items()},
+            {v: round(float(np.mean(c)), 1) for v, c in cpu.items()})
+
+
+def _print_rows(rows: list[dict], repeats: int) -> None:
+    print()
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\nmean of {repeats} compiles each, alternating; with the precompiled header; load average "
+          f"{os.getloadavg()[0]:.1f} at the end; machine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}")
+
+
 def compare_units(repeats: int = 2) -> None:
     """``--units``: CPU seconds of the compiler on each structure's first unit, as
     ``split_program`` writes it now and before (see the module docstring)."""
     from stanhier.backends import toolchain
 
-    flags = toolchain.compile_flags()
-    header = toolchain.precompiled_header()
     rows = []
     with tempfile.TemporaryDirectory(prefix="stanhier-bench-units-") as tmp:
         for name, formula, data, family in cases():
             code = sh.make_stancode(formula, data=data, family=family)
-            model_name = toolchain.model_name_for(code)
-            model_class = f"model_{model_name.split('/')[1]}"
-            cpp, _ = toolchain.stanc(code, model_name)
+            model_class, cpp = _stanc(code)
             main_unit, grad_unit = toolchain.split_program(cpp, model_class, propto=toolchain.uses_propto(code))
             before = (main_unit.replace("return log_prob_reverse<", "return log_prob_impl<")
                       .replace(toolchain._EIGEN_WRITE_ARRAY, toolchain._VECTOR_WRITE_ARRAY))
-            variants = {"first unit now": main_unit, "first unit before": before, "gradient unit": grad_unit}
-            cpu = {v: [] for v in variants}
-            for _ in range(repeats):
-                for variant, text in variants.items():
-                    src = Path(tmp) / f"{model_class}_{len(cpu[variant])}_{variant.split()[0]}.cpp"
-                    src.write_text(text)
-                    c0 = _children_cpu()
-                    toolchain._compile_units([src], flags, header)
-                    cpu[variant].append(_children_cpu() - c0)
-            row = {"model": name, **{f"{v} cpu s": round(float(np.mean(c)), 1) for v, c in cpu.items()}}
+            variants = {"first unit now": [main_unit], "first unit before": [before], "gradient unit": [grad_unit]}
+            _, cpu = _time_variants(tmp, model_class, variants, repeats)
+            row = {"model": name, **{f"{v} cpu s": c for v, c in cpu.items()}}
             row["first unit now/before"] = round(row["first unit now cpu s"] / row["first unit before cpu s"], 2)
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
-    print()
-    print(pd.DataFrame(rows).to_string(index=False))
-    print(f"\nmean of {repeats} compiles each, alternating; with the precompiled header; "
-          f"machine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}")
+    _print_rows(rows, repeats)
 
 
 def compare_split(repeats: int = 2) -> None:
@@ -231,43 +255,25 @@ def compare_split(repeats: int = 2) -> None:
     from stanhier.ml.crossed import crossed_stan_program
     from stanhier.ml.problem import stan_program
 
-    flags = toolchain.compile_flags()
-    header = toolchain.precompiled_header()
     programs = [(name, sh.make_stancode(formula, data=data, family=family)) for name, formula, data, family in cases()]
     programs += [("lmer (ML)", stan_program("lmm")), ("glmer (ML)", stan_program("glmm")),
                  ("lmer, crossed factors (ML)", crossed_stan_program())]
     rows = []
     with tempfile.TemporaryDirectory(prefix="stanhier-bench-split-") as tmp:
         for name, code in programs:
-            model_name = toolchain.model_name_for(code)
-            model_class = f"model_{model_name.split('/')[1]}"
-            cpp, _ = toolchain.stanc(code, model_name)
+            model_class, cpp = _stanc(code)
             propto = toolchain.uses_propto(code)
             variants = {"two units": list(toolchain.split_program(cpp, model_class, propto=propto)),
                         "one unit": [toolchain.one_unit(cpp, propto=propto)]}
-            wall = {v: [] for v in variants}
-            cpu = {v: [] for v in variants}
-            for i in range(repeats):
-                for variant, texts in variants.items():
-                    sources = [Path(tmp) / f"{model_class}_{variant[:3]}_{i}_{k}.cpp" for k in range(len(texts))]
-                    for src, text in zip(sources, texts):
-                        src.write_text(text)
-                    t0, c0 = time.perf_counter(), _children_cpu()
-                    toolchain._compile_units(sources, flags, header)
-                    wall[variant].append(time.perf_counter() - t0)
-                    cpu[variant].append(_children_cpu() - c0)
+            wall, cpu = _time_variants(tmp, model_class, variants, repeats)
             row = {"program": name}
             for v in variants:
-                row[f"{v} wall s"] = round(float(np.mean(wall[v])), 1)
-                row[f"{v} cpu s"] = round(float(np.mean(cpu[v])), 1)
+                row[f"{v} wall s"], row[f"{v} cpu s"] = wall[v], cpu[v]
             row["cpu two/one"] = round(row["two units cpu s"] / row["one unit cpu s"], 2)
             row["wall two/one"] = round(row["two units wall s"] / row["one unit wall s"], 2)
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
-    print()
-    print(pd.DataFrame(rows).to_string(index=False))
-    print(f"\nmean of {repeats} compiles each, alternating; with the precompiled header; load average "
-          f"{os.getloadavg()[0]:.1f} at the end; machine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}")
+    _print_rows(rows, repeats)
 
 
 def main() -> None:
