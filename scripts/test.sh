@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 source scripts/setup-venv.sh "test,docs"
 source scripts/ensure-cmdstan.sh
 # What every Stan program shares (the precompiled Stan header, CmdStan's main object) is
-# compiled once per installation, as CmdStan's own `make build` does: a no-op once built.
+# compiled once per installation, as CmdStan's own `make build` does, and so are lmer's and
+# glmer's fixed programs, as lme4's compiled code is: a no-op once built.
 .venv/bin/stanhier prepare
 # The tests run in parallel worker processes, one per core up to 4 (each compile uses up to
 # ~3 GB); arguments after the command win (`bash scripts/test.sh -n 0` runs them in one process).

@@ -533,22 +533,36 @@ _SHARED_FILES = {"header": "the precompiled Stan header", "cmdstan_main": "CmdSt
 
 
 def _prepare(out: TextIO) -> int:
-    """``stanhier prepare``: build the shared files (:func:`stanhier.backends.build_shared`)."""
-    from .backends import build_shared
+    """``stanhier prepare``: build the shared files (:func:`stanhier.backends.build_shared`) and,
+    with pystan, compile the maximum-likelihood path's fixed programs
+    (:func:`stanhier.ml.api.compile_ml_programs`) as soon as the header is there."""
+    from .backends import available_backends, build_shared
+    from .ml.api import compile_ml_programs
     from .progress import compiling
 
-    print("Compiling what every Stan program shares, once per installation (1-3 minutes)...", file=out, flush=True)
+    print("Compiling what every Stan program shares and lmer's and glmer's programs, once per installation "
+          "(2-4 minutes)...", file=out, flush=True)
     start = time.perf_counter()
     building: list[str] = []
+    programs: dict = {}
 
     with compiling(True, "Compiling the shared Stan files") as stage:
         def show(what: str) -> None:
             building.append(what)
-            stage.building(" and ".join(building))
+            stage.building(", ".join(building))
 
-        built = build_shared(on_build=show)
+        def show_program(name: str) -> None:  # the header is built; CmdStan's main object may still compile
+            building[:] = [b for b in building if b == _SHARED_FILES["cmdstan_main"]] + [name]
+            stage.building(", ".join(building))
+
+        def ml_programs() -> None:
+            programs.update(compile_ml_programs("pystan", on_build=show_program))
+
+        built = build_shared(on_build=show, then=ml_programs if "pystan" in available_backends() else None)
     for key, path in built.items():
         print(f"  {_SHARED_FILES[key]}: {path if path else 'not built (programs compile without it)'}", file=out)
+    for name, model in programs.items():
+        print(f"  {name}: {model.model_name}", file=out)
     print(f"done in {time.perf_counter() - start:.0f} s", file=out)
     return 0
 
@@ -593,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV file to write (default: standard output)")
 
     sub.add_parser("prepare", help="compile now, once per installation, what every Stan program shares "
-                   "(the precompiled Stan header; CmdStan's main object), instead of alongside the first programs")
+                   "(the precompiled Stan header; CmdStan's main object) and lmer's and glmer's fixed programs, "
+                   "instead of alongside the first fits")
 
     p = sub.add_parser("example", help="run a shipped example: fish (the seed's model)")
     p.add_argument("name", choices=("fish",))

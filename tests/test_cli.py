@@ -335,18 +335,23 @@ def test_cli_messages_name_flags(fish_fit, fish, tmp_path):
 @pytest.mark.cmdstan  # builds (or finds) the files both engines share: once
 def test_prepare_builds_the_shared_files_once():
     """``stanhier prepare`` (the test command runs it first) leaves the precompiled header and,
-    for a CmdStan that links stanhier's objects, CmdStan's main object: run again, it finds
-    them and builds nothing."""
-    from stanhier.backends import shared_cmdstan
+    for a CmdStan that links stanhier's objects, CmdStan's main object, and compiles the three
+    fixed ML programs, so a first lmer or glmer fit compiles nothing: run again, it finds them
+    all and builds nothing."""
+    from stanhier.backends import get_backend, shared_cmdstan
+    from stanhier.ml.api import ml_programs
 
     code, out, _ = run(["prepare"])
     assert code == 0, out
     files = dict(line.strip().split(": ", 1) for line in out.splitlines() if line.startswith("  "))
     expected = ["the precompiled Stan header"] + (["CmdStan's main object"] if shared_cmdstan() else [])
-    assert list(files) == expected
-    paths = [Path(p) for p in files.values()]
+    assert list(files) == expected + list(ml_programs())
+    paths = [Path(files[name]) for name in expected]
     assert (paths[0].parent / "stan_pch.hpp.gch").is_file() and all(p.parent.joinpath("COMPLETE").is_file()
                                                                     for p in paths)
+    for name, program in ml_programs().items():  # compiled: a fit finds it in the cache
+        model = get_backend("pystan").compile(program, progress=False)
+        assert model.cache_hit and model.model_name == files[name]
     builds = [p.parent.joinpath("builds").read_text() for p in paths]
     assert run(["prepare"])[1] == out.replace(out.splitlines()[-1], "done in 0 s")
     assert [p.parent.joinpath("builds").read_text() for p in paths] == builds

@@ -787,26 +787,32 @@ def link_cmdstan(objects: list[Path], main: Path, out: Path) -> None:
 
 
 def build_shared(cmdstan: Path | None = None, flags: list[str] | None = None, *,
-                 on_build: Callable[[str], None] | None = None) -> dict[str, Path | None]:
+                 on_build: Callable[[str], None] | None = None,
+                 then: Callable[[], None] | None = None) -> dict[str, Path | None]:
     """Compile now, once per installation, what every program shares: the precompiled Stan
     header and, given a CmdStan that shares stanhier's objects (:func:`cmdstan_shares_objects`),
     CmdStan's main object: the two files CmdStan's own ``make build`` compiles at install time.
     Both compile at once, each in its own compiler process, under the same locks as when they are
     built alongside a program; what is built already is kept (``on_build(what)`` is called as
-    each build starts, for a display). Returns each file's path (None: switched off, or the
-    compiler rejected it; see its ``build.log``).
+    each build starts, for a display). ``then()`` runs as soon as the header is there, while
+    CmdStan's main object may still compile (programs to compile with the header; it must not
+    link a CmdStan executable, which waits for that object). Returns each file's path (None:
+    switched off, or the compiler rejected it; see its ``build.log``).
 
     >>> build_shared()   # doctest: +SKIP
     {'header': PosixPath('/root/.cache/stanhier/pch/pystan-6f0c1d2e3a4b5c6d/stan_pch.hpp')}
     """
     flags = list(flags or compile_flags())
-    with contextlib.ExitStack() as stack:
-        def note(what: str):
-            return None if on_build is None else (lambda: on_build(what))
 
-        header = stack.enter_context(header_alongside(flags, wait=True, on_build=note("the precompiled Stan header")))
-        main = stack.enter_context(cmdstan_main_alongside(cmdstan, flags, header, on_build=note(
-            "CmdStan's main object"))) if cmdstan else None  # header: None while it is being built
+    def note(what: str):
+        return None if on_build is None else (lambda: on_build(what))
+
+    with contextlib.ExitStack() as stack:
+        with header_alongside(flags, wait=True, on_build=note("the precompiled Stan header")) as header:
+            main = stack.enter_context(cmdstan_main_alongside(cmdstan, flags, header, on_build=note(
+                "CmdStan's main object"))) if cmdstan else None  # header: None while it is being built
+        if then is not None:  # the header is built; CmdStan's main object may still be compiling
+            then()
     folder = _header_folder(flags)
     built = {"header": folder / "stan_pch.hpp" if pch_enabled() and _ready(folder, "stan_pch.hpp.gch") else None}
     if main is not None:

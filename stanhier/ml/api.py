@@ -37,7 +37,7 @@ Example
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -48,20 +48,50 @@ from ..families import Family, get_family, glmm_families
 from ..model.design import Design, data_label
 from ..model.spec import build_frame
 from .fit import MerFit, MLCall
-from .crossed import MAX_QUICK_Q2, fit_crossed_lmm, needs_crossed, schur_size
+from .crossed import MAX_QUICK_Q2, crossed_stan_program, fit_crossed_lmm, needs_crossed, schur_size
 from .crossed_glmm import fit_crossed_glmm, glmm_is_quick, glmm_needs_crossed, user_start
 from .aggregate import AGGREGATABLE, MIN_SHRINK, Aggregation, aggregate_counts
 from .layout import MAX_STACKED_Q, build_layout
 from .optimizer import evaluate_at, maximize
 from .problem import MLProblem, glmm_problem, lmm_problem, moments_least_squares, stan_program, start_values
 
-__all__ = ["lmer", "glmer", "fit_ml"]
+__all__ = ["lmer", "glmer", "fit_ml", "ml_programs", "compile_ml_programs"]
 
 
 # --------------------------------------------------------------------------- entry points
 def _check_backend(backend: str) -> None:
     if not isinstance(backend, str):
         raise ArgumentError(f"backend must be 'auto', 'pystan' or 'cmdstanpy', not {backend!r}.")
+
+
+def ml_programs() -> dict[str, str]:
+    """Every Stan program of the maximum-likelihood path, largest first: there are three, fixed
+    for an installation (sizes, layout, family and link are data), as lme4's compiled code is.
+
+    >>> list(ml_programs())
+    ["glmer's program", "lmer's program", "lmer's program for crossed factors"]
+    """
+    return {"glmer's program": stan_program("glmm"), "lmer's program": stan_program("lmm"),
+            "lmer's program for crossed factors": crossed_stan_program()}
+
+
+def compile_ml_programs(backend: str = "pystan", *,
+                        on_build: Callable[[str], None] | None = None) -> dict[str, CompiledModel]:
+    """Compile :func:`ml_programs` now (``stanhier prepare`` does, at install time, as rstanarm
+    compiles its Stan programs when it is installed), so no ``lmer`` or ``glmer`` fit waits for a
+    compile; each one already compiled is found in the cache. ``on_build(name)`` is called before
+    each one (for a display). The objects pystan compiles serve CmdStan too.
+
+    >>> compile_ml_programs()["lmer's program"].cache_hit   # doctest: +SKIP
+    True
+    """
+    engine = get_backend(backend)
+    models = {}
+    for name, code in ml_programs().items():
+        if on_build is not None:
+            on_build(name)
+        models[name] = engine.compile(code, progress=False)
+    return models
 
 
 def _compile(kind: str, backend: str, progress: bool) -> CompiledModel:
