@@ -551,12 +551,12 @@ def _prepare(out: TextIO) -> int:
             building.append(what)
             stage.building(", ".join(building))
 
-        def show_program(name: str) -> None:  # the header is built; CmdStan's main object may still compile
-            building[:] = [b for b in building if b == _SHARED_FILES["cmdstan_main"]] + [name]
+        def show_programs(what: str) -> None:  # the header is built; CmdStan's main object may still compile
+            building[:] = [b for b in building if b == _SHARED_FILES["cmdstan_main"]] + [what]
             stage.building(", ".join(building))
 
         def ml_programs() -> None:
-            programs.update(compile_ml_programs("pystan", on_build=show_program))
+            programs.update(compile_ml_programs("pystan", on_build=show_programs))
 
         built = build_shared(on_build=show, then=ml_programs if "pystan" in available_backends() else None)
     for key, path in built.items():

@@ -23,7 +23,7 @@ import contextlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import platformdirs
 
@@ -33,7 +33,7 @@ from .base import Backend, CompiledModel, LogDensity, RawSample, SampleSettings
 from .cmdstanpy_backend import CmdStanPyBackend, adopt_cmdstanpy_tmpdir
 from .pystan_backend import PystanBackend
 
-__all__ = ["get_backend", "available_backends", "cmdstan_available", "default_engine", "build_shared",
+__all__ = ["get_backend", "available_backends", "cmdstan_available", "default_engine", "build_shared", "compile_objects",
            "shared_cmdstan", "ENGINE_ENV", "BACKENDS", "Backend", "CompiledModel", "LogDensity", "RawSample",
            "SampleSettings"]
 
@@ -102,6 +102,28 @@ def build_shared(*, on_build: Callable[[str], None] | None = None,
     {'header': PosixPath('.../pch/pystan-.../stan_pch.hpp'), 'cmdstan_main': PosixPath('.../main.o')}
     """
     return toolchain.build_shared(shared_cmdstan(), on_build=on_build, then=then)
+
+
+def compile_objects(programs: Sequence[str], *, jobs: int = 2) -> None:
+    """Compile the C++ objects of ``programs`` now, ``jobs`` compiles at a time (one compiler
+    process each): what both engines link (:func:`toolchain.model_objects`), with the shared
+    header if it is built; objects already compiled are kept. A backend's ``compile`` of each
+    program then only links. Raises what ``model_objects`` raises for the first program that
+    fails.
+
+    >>> compile_objects([program_a, program_b])   # doctest: +SKIP
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    flags = toolchain.compile_flags()
+    header = toolchain.precompiled_header(flags) if toolchain.pch_enabled() else None
+
+    def build(code: str) -> None:
+        toolchain.model_objects(code, toolchain.model_name_for(code), flags, header)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # the compilers are processes: threads suffice
+        for done in [pool.submit(build, code) for code in programs]:
+            done.result()
 
 
 def _pystan_available() -> bool:

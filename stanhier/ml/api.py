@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import get_backend
+from ..backends import compile_objects, get_backend
 from ..backends.base import CompiledModel
 from ..errors import ArgumentError, DataError, FamilyError, SamplingError, StanhierWarning, user_stacklevel
 from ..families import Family, get_family, glmm_families
@@ -75,23 +75,23 @@ def ml_programs() -> dict[str, str]:
             "lmer's program for crossed factors": crossed_stan_program()}
 
 
-def compile_ml_programs(backend: str = "pystan", *,
+def compile_ml_programs(backend: str = "pystan", *, jobs: int = 2,
                         on_build: Callable[[str], None] | None = None) -> dict[str, CompiledModel]:
     """Compile :func:`ml_programs` now (``stanhier prepare`` does, at install time, as rstanarm
     compiles its Stan programs when it is installed), so no ``lmer`` or ``glmer`` fit waits for a
-    compile; each one already compiled is found in the cache. ``on_build(name)`` is called before
-    each one (for a display). The objects pystan compiles serve CmdStan too.
+    compile: their objects, which both engines link, ``jobs`` at a time (largest first), then the
+    ``backend``'s module or executable of each; what is compiled already is found in the cache.
+    ``on_build(what)`` is called before the objects compile (for a display).
 
     >>> compile_ml_programs()["lmer's program"].cache_hit   # doctest: +SKIP
     True
     """
+    programs = ml_programs()
+    if on_build is not None:
+        on_build("lmer's and glmer's programs")
+    compile_objects(list(programs.values()), jobs=jobs)
     engine = get_backend(backend)
-    models = {}
-    for name, code in ml_programs().items():
-        if on_build is not None:
-            on_build(name)
-        models[name] = engine.compile(code, progress=False)
-    return models
+    return {name: engine.compile(code, progress=False) for name, code in programs.items()}
 
 
 def _compile(kind: str, backend: str, progress: bool) -> CompiledModel:
