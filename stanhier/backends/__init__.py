@@ -104,17 +104,38 @@ def build_shared(*, on_build: Callable[[str], None] | None = None,
     return toolchain.build_shared(shared_cmdstan(), on_build=on_build, then=then)
 
 
-def compile_objects(programs: Sequence[str], *, jobs: int = 2) -> None:
+#: memory available (beyond what runs already, e.g. CmdStan's main object compiling) for
+#: :func:`compile_objects` to run two compilers: glmer's and lmer's programs together take about
+#: 4 GB (``stanhier prepare``'s peak, benchmarks/results/compile.md), with room to spare
+_SECOND_JOB_BYTES = 6 * 2**30
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux), None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def compile_objects(programs: Sequence[str], *, jobs: int | None = None) -> None:
     """Compile the C++ objects of ``programs`` now, ``jobs`` compiles at a time (one compiler
-    process each): what both engines link (:func:`toolchain.model_objects`), with the shared
-    header if it is built; objects already compiled are kept. A backend's ``compile`` of each
-    program then only links. Raises what ``model_objects`` raises for the first program that
-    fails.
+    process each; default two where there are two cores and memory for both, else one): what
+    both engines link (:func:`toolchain.model_objects`), with the shared header if it is built;
+    objects already compiled are kept. A backend's ``compile`` of each program then only links.
+    Raises what ``model_objects`` raises for the first program that fails.
 
     >>> compile_objects([program_a, program_b])   # doctest: +SKIP
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    if jobs is None:
+        memory = _available_memory()
+        jobs = 2 if (os.cpu_count() or 1) >= 2 and (memory is None or memory >= _SECOND_JOB_BYTES) else 1
     flags = toolchain.compile_flags()
     header = toolchain.precompiled_header(flags) if toolchain.pch_enabled() else None
 
