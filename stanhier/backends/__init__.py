@@ -34,8 +34,8 @@ from .cmdstanpy_backend import CmdStanPyBackend, adopt_cmdstanpy_tmpdir
 from .pystan_backend import PystanBackend
 
 __all__ = ["get_backend", "available_backends", "cmdstan_available", "default_engine", "build_shared",
-           "compile_objects", "shared_cmdstan", "ENGINE_ENV", "BACKENDS", "Backend", "CompiledModel", "LogDensity", "RawSample",
-           "SampleSettings"]
+           "compile_objects", "shared_cmdstan", "ENGINE_ENV", "BACKENDS", "Backend", "CompiledModel", "LogDensity",
+           "RawSample", "SampleSettings"]
 
 BACKENDS = ("auto", "pystan", "cmdstanpy")
 #: Environment variable naming the engine ``backend="auto"`` uses (``pystan`` or ``cmdstanpy``).
