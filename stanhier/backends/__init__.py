@@ -125,8 +125,8 @@ def _available_memory() -> int | None:
 def compile_objects(programs: Sequence[str], *, jobs: int | None = None) -> None:
     """Compile the C++ objects of ``programs`` now, ``jobs`` compiles at a time (one compiler
     process each; default two where there are two cores and memory for both, else one): what
-    both engines link (:func:`toolchain.model_objects`), with the shared header if it is built;
-    objects already compiled are kept. A backend's ``compile`` of each program then only links.
+    both engines link (:func:`toolchain.model_objects`), with the shared precompiled header
+    (built first if missing); objects already compiled are kept. A backend's ``compile`` of each program then only links.
     Raises what ``model_objects`` raises for the first program that fails.
 
     >>> compile_objects([program_a, program_b])   # doctest: +SKIP
