@@ -555,10 +555,10 @@ def _prepare(out: TextIO) -> int:
             building[:] = [b for b in building if b == _SHARED_FILES["cmdstan_main"]] + [what]
             stage.building(", ".join(building))
 
-        def ml_programs() -> None:
+        def compile_ml() -> None:
             programs.update(compile_ml_programs("pystan", on_build=show_programs))
 
-        built = build_shared(on_build=show, then=ml_programs if "pystan" in available_backends() else None)
+        built = build_shared(on_build=show, then=compile_ml if "pystan" in available_backends() else None)
     for key, path in built.items():
         print(f"  {_SHARED_FILES[key]}: {path if path else 'not built (programs compile without it)'}", file=out)
     for name, model in programs.items():

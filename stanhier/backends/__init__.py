@@ -126,8 +126,9 @@ def compile_objects(programs: Sequence[str], *, jobs: int | None = None) -> None
     """Compile the C++ objects of ``programs`` now, ``jobs`` compiles at a time (one compiler
     process each; default two where there are two cores and memory for both, else one): what
     both engines link (:func:`toolchain.model_objects`), with the shared precompiled header
-    (built first if missing); objects already compiled are kept. A backend's ``compile`` of each program then only links.
-    Raises what ``model_objects`` raises for the first program that fails.
+    (built first if missing); objects already compiled are kept. A backend's ``compile`` of
+    each program then only links. Raises what ``model_objects`` raises for the first program
+    that fails.
 
     >>> compile_objects([program_a, program_b])   # doctest: +SKIP
     """
@@ -135,7 +136,7 @@ def compile_objects(programs: Sequence[str], *, jobs: int | None = None) -> None
 
     if jobs is None:
         memory = _available_memory()
-        jobs = 2 if (os.cpu_count() or 1) >= 2 and (memory is None or memory >= _SECOND_JOB_BYTES) else 1
+        jobs = 2 if toolchain.usable_cores() >= 2 and (memory is None or memory >= _SECOND_JOB_BYTES) else 1
     flags = toolchain.compile_flags()
     header = toolchain.precompiled_header(flags) if toolchain.pch_enabled() else None
 

@@ -70,7 +70,7 @@ from .. import cache
 __all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "STANC_TIMEOUT", "SharedFile",
            "compile_flags", "compiler_command", "toolchain_id", "model_name_for", "precompiled_header",
            "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "one_unit",
-           "two_units_pay", "uses_propto",
+           "two_units_pay", "usable_cores", "uses_propto",
            "model_objects", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
            "link_cmdstan", "build_shared"]
 
@@ -542,6 +542,15 @@ def split_program(cpp: str, model_class: str, *, propto: bool = True) -> tuple[s
     return main, grad
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the platform has one).
+
+    >>> usable_cores() >= 1
+    True
+    """
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def two_units_pay() -> bool:
     """Whether to compile the next program as two translation units at once: ``$STANHIER_SPLIT``
     when set (``1`` two, ``0`` one), else whether a second core is idle: at least two cores and a
@@ -559,7 +568,7 @@ def two_units_pay() -> bool:
     setting = os.environ.get(SPLIT_ENV, "auto").strip().lower()
     if setting not in ("", "auto"):
         return _switched_on(SPLIT_ENV)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     try:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover - no load average on this platform

@@ -79,10 +79,10 @@ def compile_ml_programs(backend: str = "pystan", *, jobs: int | None = None,
                         on_build: Callable[[str], None] | None = None) -> dict[str, CompiledModel]:
     """Compile :func:`ml_programs` now (``stanhier prepare`` does, at install time, as rstanarm
     compiles its Stan programs when it is installed), so no ``lmer`` or ``glmer`` fit waits for a
-    compile: their objects, which both engines link, ``jobs`` at a time (largest first; default:
-    :func:`~stanhier.backends.compile_objects`'s), then the
-    ``backend``'s module or executable of each; what is compiled already is found in the cache.
-    ``on_build(what)`` is called before the objects compile (for a display).
+    compile: their objects, which both engines link, ``jobs`` at a time, largest first (default:
+    as :func:`~stanhier.backends.compile_objects` chooses), then the ``backend``'s module or
+    executable of each; what is compiled already is found in the cache. ``on_build(what)`` is
+    called before the objects compile (for a display).
 
     >>> compile_ml_programs()["lmer's program"].cache_hit   # doctest: +SKIP
     True
