@@ -87,10 +87,17 @@ def test_golden_programs(name, formula, family, fixture, request):
     assert code == path.read_text(), f"generated code changed; review and update {path}"
 
 
-def test_golden_conditional_program(fish):
-    """The seed model's default program: the conditional treatment (stanhier.model.parameterization)."""
-    code = sh.make_stancode("fish_num ~ 1 + temperature + (temperature | weather)", fish, family="poisson")
-    path = GOLDEN / "brm_poisson_conditional.stan"
+@pytest.mark.parametrize("name, formula, parameterization", [
+    # the seed model's default program: 2 coefficients per level, written out as scalars
+    ("brm_poisson_conditional", "fish_num ~ 1 + temperature + (temperature | weather)", "auto"),
+    # 3 coefficients per level: loops over each level's Cholesky factor
+    ("brm_poisson_conditional_loop", "fish_num ~ 1 + temperature + T2 + (temperature + T2 | weather)", "conditional"),
+])
+def test_golden_conditional_program(name, formula, parameterization, fish):
+    """The conditional treatment's programs (stanhier.model.parameterization)."""
+    code = sh.make_stancode(formula, fish.assign(T2=fish["temperature"] ** 2), family="poisson",
+                            parameterization=parameterization)
+    path = GOLDEN / f"{name}.stan"
     assert code == path.read_text(), f"generated code changed; review and update {path}"
 
 

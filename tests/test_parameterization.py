@@ -135,8 +135,8 @@ def _conditional_log_density(spec, p: dict) -> tuple[float, list[np.ndarray]]:
 
 @pytest.mark.parametrize("formula", [
     # M = 1 anchoring the intercept, M = 2 uncorrelated anchoring one slope, M = 3 (the general
-    # code) anchoring the other, M = 1 anchoring nothing
-    "y ~ x + x2 + (1 | g1) + (x || g2) + (x + x2 | g3) + (1 | g4)",
+    # loops) anchoring the other two, M = 1 anchoring nothing
+    "y ~ x + x2 + x3 + (1 | g1) + (x || g2) + (x2 + x3 | g3) + (1 | g4)",
     "fish_num ~ 1 + temperature + (temperature | weather)"])  # M = 2 correlated anchoring both
 @pytest.mark.pystan  # names pystan: runs once
 def test_conditional_log_density_is_the_general_change_of_variables(formula, fish):
@@ -146,7 +146,7 @@ def test_conditional_log_density_is_the_general_change_of_variables(formula, fis
     Cholesky factors of correlation matrices), once compiled for both halves of the session."""
     if formula.startswith("y"):
         rng = np.random.default_rng(3)
-        df = pd.DataFrame({"x": rng.normal(size=120), "x2": rng.normal(size=120),
+        df = pd.DataFrame({"x": rng.normal(size=120), "x2": rng.normal(size=120), "x3": rng.normal(size=120),
                            **{f"g{i}": rng.integers(0, n, 120) for i, n in enumerate((6, 5, 4, 3), start=1)}})
         df["y"] = rng.poisson(np.exp(0.5 + 0.3 * df.x - 0.2 * df.x2 + 0.4 * rng.normal(size=6)[df.g1]))
     else:
@@ -155,7 +155,7 @@ def test_conditional_log_density_is_the_general_change_of_variables(formula, fis
     closed = [m for m in spec.structure.closed_m]
     assert closed == ([1, 2, 0, 1] if formula.startswith("y") else [2])
     assert [len(a) for a in (spec.standata()[f"Ma_{k}"] for k in range(1, len(closed) + 1))] == \
-        ([1, 1, 1, 0] if formula.startswith("y") else [2])
+        ([1, 1, 2, 0] if formula.startswith("y") else [2])
     dens = sh.backends.get_backend("pystan").compile(spec.code, progress=False).log_density(spec.standata())
     rng = np.random.default_rng(11)
     for _ in range(3):

@@ -58,7 +58,8 @@ class ModelStructure:
     #: effects per block when the integrated-out density is written in closed form (1 or 2), else 0
     block_size: int = 0
     #: per term: its coefficients per level M_k when its conditional treatment is written out as
-    #: scalar arithmetic over its levels (M_k in CLOSED_FORM_Q: 1 or 2), else 0 (general Cholesky code)
+    #: scalar arithmetic over its levels (M_k in CLOSED_FORM_Q: 1 or 2), else 0 (loops over the entries
+    #: of a Cholesky factor per level)
     closed_m: tuple[int, ...] = ()
 
     @property

@@ -72,8 +72,8 @@ transformed parameters {
   // Cholesky factors and triangular solves)
   matrix[N_1, M_1] r_1;
   // The term has 2 coefficients per level, so L_j = [l11, 0; l21, l22] and the solves are written
-  // out as scalar arithmetic in a loop over the levels (the same values as the general code below,
-  // which compiles into many more matrix functions).
+  // out as scalar arithmetic in a loop over the levels (the loops over a Cholesky factor's entries
+  // of a term with 3 or more coefficients, unrolled).
   {
     vector[N_1] l11;  // L_j = [l11, 0; l21, l22]
     vector[N_1] l21;

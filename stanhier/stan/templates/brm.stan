@@ -4,7 +4,8 @@
     conditional (some term has the conditional treatment: then the population-level effects it
     anchors are transformed parameters; see stanhier.model.parameterization). A conditional term
     with closed_m = 1 or 2 coefficients per level (ModelStructure.closed_m) is written out as
-    scalar arithmetic in loops over its levels; larger terms use Cholesky factors per level.
+    scalar arithmetic in loops over its levels; larger terms loop over the entries of a Cholesky
+    factor per level (scalar loops too: matrix functions would compile into many more templates).
     Only structure enters this file: sizes, matrices and hyperparameters are data. -#}
 {#- chol(Sigma) = diag(sd) L = [a, 0; c, d] of a term with 2 coefficients per level, as scalars -#}
 {% macro chol_sigma_2x2(t) %}
@@ -111,8 +112,8 @@ transformed parameters {
   matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }};
 {% if t.closed_m %}
   // The term has {{ t.closed_m }} coefficient{{ "s" if t.closed_m == 2 }} per level, so {% if t.closed_m == 2 %}L_j = [l11, 0; l21, l22] and {% endif %}the solves are written
-  // out as scalar arithmetic in a loop over the levels (the same values as the general code below,
-  // which compiles into many more matrix functions).
+  // out as scalar arithmetic in a loop over the levels (the loops over a Cholesky factor's entries
+  // of a term with 3 or more coefficients, unrolled).
   {
 {% if t.closed_m == 1 %}
     vector[N_{{ t.k }}] l11;  // L_j
@@ -223,39 +224,159 @@ transformed parameters {
 {% endif %}
   }
 {% else %}
+  // The term has M_{{ t.k }} >= 3 coefficients per level. The Cholesky factors and the triangular
+  // solves are written as scalar loops: the algebra of cholesky_decompose and mdivide_*_tri_low,
+  // which would compile into many more matrix functions for autodiff (and gain nothing at this size).
   {
-    matrix[M_{{ t.k }}, M_{{ t.k }}] Lsd = {% if t.correlated %}diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }}){% else %}diag_matrix(sd_{{ t.k }}){% endif %};
-    matrix[M_{{ t.k }}, M_{{ t.k }}] Sinv = chol2inv(Lsd);
-    array[N_{{ t.k }}] matrix[M_{{ t.k }}, M_{{ t.k }}] Lc;  // L_j: Cholesky factor of level j's conditional precision
-    vector[M_{{ t.k }}] bm = rep_vector(0, M_{{ t.k }});  // population-level mean of each coefficient
-    for (m in 1:M_{{ t.k }}) {
+    int M = M_{{ t.k }};
+{% if t.correlated %}
+    matrix[M, M] Ainv = rep_matrix(0, M, M);  // chol(Sigma)^-1, chol(Sigma) = diag(sd) L: forward substitution
+    for (n in 1:M) {
+      Ainv[n, n] = inv(sd_{{ t.k }}[n] * L_{{ t.k }}[n, n]);
+      for (m in (n + 1):M) {
+        real v = 0;
+        for (i in n:(m - 1)) {
+          v -= sd_{{ t.k }}[m] * L_{{ t.k }}[m, i] * Ainv[i, n];
+        }
+        Ainv[m, n] = v / (sd_{{ t.k }}[m] * L_{{ t.k }}[m, m]);
+      }
+    }
+    matrix[M, M] Sinv;  // Sigma^-1 = chol(Sigma)^-T chol(Sigma)^-1 (lower triangle)
+    for (m in 1:M) {
+      for (n in 1:m) {
+        Sinv[m, n] = 0;
+        for (i in m:M) {
+          Sinv[m, n] += Ainv[i, m] * Ainv[i, n];
+        }
+      }
+    }
+{% else %}
+    matrix[M, M] Sinv = rep_matrix(0, M, M);  // Sigma^-1 = diag(sd)^-2 (lower triangle)
+    for (m in 1:M) {
+      Sinv[m, m] = inv_square(sd_{{ t.k }}[m]);
+    }
+{% endif %}
+    array[N_{{ t.k }}] matrix[M, M] Lc;  // L_j: Cholesky factor of level j's conditional precision (lower triangle)
+    vector[M] bm = rep_vector(0, M);  // population-level mean of each coefficient
+    for (m in 1:M) {
       if (Jb_{{ t.k }}[m] > 0) {
         bm[m] = b_all[Jb_{{ t.k }}[m]];
       }
     }
     for (j in 1:N_{{ t.k }}) {
-      Lc[j] = cholesky_decompose(Sinv + I_{{ t.k }}[j]);
+      // L_j = chol(Sigma^-1 + I_j), row by row
+      for (m in 1:M) {
+        for (n in 1:m) {
+          real v = Sinv[m, n] + I_{{ t.k }}[j][m, n];
+          for (i in 1:(n - 1)) {
+            v -= Lc[j][m, i] * Lc[j][n, i];
+          }
+          if (n < m) {
+            Lc[j][m, n] = v / Lc[j][n, n];
+          } else {
+            Lc[j][m, m] = sqrt(v);
+          }
+        }
+      }
     }
     if (Na_{{ t.k }} > 0) {
-      matrix[Na_{{ t.k }}, Na_{{ t.k }}] P = rep_matrix(0, Na_{{ t.k }}, Na_{{ t.k }});
-      vector[Na_{{ t.k }}] Pb = rep_vector(0, Na_{{ t.k }});
-      bm[Ma_{{ t.k }}] = rep_vector(0, Na_{{ t.k }});
-      for (j in 1:N_{{ t.k }}) {
-        matrix[M_{{ t.k }}, M_{{ t.k }}] B = mdivide_left_tri_low(Lc[j], I_{{ t.k }}[j]);  // I_j V_j I_j = B' B
-        matrix[M_{{ t.k }}, M_{{ t.k }}] W = I_{{ t.k }}[j] - crossprod(B);
-        vector[M_{{ t.k }}] g = s_{{ t.k }}[j] - B' * mdivide_left_tri_low(Lc[j], s_{{ t.k }}[j]) - W * bm;
-        P += W[Ma_{{ t.k }}, Ma_{{ t.k }}];
-        Pb += g[Ma_{{ t.k }}];
+      // P = sum_j W_j[Ma, Ma] and Pb = sum_j g_j[Ma], with B_j = L_j^-1 I_j, W_j = I_j - B_j' B_j,
+      // c_j = L_j^-1 s_j and g_j = s_j - B_j' c_j - W_j bm (bm = 0 at the anchored entries)
+      int Na = Na_{{ t.k }};
+      matrix[Na, Na] P = rep_matrix(0, Na, Na);
+      vector[Na] Pb = rep_vector(0, Na);
+      for (a in 1:Na) {
+        bm[Ma_{{ t.k }}[a]] = 0;
       }
-      matrix[Na_{{ t.k }}, Na_{{ t.k }}] Lp = cholesky_decompose(0.5 * (P + P'));
-      bm[Ma_{{ t.k }}] = mdivide_right_tri_low((mdivide_left_tri_low(Lp, Pb) + eps_{{ t.k }})', Lp)';
-      b_all[Jb_{{ t.k }}[Ma_{{ t.k }}]] = bm[Ma_{{ t.k }}];
-      log_jacobian -= sum(log(diagonal(Lp)));
+      for (j in 1:N_{{ t.k }}) {
+        matrix[M, M] B = I_{{ t.k }}[j];
+        vector[M] c = s_{{ t.k }}[j];
+        for (m in 1:M) {  // forward substitution, every column of I_j and s_j at once
+          for (i in 1:(m - 1)) {
+            c[m] -= Lc[j][m, i] * c[i];
+            for (n in 1:M) {
+              B[m, n] -= Lc[j][m, i] * B[i, n];
+            }
+          }
+          c[m] /= Lc[j][m, m];
+          for (n in 1:M) {
+            B[m, n] /= Lc[j][m, m];
+          }
+        }
+        for (a in 1:Na) {
+          int m = Ma_{{ t.k }}[a];
+          vector[M] W;  // row m of W_j
+          real g = s_{{ t.k }}[j][m];
+          for (n in 1:M) {
+            W[n] = I_{{ t.k }}[j][m, n];
+            for (i in 1:M) {
+              W[n] -= B[i, m] * B[i, n];
+            }
+            g -= W[n] * bm[n];
+          }
+          for (i in 1:M) {
+            g -= B[i, m] * c[i];
+          }
+          Pb[a] += g;
+          for (a2 in 1:a) {
+            P[a, a2] += W[Ma_{{ t.k }}[a2]];
+          }
+        }
+      }
+      // b_a = L_P^-T (L_P^-1 Pb + eps), L_P = chol(P) (lower triangle)
+      matrix[Na, Na] Lp;
+      vector[Na] y;  // L_P^-1 Pb
+      for (m in 1:Na) {
+        for (n in 1:m) {
+          real v = P[m, n];
+          for (i in 1:(n - 1)) {
+            v -= Lp[m, i] * Lp[n, i];
+          }
+          if (n < m) {
+            Lp[m, n] = v / Lp[n, n];
+          } else {
+            Lp[m, m] = sqrt(v);
+          }
+        }
+        y[m] = Pb[m];
+        for (i in 1:(m - 1)) {
+          y[m] -= Lp[m, i] * y[i];
+        }
+        y[m] /= Lp[m, m];
+      }
+      for (mm in 1:Na) {
+        int m = Na + 1 - mm;
+        real v = y[m] + eps_{{ t.k }}[m];
+        for (i in (m + 1):Na) {
+          v -= Lp[i, m] * bm[Ma_{{ t.k }}[i]];
+        }
+        bm[Ma_{{ t.k }}[m]] = v / Lp[m, m];
+        b_all[Jb_{{ t.k }}[Ma_{{ t.k }}[m]]] = bm[Ma_{{ t.k }}[m]];
+        log_jacobian -= log(Lp[m, m]);
+      }
     }
     for (j in 1:N_{{ t.k }}) {
-      r_{{ t.k }}[j] = mdivide_right_tri_low((mdivide_left_tri_low(Lc[j], s_{{ t.k }}[j] - I_{{ t.k }}[j] * bm)
-                                              + z_{{ t.k }}[, j])', Lc[j]);
-      log_jacobian -= sum(log(diagonal(Lc[j])));
+      // r_j = L_j^-T (L_j^-1 h_j + z_j), h_j = s_j - I_j bm: a forward and a back substitution
+      vector[M] w;  // L_j^-1 h_j
+      for (m in 1:M) {
+        real v = s_{{ t.k }}[j][m];
+        for (n in 1:M) {
+          v -= I_{{ t.k }}[j][m, n] * bm[n];
+        }
+        for (i in 1:(m - 1)) {
+          v -= Lc[j][m, i] * w[i];
+        }
+        w[m] = v / Lc[j][m, m];
+      }
+      for (mm in 1:M) {
+        int m = M + 1 - mm;
+        real v = w[m] + z_{{ t.k }}[m, j];
+        for (i in (m + 1):M) {
+          v -= Lc[j][i, m] * r_{{ t.k }}[j, i];
+        }
+        r_{{ t.k }}[j, m] = v / Lc[j][m, m];
+        log_jacobian -= log(Lc[j][m, m]);
+      }
     }
   }
 {% endif %}
@@ -317,6 +438,35 @@ model {
     }
     target += -0.5 * q - N_{{ t.k }} * (0.5 * log(2 * pi()) + log(sd_{{ t.k }}[1]));
 {% endif %}
+  }
+{% elif t.treatment == "conditional" %}
+  {
+    // group-level term {{ t.k }}: rows of r ~ MVN(0, Sigma), written out (as in transformed parameters) with
+    // chol(Sigma) = diag(sd){% if t.correlated %} L{% endif %}: log N(r_j | 0, Sigma) = -M/2 log(2 pi) - sum(log(diag(chol(Sigma)))) - e_j' e_j / 2,
+    // e_j = chol(Sigma)^-1 r_j
+    real q = 0;
+    real log_diag = 0;
+    for (m in 1:M_{{ t.k }}) {
+      log_diag += log(sd_{{ t.k }}[m]){% if t.correlated %} + log(L_{{ t.k }}[m, m]){% endif %};
+    }
+    for (j in 1:N_{{ t.k }}) {
+{% if t.correlated %}
+      vector[M_{{ t.k }}] e;
+      for (m in 1:M_{{ t.k }}) {
+        real v = r_{{ t.k }}[j, m];
+        for (i in 1:(m - 1)) {
+          v -= sd_{{ t.k }}[m] * L_{{ t.k }}[m, i] * e[i];
+        }
+        e[m] = v / (sd_{{ t.k }}[m] * L_{{ t.k }}[m, m]);
+        q += square(e[m]);
+      }
+{% else %}
+      for (m in 1:M_{{ t.k }}) {
+        q += square(r_{{ t.k }}[j, m] / sd_{{ t.k }}[m]);
+      }
+{% endif %}
+    }
+    target += -0.5 * q - N_{{ t.k }} * (0.5 * M_{{ t.k }} * log(2 * pi()) + log_diag);
   }
 {% elif t.correlated %}
   {
