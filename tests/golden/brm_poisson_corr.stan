@@ -49,8 +49,16 @@ parameters {
   cholesky_factor_corr[M_1] L_1;  // Cholesky factor of the correlation matrix
 }
 transformed parameters {
-  // group-level term 1: r = (diag(sd) * L * z)'
-  matrix[N_1, M_1] r_1 = (diag_pre_multiply(sd_1, L_1) * z_1)';
+  // group-level term 1: r = (diag(sd) * L * z)', one column at a time: r[, m] = sd[m] * sum_i L[m, i] z[i]'
+  // (the product of two parameter matrices would compile into much more code, for no gain)
+  matrix[N_1, M_1] r_1;
+  for (m in 1:M_1) {
+    row_vector[N_1] v = L_1[m, 1] * z_1[1];
+    for (i in 2:m) {
+      v += L_1[m, i] * z_1[i];
+    }
+    r_1[, m] = sd_1[m] * v';
+  }
   real lprior = 0;  // log prior density (hyperparameters are data)
   lprior += lc_1;  // prior 1: student_t, its constant (data) and kernel
   lprior -= (pa_1_1 + 1) / 2 * log1p(square((Intercept - pa_1_2) / pa_1_3) / pa_1_1);

@@ -380,9 +380,20 @@ transformed parameters {
     }
   }
 {% endif %}
+{% elif t.treatment == "noncentered" and t.correlated %}
+  // group-level term {{ t.k }}: r = (diag(sd) * L * z)', one column at a time: r[, m] = sd[m] * sum_i L[m, i] z[i]'
+  // (the product of two parameter matrices would compile into much more code, for no gain)
+  matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }};
+  for (m in 1:M_{{ t.k }}) {
+    row_vector[N_{{ t.k }}] v = L_{{ t.k }}[m, 1] * z_{{ t.k }}[1];
+    for (i in 2:m) {
+      v += L_{{ t.k }}[m, i] * z_{{ t.k }}[i];
+    }
+    r_{{ t.k }}[, m] = sd_{{ t.k }}[m] * v';
+  }
 {% elif t.treatment == "noncentered" %}
-  // group-level term {{ t.k }}: r = (diag(sd) * {% if t.correlated %}L * {% endif %}z)'
-  matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }} = {% if t.correlated %}(diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }}) * z_{{ t.k }})'{% else %}(diag_pre_multiply(sd_{{ t.k }}, z_{{ t.k }}))'{% endif %};
+  // group-level term {{ t.k }}: r = (diag(sd) * z)'
+  matrix[N_{{ t.k }}, M_{{ t.k }}] r_{{ t.k }} = (diag_pre_multiply(sd_{{ t.k }}, z_{{ t.k }}))';
 {% endif %}
 {% endfor %}
 {% if conditional %}
@@ -439,18 +450,17 @@ model {
     target += -0.5 * q - N_{{ t.k }} * (0.5 * log(2 * pi()) + log(sd_{{ t.k }}[1]));
 {% endif %}
   }
-{% elif t.treatment == "conditional" %}
+{% elif t.correlated %}
   {
-    // group-level term {{ t.k }}: rows of r ~ MVN(0, Sigma), written out (as in transformed parameters) with
-    // chol(Sigma) = diag(sd){% if t.correlated %} L{% endif %}: log N(r_j | 0, Sigma) = -M/2 log(2 pi) - sum(log(diag(chol(Sigma)))) - e_j' e_j / 2,
-    // e_j = chol(Sigma)^-1 r_j
+    // group-level term {{ t.k }}: rows of r ~ MVN(0, Sigma), chol(Sigma) = diag(sd) L, written out as a loop:
+    // log N(r_j | 0, Sigma) = -M/2 log(2 pi) - sum(log(diag(chol(Sigma)))) - e_j' e_j / 2, e_j = chol(Sigma)^-1 r_j
+    // (multi_normal_cholesky per level compiles into much more code, and is no faster at this size)
     real q = 0;
     real log_diag = 0;
     for (m in 1:M_{{ t.k }}) {
-      log_diag += log(sd_{{ t.k }}[m]){% if t.correlated %} + log(L_{{ t.k }}[m, m]){% endif %};
+      log_diag += log(sd_{{ t.k }}[m]) + log(L_{{ t.k }}[m, m]);
     }
     for (j in 1:N_{{ t.k }}) {
-{% if t.correlated %}
       vector[M_{{ t.k }}] e;
       for (m in 1:M_{{ t.k }}) {
         real v = r_{{ t.k }}[j, m];
@@ -460,21 +470,8 @@ model {
         e[m] = v / (sd_{{ t.k }}[m] * L_{{ t.k }}[m, m]);
         q += square(e[m]);
       }
-{% else %}
-      for (m in 1:M_{{ t.k }}) {
-        q += square(r_{{ t.k }}[j, m] / sd_{{ t.k }}[m]);
-      }
-{% endif %}
     }
     target += -0.5 * q - N_{{ t.k }} * (0.5 * M_{{ t.k }} * log(2 * pi()) + log_diag);
-  }
-{% elif t.correlated %}
-  {
-    // group-level term {{ t.k }}: rows of r ~ MVN(0, diag(sd) L L' diag(sd))
-    matrix[M_{{ t.k }}, M_{{ t.k }}] Lsd_{{ t.k }} = diag_pre_multiply(sd_{{ t.k }}, L_{{ t.k }});
-    for (j in 1:N_{{ t.k }}) {
-      target += multi_normal_cholesky_lpdf(r_{{ t.k }}[j] | rep_row_vector(0, M_{{ t.k }}), Lsd_{{ t.k }});
-    }
   }
 {% else %}
   target += normal_lpdf(to_vector(r_{{ t.k }}) | 0, to_vector(rep_matrix(sd_{{ t.k }}', N_{{ t.k }})));  // group-level term {{ t.k }}
