@@ -319,10 +319,13 @@ class _PystanDensity(LogDensity):
 
         Each try passes the whole data set to C++, so likely sizes come first: the
         running totals of the variables' sizes (exact when every parameter is
-        unconstrained or simply bounded, as in stanhier's ML programs), then the rest.
+        unconstrained or simply bounded, as in stanhier's ML programs), the same with each
+        square matrix counted as a Cholesky factor of correlations (``K (K - 1) / 2``
+        unconstrained entries, as in stanhier's brm programs), then the rest.
         """
         sizes = [int(np.prod(d)) if d else 1 for d in self.dims]
-        likely = list(dict.fromkeys(np.cumsum([0] + sizes).tolist()))
+        corr = [d[0] * (d[0] - 1) // 2 if len(d) == 2 and d[0] == d[1] else n for d, n in zip(self.dims, sizes)]
+        likely = list(dict.fromkeys(np.cumsum([0] + sizes).tolist() + np.cumsum([0] + corr).tolist()))
         for n in likely + [n for n in range(int(sum(sizes)) + 1) if n not in set(likely)]:
             try:
                 self._module.log_prob(self._data, [0.0] * n, False)
