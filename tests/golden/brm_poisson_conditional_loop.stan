@@ -178,6 +178,8 @@ transformed parameters {
             Lp[m, m] = sqrt(v);
           }
         }
+      }
+      for (m in 1:Na) {
         y[m] = Pb[m];
         for (i in 1:(m - 1)) {
           y[m] -= Lp[m, i] * y[i];
