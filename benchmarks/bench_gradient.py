@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,34 @@ def _large_sleep(groups: int = 2000) -> pd.DataFrame:
     return pd.DataFrame({"Reaction": y, "Days": days, "Subject": g})
 
 
+def seconds_per_gradient(run: Callable[[int, int], tuple[float, np.ndarray]], n: int, reps: int) -> tuple[float, int]:
+    """Seconds per gradient from ``run(iters, rep)`` -> (sampling seconds, leapfrog steps of the
+    kept draws), one chain with the same seed and warmup for ``n`` and ``2 n`` iterations after
+    warmup: the first ``n`` iterations of the two are the same, so the difference in seconds
+    divided by the steps of iterations ``n + 1 .. 2 n`` (``n`` times their mean over the kept
+    draws) is free of warmup and start-up. The runs are repeated ``reps`` times, interleaved,
+    and the fastest of each length counts. Returns the seconds and the steps."""
+    runs: dict[int, list] = {}
+    for rep in range(reps):
+        for iters in (n, 2 * n):
+            runs.setdefault(iters, []).append(run(iters, rep))
+    t1, s1 = min(runs[n], key=lambda r: r[0])
+    t2, s2 = min(runs[2 * n], key=lambda r: r[0])
+    assert np.array_equal(s1, s2[:len(s1)]), "the first draws of the two runs differ"
+    steps = int(round(n * s2[len(s1):].mean()))
+    return (t2 - t1) / steps, steps
+
+
+def report(rows: list[dict], settings: str, json_path: str | None) -> None:
+    """Print the rows as a table and the machine they ran on; write them to ``json_path``."""
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\nmachine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}; {settings}; "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies each structure's n")
@@ -65,32 +94,22 @@ def main() -> None:
         if args.only not in name:
             continue
         n = int(n_base * args.scale) // 500 * 500
-        runs: dict[int, list] = {}
-        for _ in range(args.reps):
-            for iters in (n, 2 * n):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    fit = sh.brm(formula, data=data, family=family, backend=args.backend, chains=1, warmup=1000,
-                                 iter=1000 + iters, thin=n // 500, seed=1, progress=False)
-                runs.setdefault(iters, []).append(
-                    (fit.raw.seconds, np.asarray(fit.raw.stats["n_leapfrog__"]).ravel()))
-        t1, s1 = min(runs[n], key=lambda r: r[0])
-        t2, s2 = min(runs[2 * n], key=lambda r: r[0])
-        assert np.array_equal(s1, s2[:len(s1)]), "the first draws of the two runs differ"
-        steps = int(round(n * s2[len(s1):].mean()))
+
+        def run(iters: int, rep: int) -> tuple[float, np.ndarray]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = sh.brm(formula, data=data, family=family, backend=args.backend, chains=1, warmup=1000,
+                             iter=1000 + iters, thin=n // 500, seed=1, progress=False)
+            return fit.raw.seconds, np.asarray(fit.raw.stats["n_leapfrog__"]).ravel()
+
+        seconds, steps = seconds_per_gradient(run, n, args.reps)
         build = "" if args.backend == "pystan" else (
             " (make)" if os.environ.get("STANHIER_SHARED_OBJECTS", "1").strip() in ("0", "false", "no", "off")
             else " (linked)")
         rows.append({"model": name, "engine": args.backend + build, "stanhier": sh.__file__.rsplit("/stanhier/", 1)[0],
-                     "n": n, "seconds, 2n - n": round(t2 - t1, 2), "leapfrog steps": steps,
-                     "us per gradient": round(1e6 * (t2 - t1) / steps, 2)})
+                     "n": n, "leapfrog steps": steps, "us per gradient": round(1e6 * seconds, 2)})
         print(rows[-1], file=sys.stderr, flush=True)
-    print(pd.DataFrame(rows).to_string(index=False))
-    print(f"\nmachine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}; one chain, "
-          f"1000 warmup iterations; fastest of {args.reps} runs each; load average {os.getloadavg()[0]:.1f} at the end")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    report(rows, f"one chain, 1000 warmup iterations; fastest of {args.reps} runs each", args.json)
 
 
 if __name__ == "__main__":

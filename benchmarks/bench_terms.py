@@ -11,7 +11,7 @@ checkout through a child process with its PYTHONPATH), and
   and gradient between the versions is printed (rounding only, if they compute the same);
 * sampled with one chain, the same seed and warmup, and ``n`` then ``2 n`` iterations after it:
   the difference in seconds divided by the leapfrog steps of iterations ``n + 1 .. 2 n`` is the
-  time per gradient (as ``bench_gradient.py``); runs are interleaved and the fastest counts.
+  time per gradient (``bench_gradient.seconds_per_gradient``); the fastest of ``--reps`` counts.
 
     python benchmarks/bench_terms.py --against <checkout> [--levels 1500] [--rows 3000] [--reps 3]
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_compile import _cpu  # noqa: E402
+from bench_compile import _children_cpu  # noqa: E402
+from bench_gradient import report, seconds_per_gradient  # noqa: E402
 
 STRUCTURES = [  # name, formula, parameterization
     ("conditional, 3 coefficients", "y ~ x + x2 + (x + x2 | g)", "conditional"),
@@ -73,10 +72,9 @@ def _compile_cpu(code: str) -> float:
     flags = toolchain.compile_flags()
     name = toolchain.model_name_for(code)
     cpp, _ = toolchain.stanc(code, name)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = _children_cpu()
     toolchain.model_objects(code, name, flags, toolchain.precompiled_header(flags), cpp=cpp)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return _children_cpu() - before
 
 
 def main() -> None:
@@ -117,21 +115,17 @@ def main() -> None:
             pairs = [(dens["before"].log_prob_grad(t, True), dens["after"].log_prob_grad(t, True)) for t in thetas]
             d_lp = max(abs(a[0] - b[0]) / abs(a[0]) for a, b in pairs)
             d_grad = max(float(np.max(np.abs(a[1] - b[1]) / np.maximum(1, np.abs(a[1])))) for a, b in pairs)
-            per_gradient: dict[str, list[float]] = {label: [] for label in models}
-            for rep in range(args.reps):
-                for label, model in models.items():
-                    runs = []
-                    for iters in (args.n, 2 * args.n):
-                        settings = SampleSettings(chains=1, iter=300 + iters, warmup=300, seed=3 + rep, progress=False)
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            start = time.perf_counter()
-                            fit = model.sample(spec.standata(), settings)
-                            runs.append((time.perf_counter() - start, np.asarray(fit.stats["n_leapfrog__"]).ravel()))
-                    assert np.array_equal(runs[0][1], runs[1][1][:args.n]), "the first draws of the two runs differ"
-                    steps = runs[1][1][args.n:].sum()
-                    per_gradient[label].append(1e6 * (runs[1][0] - runs[0][0]) / steps)
-            us = {label: min(v) for label, v in per_gradient.items()}
+            us = {}
+            for label, model in models.items():
+                def run(iters: int, rep: int, model=model) -> tuple[float, np.ndarray]:
+                    settings = SampleSettings(chains=1, iter=300 + iters, warmup=300, seed=3 + rep, progress=False)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        start = time.perf_counter()
+                        fit = model.sample(spec.standata(), settings)
+                    return time.perf_counter() - start, np.asarray(fit.stats["n_leapfrog__"]).ravel()
+
+                us[label] = 1e6 * seconds_per_gradient(run, args.n, args.reps)[0]
             rows.append({"structure": name, "compile CPU-s before": round(cpu["before"], 1),
                          "after": round(cpu["after"], 1), "ratio": round(cpu["after"] / cpu["before"], 2),
                          "us/gradient before": round(us["before"], 1), "after ": round(us["after"], 1),
@@ -140,14 +134,8 @@ def main() -> None:
             print(rows[-1], file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(pd.DataFrame(rows).to_string(index=False))
-    print(f"\nmachine: {_cpu()}, {os.cpu_count()} cores; {platform.platform()}; Poisson, {args.levels} levels, "
-          f"{args.rows} rows; one chain, 300 warmup, n = {args.n}; fastest of {args.reps}; "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
-
+    report(rows, f"Poisson, {args.levels} levels, {args.rows} rows; one chain, 300 warmup, n = {args.n}; "
+           f"fastest of {args.reps}", args.json)
 
 if __name__ == "__main__":
     main()
