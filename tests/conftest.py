@@ -120,6 +120,11 @@ def engine(request) -> str:
         os.environ[ENGINE_ENV] = saved
 
 
+#: The smallest program of the compile-mechanism tests (test_toolchain, test_robustness): one
+#: compile of it in the session's cache serves them all.
+TINY_NORMAL = "data { int N; vector[N] y; } parameters { real mu; } model { y ~ normal(mu, 1); }\n"
+
+
 #: Lines for a test's child-process script (indented 4 spaces, as those scripts are before
 #: textwrap.dedent): the stanhier log's messages, DEBUG and up, collect in ``notes``.
 LOG_NOTES = """

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 import stanhier as sh
-from conftest import LOG_NOTES, quiet_brm
+from conftest import LOG_NOTES, TINY_NORMAL, quiet_brm
 
 ROOT = Path(__file__).resolve().parents[1]
 # a program no other test uses, so that these tests really compile it
-TINY = "data { int N; vector[N] y; } parameters { real mu; } model { y ~ normal(mu, 1); } // robustness\n"
+TINY = TINY_NORMAL
 
 
 def run_py(code: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -42,9 +42,10 @@ COMPILE = LOG_NOTES + """
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def private_cache(tmp_path_factory, engine) -> Path:
-    """An empty cache with the shared files (precompiled header, CmdStan's main object) of the
+    """An empty cache for each test (so no test finds another's program in it, whatever order
+    the workers run them in) with the shared files (precompiled header, CmdStan's main object) of the
     session's cache, which are built once per installation, not per cache (test_toolchain
     checks how the header is built), and its program objects, which both engines link (so the
     second engine's compile of TINY only links, as for a user; test_backends checks that)."""

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import LOG_NOTES
+from conftest import LOG_NOTES, TINY_NORMAL
 from stanhier.backends import get_backend, toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
-# a program no other test uses
-TINY = "data { int N; vector[N] y; } parameters { real mu; } model { y ~ normal(mu, 1); } // toolchain\n"
+TINY = TINY_NORMAL
 
 COMPILE = """
     import json, sys
@@ -90,7 +89,7 @@ def test_first_program_skips_the_header_then_two_processes_build_it_once(tmp_pat
     # a cache that has compiled a program before: a copy of one the session compiled
     shutil.copytree(compiled, tmp_path / "objects" / compiled.name)
     env = {**os.environ, "STANHIER_CACHE_DIR": str(tmp_path)}
-    programs = [TINY.replace("// toolchain", f"// toolchain, program {i}") for i in range(2)]
+    programs = [f"{TINY}// toolchain, program {i}\n" for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(FIRST.format(code=code))], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for code in programs]
     outs = [p.communicate(timeout=1800) for p in procs]
