@@ -23,8 +23,7 @@ import stanhier as sh
 from conftest import LOG_NOTES, TINY_NORMAL, quiet_brm
 
 ROOT = Path(__file__).resolve().parents[1]
-# a program no other test uses, so that these tests really compile it
-TINY = TINY_NORMAL
+TINY = TINY_NORMAL  # its objects are shared (compiled once); each test's private cache builds its own module
 
 
 def run_py(code: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
