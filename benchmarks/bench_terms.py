@@ -137,5 +137,6 @@ def main() -> None:
     report(rows, f"Poisson, {args.levels} levels, {args.rows} rows; one chain, 300 warmup, n = {args.n}; "
            f"fastest of {args.reps}", args.json)
 
+
 if __name__ == "__main__":
     main()
