@@ -4,11 +4,13 @@ compiler set-up, on both engines.
 Each configuration compiles into a fresh, empty ``STANHIER_CACHE_DIR`` (so every compile is
 cold), then samples 4 chains x 1000 iterations (500 warmup) with one seed. Configurations:
 
-* ``pystan before``: httpstan's own build (Python's CFLAGS with ``-g``; no precompiled header;
-  one translation unit, as stanc wrote it);
+* ``pystan before``: httpstan's own build (Python's CFLAGS with ``-g``; ``STAN_THREADS`` and
+  httpstan's services object; no precompiled header; one translation unit, as stanc wrote it);
 * ``pystan after``: stanhier's flags (``-g0``), the shared precompiled header, whose
-  one-off build is timed separately (``header`` row) before the first program compiles, and
-  two translation units compiled at once (``stanhier.backends.toolchain.split_program``);
+  one-off build is timed separately (``header`` row) before the first program compiles,
+  two translation units compiled at once (``stanhier.backends.toolchain.split_program``), and
+  no ``STAN_THREADS``: the programs link stanhier's build of httpstan's services object, also
+  built once (``services`` row; ``toolchain.macros`` says why);
 * ``pystan one unit`` (``--configs`` only): as ``after`` but one translation unit
   (``toolchain.one_unit``, what stanhier compiles when no core is idle), to show what the
   split gains in wall time and costs in CPU time;
@@ -20,7 +22,7 @@ cold), then samples 4 chains x 1000 iterations (500 warmup) with one seed. Confi
 * ``both``: each structure fitted with pystan, then with CmdStan (which links the objects
   pystan compiled).
 
-The shared files (precompiled header, CmdStan's main object) are built once per run, by the
+The shared files (precompiled header, CmdStan's main object, the services object) are built once per run, by the
 first configuration that needs them, in a row of their own; each configuration's programs
 compile into its own empty cache.
 
@@ -109,7 +111,7 @@ def _children_cpu() -> float:
 #: configuration -> (engines, environment for them)
 CONFIGS = {
     "before": (("pystan",), {"STANHIER_PCH": "0", "STANHIER_CXXFLAGS": "-O3 -std=c++14 -Wno-sign-compare",
-                             "STANHIER_SPLIT": "0"}),
+                             "STANHIER_SPLIT": "0", "STANHIER_STAN_THREADS": "1"}),
     "after": (("pystan",), {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "1"}),
     "one unit": (("pystan",), {"STANHIER_PCH": "1", "STANHIER_CXXFLAGS": "", "STANHIER_SPLIT": "0"}),
     "cmdstanpy make": (("cmdstanpy",), {"STANHIER_SHARED_OBJECTS": "0"}),
@@ -126,8 +128,8 @@ def _fresh_backends() -> None:
 
 
 def _shared_files(config: str, engines: tuple[str, ...]) -> list[dict]:
-    """Build the precompiled header and CmdStan's main object now if this configuration uses
-    them and no earlier configuration of this run built them: one row each."""
+    """Build the precompiled header, CmdStan's main object and the services object now if this
+    configuration uses them and no earlier configuration of this run built them: one row each."""
     from stanhier.backends import get_backend, toolchain
 
     rows = []
@@ -147,6 +149,14 @@ def _shared_files(config: str, engines: tuple[str, ...]) -> list[dict]:
             pass
         if built:
             rows.append({"config": config, "model": "CmdStan main (once per installation)", "cache hit": False,
+                         "compile s": round(time.perf_counter() - t0, 1),
+                         "compile cpu s": round(_children_cpu() - c0, 1)})
+    if "pystan" in engines:
+        t0, c0, built = time.perf_counter(), _children_cpu(), []
+        with toolchain.services_alongside(flags, header, on_build=lambda: built.append(1)):
+            pass
+        if built:
+            rows.append({"config": config, "model": "services (once per installation)", "cache hit": False,
                          "compile s": round(time.perf_counter() - t0, 1),
                          "compile cpu s": round(_children_cpu() - c0, 1)})
     for row in rows:

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 __all__ = ["compiling", "CompileStage", "SamplingProgress", "TaskProgress", "Spinner", "verbose", "verbose_output", "VERBOSE_ENV",
            "LOG_INTERVAL", "logger"]
@@ -124,6 +124,7 @@ class CompileStage:
         self._stream = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._once: list[str] = []
 
     def _open(self) -> None:
         if not self.enabled or self._bar is not None:
@@ -145,6 +146,14 @@ class CompileStage:
         self._open()
         if self._bar is not None and what:
             self._bar.set_postfix_str(what, refresh=True)
+
+    def also(self, what: str) -> Callable[[], None]:
+        """A callback for when the compile also builds ``what``, a file every program shares:
+        the step then reads ``C++, and <what> and ..., once per installation``."""
+        def show() -> None:
+            self._once.append(what)
+            self.building("C++, and " + " and ".join(self._once) + ", once per installation")
+        return show
 
     def cached(self) -> None:
         """The program was compiled before: one ``cached`` line."""

@@ -334,17 +334,18 @@ def test_cli_messages_name_flags(fish_fit, fish, tmp_path):
 
 @pytest.mark.cmdstan  # builds (or finds) the files both engines share: once
 def test_prepare_builds_the_shared_files_once():
-    """``stanhier prepare`` (the test command runs it first) leaves the precompiled header and,
-    for a CmdStan that links stanhier's objects, CmdStan's main object, and compiles the three
-    fixed ML programs, so a first lmer or glmer fit compiles nothing: run again, it finds them
-    all and builds nothing."""
-    from stanhier.backends import get_backend, shared_cmdstan
+    """``stanhier prepare`` (the test command runs it first) leaves the precompiled header, the
+    services object the pystan modules link and, for a CmdStan that links stanhier's objects,
+    CmdStan's main object, and compiles the three fixed ML programs, so a first lmer or glmer
+    fit compiles nothing: run again, it finds them all and builds nothing."""
+    from stanhier.backends import get_backend, shared_cmdstan, toolchain
     from stanhier.ml.api import ml_programs
 
     code, out, _ = run(["prepare"])
     assert code == 0, out
     files = dict(line.strip().split(": ", 1) for line in out.splitlines() if line.startswith("  "))
-    expected = ["the precompiled Stan header"] + (["CmdStan's main object"] if shared_cmdstan() else [])
+    expected = (["the precompiled Stan header"] + ([] if toolchain.stan_threads() else ["httpstan's services object"])
+                + (["CmdStan's main object"] if shared_cmdstan() else []))
     assert list(files) == expected + list(ml_programs())
     paths = [Path(files[name]) for name in expected]
     assert (paths[0].parent / "stan_pch.hpp.gch").is_file() and all(p.parent.joinpath("COMPLETE").is_file()

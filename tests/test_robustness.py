@@ -44,7 +44,8 @@ COMPILE = LOG_NOTES + """
 @pytest.fixture
 def private_cache(tmp_path_factory, engine) -> Path:
     """An empty cache for each test (so no test finds another's program in it, whatever order
-    the workers run them in) with the shared files (precompiled header, CmdStan's main object) of the
+    the workers run them in) with the shared files (precompiled header, CmdStan's main object,
+    the services object) of the
     session's cache, which are built once per installation, not per cache (test_toolchain
     checks how the header is built), and its program objects, which both engines link (so the
     second engine's compile of TINY only links, as for a user; test_backends checks that)."""

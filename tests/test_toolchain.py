@@ -81,13 +81,19 @@ def test_first_program_skips_the_header_then_two_processes_build_it_once(tmp_pat
     flags = toolchain.compile_flags()
     get_backend("pystan").compile(TINY, progress=False)  # in the session's cache
     compiled = cache.cache_dir() / "objects" / toolchain.model_name_for(TINY).split("/")[1]
+    with toolchain.services_alongside(flags, None) as shared:  # the session's (TINY's compile linked it)
+        services = shared.path
     monkeypatch.setenv("STANHIER_CACHE_DIR", str(tmp_path / "empty"))
     with caplog.at_level("DEBUG", logger="stanhier"), toolchain.header_alongside(flags) as header:
         assert header is None  # the decision only: what a first program compiles with
     assert "the first program of this installation" in caplog.text
     assert not list((tmp_path / "empty").glob("pch/pystan-*"))  # no header build started
-    # a cache that has compiled a program before: a copy of one the session compiled
+    # a cache that has compiled a program before: a copy of one the session compiled; and the
+    # session's services object (once per installation too, but not this test's subject)
     shutil.copytree(compiled, tmp_path / "objects" / compiled.name)
+    if not toolchain.stan_threads():
+        (tmp_path / "pch").mkdir()
+        (tmp_path / "pch" / services.parent.name).symlink_to(services.parent, target_is_directory=True)
     env = {**os.environ, "STANHIER_CACHE_DIR": str(tmp_path)}
     programs = [f"{TINY}// toolchain, program {i}\n" for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(FIRST.format(code=code))], cwd=ROOT, env=env,
@@ -196,3 +202,21 @@ def test_two_units_only_when_a_core_is_idle(monkeypatch):
 def test_propto_detection_reads_statements_not_comments():
     assert toolchain.uses_propto(TINY) and not toolchain.uses_propto(SPLIT)
     assert toolchain.uses_propto("model { target += normal_lupdf(y | 0, 1); }")
+
+
+def test_autodiff_stack_is_a_plain_global():
+    """Programs compile without ``STAN_THREADS`` (toolchain.macros): in the module httpstan imports,
+    Stan's autodiff stack is a plain global, not a thread-local variable (whose every access from
+    a shared library is a call to ``__tls_get_addr``), and the module links stanhier's services
+    object, compiled the same way (a mismatch would not link)."""
+    import shutil
+
+    import httpstan.cache
+
+    if shutil.which("readelf") is None:
+        pytest.skip("needs readelf (binutils)")
+    model = get_backend("pystan").compile(TINY, progress=False)
+    (module,) = httpstan.cache.model_directory(model.model_name).glob("*.so")
+    symbols = subprocess.run(["readelf", "-sW", str(module)], capture_output=True, text=True, check=True).stdout
+    stack = [line.split() for line in symbols.splitlines() if "AutodiffStackSingleton" in line and "instance_" in line]
+    assert stack and {fields[3] for fields in stack} == {"OBJECT"}, stack  # not TLS

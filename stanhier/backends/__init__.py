@@ -93,13 +93,15 @@ def shared_cmdstan() -> Path | None:
 def build_shared(*, on_build: Callable[[str], None] | None = None,
                  then: Callable[[], None] | None = None) -> dict[str, Path | None]:
     """Compile now, once per installation, what every program shares (the precompiled Stan
-    header; CmdStan's main object if a CmdStan shares stanhier's objects) instead of alongside
+    header; the services object the pystan modules link; CmdStan's main object if a CmdStan
+    shares stanhier's objects) instead of alongside
     the first programs (:func:`toolchain.build_shared`; ``on_build(what)`` as each build starts;
     ``then()`` once the header is built, e.g. to compile programs with it). ``stanhier prepare``
     runs it.
 
     >>> build_shared()   # doctest: +SKIP
-    {'header': PosixPath('.../pch/pystan-.../stan_pch.hpp'), 'cmdstan_main': PosixPath('.../main.o')}
+    {'header': PosixPath('.../pch/pystan-.../stan_pch.hpp'), 'services': PosixPath('.../stan_services.o'),
+     'cmdstan_main': PosixPath('.../main.o')}
     """
     return toolchain.build_shared(shared_cmdstan(), on_build=on_build, then=then)
 

@@ -536,18 +536,10 @@ class CmdStanPyBackend(Backend):
         cpp, _ = toolchain.stanc(code, model_name)  # stanc first: its errors are the clearest
         flags = toolchain.compile_flags()
         stage.building("C++")
-        notes = []
-
-        def note(what: str):
-            def show() -> None:
-                notes.append(what)
-                stage.building("C++, and " + " and ".join(notes) + ", once per installation")
-            return show
-
         try:
-            with toolchain.header_alongside(flags, on_build=note("the shared Stan header")) as header, \
+            with toolchain.header_alongside(flags, on_build=stage.also("the shared Stan header")) as header, \
                     toolchain.cmdstan_main_alongside(self.path, flags, header,
-                                                     on_build=note("CmdStan's main program")) as main:
+                                                     on_build=stage.also("CmdStan's main program")) as main:
                 objects, output = toolchain.model_objects(code, model_name, flags, header, cpp=cpp)
             if main.path is None:
                 logger.warning("stanhier: CmdStan's main object could not be compiled (see %s); CmdStan's "

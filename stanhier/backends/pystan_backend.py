@@ -537,12 +537,12 @@ class PystanBackend(Backend):
                 cpp, stanc_warnings = toolchain.stanc(code, model_name)  # stanc first: its errors are the clearest
                 flags = toolchain.compile_flags()
                 stage.building("C++")
-                header_note = "C++, and the shared Stan header, once per installation"
                 try:
                     # the compiler's messages go to the cache entry's log, never the terminal
                     with _fd_to_file(entry / "compiler.log"), contextlib.chdir(entry), \
-                            toolchain.header_alongside(flags, on_build=lambda: stage.building(header_note)) as header:
-                        output = toolchain.build_services_module(code, model_name, flags, header, cpp=cpp)
+                            toolchain.header_alongside(flags, on_build=stage.also("the shared Stan header")) as header:
+                        output = toolchain.build_services_module(code, model_name, flags, header, cpp=cpp,
+                                                                 on_build=stage.also("httpstan's services object"))
                 except Exception as exc:
                     log = (entry / "compiler.log").read_text(errors="replace")[-2000:]
                     raise StanCompileError(f"The C++ compiler failed on the generated program: {exc}\n{log}") from None

@@ -23,7 +23,8 @@ Each program is compiled into object files kept in ``<cache>/objects/``
 reverse-mode log density in one, the rest in the other) when a second core is idle, else as
 one (:func:`one_unit`; two units cost 16-50% more CPU time, which only pays when the two
 compilers run side by side, see :func:`two_units_pay`). Both engines link those same objects: with
-httpstan's services object into the module httpstan imports (:func:`build_services_module`),
+the services object (httpstan's source, compiled once per installation without ``STAN_THREADS``,
+:func:`macros`, :func:`services_alongside`) into the module httpstan imports (:func:`build_services_module`),
 and with CmdStan's main object into a CmdStan executable (:func:`link_cmdstan`) when CmdStan
 has the same Stan release (:func:`cmdstan_shares_objects`). CmdStan's ``main.cpp`` is compiled
 the same way (macros, flags, headers) once per installation (:func:`cmdstan_main_alongside`).
@@ -36,6 +37,7 @@ generated C++, so stanhier compiles with ``-g0`` (see :data:`CXXFLAGS`).
 ``STANHIER_PCH=0`` switches the header off, ``STANHIER_SPLIT=0`` (``=1``) compiles every program
 as one unit (as two),
 ``STANHIER_SHARED_OBJECTS=0`` the shared objects (CmdStan's ``make`` builds its programs);
+``STANHIER_STAN_THREADS=1`` compiles with ``STAN_THREADS`` and httpstan's own services object;
 ``STANHIER_CXXFLAGS`` replaces stanhier's flags (e.g. ``"-O3 -g"``).
 
 Example
@@ -67,11 +69,11 @@ from filelock import FileLock, Timeout
 
 from .. import cache
 
-__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "STANC_TIMEOUT", "SharedFile",
-           "compile_flags", "compiler_command", "toolchain_id", "model_name_for", "precompiled_header",
-           "header_alongside", "header_flags", "use_patient_stanc", "stanc", "split_program", "one_unit",
-           "two_units_pay", "usable_cores", "uses_propto",
-           "model_objects", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
+__all__ = ["CXXFLAGS", "PCH_ENV", "CXXFLAGS_ENV", "SPLIT_ENV", "SHARED_ENV", "THREADS_ENV", "STANC_TIMEOUT",
+           "SharedFile", "compile_flags", "compiler_command", "stan_threads", "macros", "toolchain_id",
+           "model_name_for", "precompiled_header", "header_alongside", "header_flags", "use_patient_stanc", "stanc",
+           "split_program", "one_unit", "two_units_pay", "usable_cores", "uses_propto", "model_objects",
+           "services_alongside", "build_services_module", "cmdstan_shares_objects", "cmdstan_main_alongside",
            "link_cmdstan", "build_shared"]
 
 logger = logging.getLogger("stanhier")
@@ -89,9 +91,12 @@ SPLIT_ENV = "STANHIER_SPLIT"
 #: ``0``/``false``: CmdStan builds its executables with its own ``make`` (see :func:`cmdstan_shares_objects`).
 SHARED_ENV = "STANHIER_SHARED_OBJECTS"
 
+#: ``1``/``true`` compiles every program with ``STAN_THREADS``, as httpstan does (see :func:`macros`).
+THREADS_ENV = "STANHIER_STAN_THREADS"
 #: httpstan's macros for every program (httpstan/models.py, build_services_extension_module)
-_MACROS = ("-DBOOST_DISABLE_ASSERTS", "-DBOOST_PHOENIX_NO_VARIADIC_EXPRESSION", "-DSTAN_THREADS",
-           "-D_REENTRANT", "-D_GLIBCXX_USE_CXX11_ABI=0")
+#: but ``STAN_THREADS`` (see :func:`macros`)
+_MACROS = ("-DBOOST_DISABLE_ASSERTS", "-DBOOST_PHOENIX_NO_VARIADIC_EXPRESSION", "-D_REENTRANT",
+           "-D_GLIBCXX_USE_CXX11_ABI=0")
 _HEADER = "#include <stan/model/model_header.hpp>\n"
 
 
@@ -101,8 +106,28 @@ def compile_flags() -> list[str]:
     return shlex.split(env) if env and env.strip() else list(CXXFLAGS)
 
 
-def _switched_on(env: str) -> bool:
-    return os.environ.get(env, "1").strip().lower() not in ("0", "false", "no", "off")
+def _switched_on(env: str, default: str = "1") -> bool:
+    return os.environ.get(env, default).strip().lower() not in ("0", "false", "no", "off")
+
+
+def stan_threads() -> bool:
+    """Whether programs are compiled with ``STAN_THREADS`` (``$STANHIER_STAN_THREADS``; off by default)."""
+    return _switched_on(THREADS_ENV, "0")
+
+
+def macros() -> tuple[str, ...]:
+    """The preprocessor macros of every compile: httpstan's, without ``STAN_THREADS`` unless
+    :func:`stan_threads`. With it Stan's autodiff stack is a ``thread_local``, which in a shared
+    library (httpstan's module) costs a call to ``__tls_get_addr`` per access, one or more per
+    autodiff variable: about a quarter of a chain's time. No stanhier program needs it: every
+    chain runs in a process of its own (httpstan's workers; CmdStan one process per chain), and
+    the log density runs in the Python process holding the GIL. Without it the programs link
+    stanhier's build of httpstan's services object (:func:`services_alongside`), not httpstan's.
+
+    >>> "-DSTAN_THREADS" in macros()
+    False
+    """
+    return _MACROS + (("-DSTAN_THREADS",) if stan_threads() else ())
 
 
 def pch_enabled() -> bool:
@@ -146,7 +171,7 @@ def toolchain_id(flags: list[str] | None = None) -> str:
 
     cmd = compiler_command()
     parts = [
-        _compiler_version(cmd[0]), " ".join(cmd), " ".join(_MACROS), " ".join(flags or compile_flags()),
+        _compiler_version(cmd[0]), " ".join(cmd), " ".join(macros()), " ".join(flags or compile_flags()),
         httpstan.__version__, str(_httpstan_dir()), sys.platform, str(sys.maxsize),
         sys.implementation.cache_tag or "", importlib.machinery.EXTENSION_SUFFIXES[0],
     ]
@@ -222,7 +247,7 @@ def _includes() -> list[str]:
 
 
 def _header_command(hpp: Path, out: Path, flags: list[str]) -> list[str]:
-    return [*compiler_command(), *_MACROS, *_includes(), "-x", "c++-header", str(hpp), "-o", str(out), *flags]
+    return [*compiler_command(), *macros(), *_includes(), "-x", "c++-header", str(hpp), "-o", str(out), *flags]
 
 
 def _header_folder(flags: list[str]) -> Path:
@@ -577,7 +602,7 @@ def two_units_pay() -> bool:
 
 
 def _compile_command(source: Path, obj: Path, flags: list[str], header: Path | None) -> list[str]:
-    return [*compiler_command(), *_MACROS, *_includes(), *flags, *header_flags(header), "-c", str(source),
+    return [*compiler_command(), *macros(), *_includes(), *flags, *header_flags(header), "-c", str(source),
             "-o", str(obj)]
 
 
@@ -682,23 +707,51 @@ def _libraries() -> tuple[list[str], Path]:
     return libraries, _httpstan_dir() / "lib"
 
 
+def _services_command(out: Path, flags: list[str], header: Path | None) -> list[str]:
+    """httpstan's ``stan_services.cpp`` (NUTS and the log density for Python) compiled as the
+    model objects are (macros, flags, headers)."""
+    return [*compiler_command(), *macros(), *_includes(), *flags, *header_flags(header), "-c",
+            str(_httpstan_dir() / "stan_services.cpp"), "-o", str(out)]
+
+
+@contextlib.contextmanager
+def services_alongside(flags: list[str], header: Path | None, *, on_build=None) -> Iterator[SharedFile]:
+    """The services object httpstan's modules link, for the model objects of ``flags``: httpstan's
+    own ``stan_services.o`` when :func:`stan_threads` (it was compiled with ``STAN_THREADS``),
+    else stanhier's build of its source without it, compiled once per installation into
+    ``<cache>/pch/services-<key>/`` like CmdStan's main object (:func:`cmdstan_main_alongside`):
+    alongside the caller's compile when missing, waiting for another process that is building it.
+    Its ``path`` is None if the compiler rejected it."""
+    if stan_threads():
+        yield SharedFile(_httpstan_dir(), _httpstan_dir() / "stan_services.o")
+        return
+    folder = cache.cache_dir() / "pch" / f"services-{_header_key(flags)}"
+    with _built_alongside(folder, "stan_services.o", lambda out: _services_command(out, flags, header),
+                          "httpstan's services object", on_build=on_build, wait=True) as shared:
+        yield shared
+
+
 def build_services_module(program_code: str, model_name: str, flags: list[str], header: Path | None, *,
-                          cpp: str | None = None) -> str:
+                          cpp: str | None = None, on_build=None) -> str:
     """Build httpstan's extension module for ``program_code`` (what
     ``httpstan.models.build_services_extension_module`` does): the model's objects
-    (:func:`model_objects`, shared with CmdStan) linked with httpstan's services object into
-    httpstan's model directory. Returns the compiler's messages; raises RuntimeError on failure.
+    (:func:`model_objects`, shared with CmdStan) linked with the services object
+    (:func:`services_alongside`; ``on_build()`` when it is built first) into httpstan's model
+    directory. Returns the compiler's messages; raises RuntimeError on failure.
     """
     import httpstan.cache
 
     module_dir = httpstan.cache.model_directory(model_name)
     module_dir.mkdir(parents=True, exist_ok=True)
     model_class = f"model_{model_name.split('/')[1]}"
-    objects, output = model_objects(program_code, model_name, flags, header, cpp=cpp)
+    with services_alongside(flags, header, on_build=on_build) as services:
+        objects, output = model_objects(program_code, model_name, flags, header, cpp=cpp)
+    if services.path is None:
+        raise RuntimeError(f"httpstan's services object could not be compiled (see {services.log})")
     module = module_dir / f"stan_services_{model_class}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
     tmp = module.with_name(f".{module.name}.{os.getpid()}")
     libraries, lib_dir = _libraries()
-    _link(objects + [_httpstan_dir() / "stan_services.o"], tmp, libraries, lib_dir)
+    _link(objects + [services.path], tmp, libraries, lib_dir)
     os.replace(tmp, module)
     return output
 
@@ -761,7 +814,7 @@ def _cmdstan_main_command(cmdstan: Path, out: Path, flags: list[str], header: Pa
     """CmdStan's ``main.cpp`` compiled as the model objects are (macros, flags, httpstan's headers
     first, then CmdStan's own and CLI11)."""
     extra = [f"-I{cmdstan / 'src'}"] + [f"-I{d}" for d in sorted((cmdstan / "lib").glob("CLI11*"))]
-    return [*compiler_command(), *_MACROS, *_includes(), *extra, *flags, *header_flags(header), "-c",
+    return [*compiler_command(), *macros(), *_includes(), *extra, *flags, *header_flags(header), "-c",
             str(cmdstan / "src" / "cmdstan" / "main.cpp"), "-o", str(out)]
 
 
@@ -799,17 +852,19 @@ def build_shared(cmdstan: Path | None = None, flags: list[str] | None = None, *,
                  on_build: Callable[[str], None] | None = None,
                  then: Callable[[], None] | None = None) -> dict[str, Path | None]:
     """Compile now, once per installation, what every program shares: the precompiled Stan
-    header and, given a CmdStan that shares stanhier's objects (:func:`cmdstan_shares_objects`),
-    CmdStan's main object: the two files CmdStan's own ``make build`` compiles at install time.
-    Both compile at once, each in its own compiler process, under the same locks as when they are
+    header; given a CmdStan that shares stanhier's objects (:func:`cmdstan_shares_objects`),
+    CmdStan's main object (the two files CmdStan's own ``make build`` compiles at install time);
+    then, with the header, httpstan's services object (:func:`services_alongside`). Each compiles
+    in its own compiler process, the first two at once, under the same locks as when they are
     built alongside a program; what is built already is kept (``on_build(what)`` is called as
     each build starts, for a display). ``then()`` runs as soon as the header is there, while
-    CmdStan's main object may still compile (programs to compile with the header; it must not
-    link a CmdStan executable, which waits for that object). Returns each file's path (None:
-    switched off, or the compiler rejected it; see its ``build.log``).
+    the others may still compile (programs to compile with the header, whose links wait for
+    those objects). Returns each file's path (None: switched off, or the compiler rejected it;
+    see its ``build.log``).
 
     >>> build_shared()   # doctest: +SKIP
-    {'header': PosixPath('/root/.cache/stanhier/pch/pystan-6f0c1d2e3a4b5c6d/stan_pch.hpp')}
+    {'header': PosixPath('/root/.cache/stanhier/pch/pystan-6f0c1d2e3a4b5c6d/stan_pch.hpp'),
+     'services': PosixPath('/root/.cache/stanhier/pch/services-6f0c1d2e3a4b5c6d/stan_services.o')}
     """
     flags = list(flags or compile_flags())
 
@@ -820,10 +875,14 @@ def build_shared(cmdstan: Path | None = None, flags: list[str] | None = None, *,
         with header_alongside(flags, wait=True, on_build=note("the precompiled Stan header")) as header:
             main = stack.enter_context(cmdstan_main_alongside(cmdstan, flags, header, on_build=note(
                 "CmdStan's main object"))) if cmdstan else None  # header: None while it is being built
+        services = stack.enter_context(services_alongside(flags, precompiled_header(flags), on_build=note(
+            "httpstan's services object")))  # with the header, now built
         if then is not None:  # the header is built; CmdStan's main object may still be compiling
             then()
     folder = _header_folder(flags)
     built = {"header": folder / "stan_pch.hpp" if pch_enabled() and _ready(folder, "stan_pch.hpp.gch") else None}
+    if not stan_threads():  # else httpstan's own
+        built["services"] = services.path
     if main is not None:
         built["cmdstan_main"] = main.path
     return built
