@@ -10,13 +10,14 @@ process, fits:
 * brms's program for Penicillin (``diameter ~ 1 + (1 | plate) + (1 | sample)``,
   ``marginalize=False``) with 1 and 4 chains, 3000 iterations each (1000 warmup);
 * the seed model (``fish_num ~ 1 + temperature + (temperature | weather)``, Poisson), 4 chains
-  of 2000 iterations;
-* ``lmer`` on sleepstudy (``Reaction ~ Days + (Days | Subject)``) and ``glmer`` on the seed
-  model's data with its profile confidence intervals (the log density called from Python).
+  of 2000 iterations.
 
-Prints, per fit, wall seconds of sampling (``fit.raw.seconds``) or of the ML fit, the CPU
+(``lmer`` and ``glmer`` on these data run on numpy, not on a Stan program.)
+
+Prints, per fit, wall seconds of sampling (``fit.raw.seconds``), the CPU
 seconds of httpstan's chain processes, whether both configurations gave the same draws (same
-seed), the ratio with / without ``STAN_THREADS``, and the machine.
+seed), the ratio of the mean seconds with / without ``STAN_THREADS``, CmdStan's seconds (its
+executables link the objects compiled without it), and the machine.
 
     CMDSTAN=~/.cache/stanhier/cmdstan-2.35.0 python benchmarks/bench_stan_threads.py [--repeats 2]
 """
@@ -37,10 +38,11 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"STAN_THREADS (httpstan's build)": "1", "no STAN_THREADS (stanhier's)": "0"}
+#: label -> $STANHIER_STAN_THREADS (with: httpstan's build; without: stanhier's)
+CONFIGS = {"STAN_THREADS": "1", "without": "0"}
 
 CHILD = r'''
-import json, os, sys, time, warnings
+import json, os, sys, warnings
 warnings.simplefilter("ignore")
 import numpy as np, pandas as pd
 import stanhier as sh
@@ -50,7 +52,6 @@ engine = sys.argv[2]
 penicillin = pd.read_csv(os.path.join(DATA, "Penicillin.csv"))
 fish = pd.read_csv(os.path.join(DATA, "fish.csv"))
 fish["weather"] = (fish["weather"] == "sunny").astype(int)
-sleep = pd.read_csv(os.path.join(DATA, "sleepstudy.csv"))
 
 
 def worker_cpu():
@@ -81,15 +82,6 @@ for name, kwargs in fits:
     fit = sh.brm(**kwargs, seed=1, backend=engine, progress=False)
     rows.append({"fit": name, "seconds": fit.raw.seconds, "chain cpu s": worker_cpu() - c0,
                  "draws": float(np.mean(fit.raw.stats["lp__"]))})
-if engine == "pystan":
-    for name, call in [("lmer sleepstudy", lambda: sh.lmer("Reaction ~ Days + (Days | Subject)", data=sleep,
-                                                           REML=False, progress=False)),
-                       ("glmer fish + profile CIs", lambda: sh.glmer(
-                           "fish_num ~ 1 + temperature + (temperature | weather)", data=fish, family="poisson",
-                           progress=False).confint(method="profile", progress=False))]:
-        t0 = time.perf_counter()
-        call()
-        rows.append({"fit": name, "seconds": time.perf_counter() - t0, "chain cpu s": float("nan"), "draws": None})
 print(json.dumps(rows))
 '''
 
@@ -131,15 +123,15 @@ def main() -> None:
     table = []
     for i, name in enumerate(r["fit"] for r in results[on][0]):
         def col(config: str, key: str) -> str:
-            values = [rep[i][key] for rep in results[config] if i < len(rep)]
-            return ", ".join(f"{v:.1f}" for v in values if v is not None and not np.isnan(v)) or "-"
+            values = [rep[i][key] for rep in results[config]]
+            return ", ".join(f"{v:.1f}" for v in values if not np.isnan(v)) or "-"
 
         mean = {c: np.mean([rep[i]["seconds"] for rep in results[c]]) for c in (on, off)}
         same = len({rep[i]["draws"] for c in (on, off) for rep in results[c]}) == 1
         table.append({"fit": name, f"{on} s": col(on, "seconds"), f"{off} s": col(off, "seconds"),
                       "ratio": round(mean[on] / mean[off], 2), f"chain cpu s, {on}": col(on, "chain cpu s"),
                       f"chain cpu s, {off}": col(off, "chain cpu s"),
-                      "same draws": same if results[on][0][i]["draws"] is not None else "-",
+                      "same draws": same,
                       "CmdStan s": col("CmdStan", "seconds") if results["CmdStan"] else "-"})
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(pd.DataFrame(table).to_string(index=False))
