@@ -552,8 +552,8 @@ def _prepare(out: TextIO) -> int:
             building.append(what)
             stage.building(", ".join(building))
 
-        def show_programs(what: str) -> None:  # the header is built; the other shared files may still compile
-            building[:] = [b for b in building if b != _SHARED_FILES["header"]] + [what]
+        def show_programs(what: str) -> None:  # the header and services object are built; CmdStan's main object
+            building[:] = [b for b in building if b == _SHARED_FILES["cmdstan_main"]] + [what]  # may still compile
             stage.building(", ".join(building))
 
         def compile_ml() -> None:
@@ -608,8 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="CSV file to write (default: standard output)")
 
     sub.add_parser("prepare", help="compile now, once per installation, what every Stan program shares "
-                   "(the precompiled Stan header; CmdStan's main object; httpstan's services object) and lmer's and glmer's fixed programs, "
-                   "instead of alongside the first fits")
+                   "(the precompiled Stan header; CmdStan's main object; httpstan's services object) and "
+                   "lmer's and glmer's fixed programs, instead of alongside the first fits")
 
     p = sub.add_parser("example", help="run a shipped example: fish (the seed's model)")
     p.add_argument("name", choices=("fish",))

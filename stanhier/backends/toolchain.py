@@ -855,12 +855,13 @@ def build_shared(cmdstan: Path | None = None, flags: list[str] | None = None, *,
     header; given a CmdStan that shares stanhier's objects (:func:`cmdstan_shares_objects`),
     CmdStan's main object (the two files CmdStan's own ``make build`` compiles at install time);
     then, with the header, httpstan's services object (:func:`services_alongside`). Each compiles
-    in its own compiler process, the first two at once, under the same locks as when they are
-    built alongside a program; what is built already is kept (``on_build(what)`` is called as
-    each build starts, for a display). ``then()`` runs as soon as the header is there, while
-    the others may still compile (programs to compile with the header, whose links wait for
-    those objects). Returns each file's path (None: switched off, or the compiler rejected it;
-    see its ``build.log``).
+    in its own compiler process, the first two at once, then the services object beside CmdStan's
+    main object, under the same locks as when they are built alongside a program; what is built
+    already is kept (``on_build(what)`` is called as each build starts, for a display). ``then()``
+    runs once the header and the services object are there, while CmdStan's main object may
+    still compile (programs to compile with the header; it must not link a CmdStan executable,
+    which waits for that object under a lock this call holds). Returns each file's path (None:
+    switched off, or the compiler rejected it; see its ``build.log``).
 
     >>> build_shared()   # doctest: +SKIP
     {'header': PosixPath('/root/.cache/stanhier/pch/pystan-6f0c1d2e3a4b5c6d/stan_pch.hpp'),
@@ -875,9 +876,11 @@ def build_shared(cmdstan: Path | None = None, flags: list[str] | None = None, *,
         with header_alongside(flags, wait=True, on_build=note("the precompiled Stan header")) as header:
             main = stack.enter_context(cmdstan_main_alongside(cmdstan, flags, header, on_build=note(
                 "CmdStan's main object"))) if cmdstan else None  # header: None while it is being built
-        services = stack.enter_context(services_alongside(flags, precompiled_header(flags), on_build=note(
-            "httpstan's services object")))  # with the header, now built
-        if then is not None:  # the header is built; CmdStan's main object may still be compiling
+        # with the header, now built, and before ``then()``, whose programs' links wait for it
+        with services_alongside(flags, precompiled_header(flags), on_build=note("httpstan's services object")) as \
+                services:
+            pass
+        if then is not None:  # the header and the services object are built; CmdStan's main object may not be
             then()
     folder = _header_folder(flags)
     built = {"header": folder / "stan_pch.hpp" if pch_enabled() and _ready(folder, "stan_pch.hpp.gch") else None}
