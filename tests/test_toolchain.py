@@ -215,6 +215,8 @@ def test_autodiff_stack_is_a_plain_global():
 
     if shutil.which("readelf") is None:
         pytest.skip("needs readelf (binutils)")
+    if toolchain.stan_threads():
+        pytest.skip(f"${toolchain.THREADS_ENV} asks for STAN_THREADS")
     model = get_backend("pystan").compile(TINY, progress=False)
     (module,) = httpstan.cache.model_directory(model.model_name).glob("*.so")
     symbols = subprocess.run(["readelf", "-sW", str(module)], capture_output=True, text=True, check=True).stdout
