@@ -135,30 +135,28 @@ def _shared_files(config: str, engines: tuple[str, ...]) -> list[dict]:
     rows = []
     if config not in ("after", "one unit", "cmdstanpy", "both"):
         return rows
+
+    def timed(label: str, build):
+        """``build(on_build)``, with a row if it built something."""
+        t0, c0, built = time.perf_counter(), _children_cpu(), []
+        result = build(lambda: built.append(1))
+        if built:
+            rows.append({"config": config, "model": f"{label} (once per installation)", "cache hit": False,
+                         "compile s": round(time.perf_counter() - t0, 1),
+                         "compile cpu s": round(_children_cpu() - c0, 1)})
+        return result
+
+    def alongside(manager) -> None:
+        with manager:
+            pass
+
     flags = toolchain.compile_flags()
-    t0, c0 = time.perf_counter(), _children_cpu()
-    built = []
-    header = toolchain.precompiled_header(on_build=lambda: built.append(1))
-    if built:
-        rows.append({"config": config, "model": "header (once per installation)", "cache hit": False,
-                     "compile s": round(time.perf_counter() - t0, 1), "compile cpu s": round(_children_cpu() - c0, 1)})
+    header = timed("header", lambda on_build: toolchain.precompiled_header(on_build=on_build))
     if "cmdstanpy" in engines and toolchain.cmdstan_shares_objects(get_backend("cmdstanpy").path):
-        t0, c0, built = time.perf_counter(), _children_cpu(), []
-        with toolchain.cmdstan_main_alongside(get_backend("cmdstanpy").path, flags, header,
-                                              on_build=lambda: built.append(1)):
-            pass
-        if built:
-            rows.append({"config": config, "model": "CmdStan main (once per installation)", "cache hit": False,
-                         "compile s": round(time.perf_counter() - t0, 1),
-                         "compile cpu s": round(_children_cpu() - c0, 1)})
+        timed("CmdStan main", lambda on_build: alongside(toolchain.cmdstan_main_alongside(
+            get_backend("cmdstanpy").path, flags, header, on_build=on_build)))
     if "pystan" in engines:
-        t0, c0, built = time.perf_counter(), _children_cpu(), []
-        with toolchain.services_alongside(flags, header, on_build=lambda: built.append(1)):
-            pass
-        if built:
-            rows.append({"config": config, "model": "services (once per installation)", "cache hit": False,
-                         "compile s": round(time.perf_counter() - t0, 1),
-                         "compile cpu s": round(_children_cpu() - c0, 1)})
+        timed("services", lambda on_build: alongside(toolchain.services_alongside(flags, header, on_build=on_build)))
     for row in rows:
         print(row, file=sys.stderr, flush=True)
     return rows

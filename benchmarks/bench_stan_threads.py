@@ -54,20 +54,16 @@ fish = pd.read_csv(os.path.join(DATA, "fish.csv"))
 fish["weather"] = (fish["weather"] == "sunny").astype(int)
 
 
+sys.path.insert(0, os.path.join(sys.argv[1], "benchmarks"))
+from pytest_cpu import tree_cpu
+
+
 def worker_cpu():
     """CPU seconds of httpstan's chain processes so far (they outlive each fit)."""
     if engine != "pystan":
         return float("nan")
     import httpstan.services_stub as stub
-    total = 0.0
-    for proc in getattr(stub.executor, "_processes", {}).values():
-        try:
-            with open(f"/proc/{proc.pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(tree_cpu(proc.pid) for proc in getattr(stub.executor, "_processes", {}).values())
 
 
 rows = []

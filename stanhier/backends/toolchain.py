@@ -707,13 +707,6 @@ def _libraries() -> tuple[list[str], Path]:
     return libraries, _httpstan_dir() / "lib"
 
 
-def _services_command(out: Path, flags: list[str], header: Path | None) -> list[str]:
-    """httpstan's ``stan_services.cpp`` (NUTS and the log density for Python) compiled as the
-    model objects are (macros, flags, headers)."""
-    return [*compiler_command(), *macros(), *_includes(), *flags, *header_flags(header), "-c",
-            str(_httpstan_dir() / "stan_services.cpp"), "-o", str(out)]
-
-
 @contextlib.contextmanager
 def services_alongside(flags: list[str], header: Path | None, *, on_build=None) -> Iterator[SharedFile]:
     """The services object httpstan's modules link, for the model objects of ``flags``: httpstan's
@@ -726,7 +719,8 @@ def services_alongside(flags: list[str], header: Path | None, *, on_build=None) 
         yield SharedFile(_httpstan_dir(), _httpstan_dir() / "stan_services.o")
         return
     folder = cache.cache_dir() / "pch" / f"services-{_header_key(flags)}"
-    with _built_alongside(folder, "stan_services.o", lambda out: _services_command(out, flags, header),
+    source = _httpstan_dir() / "stan_services.cpp"  # NUTS and the log density for Python
+    with _built_alongside(folder, "stan_services.o", lambda out: _compile_command(source, out, flags, header),
                           "httpstan's services object", on_build=on_build, wait=True) as shared:
         yield shared
 
